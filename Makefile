@@ -55,6 +55,8 @@ $(B)/%.o: %.c
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) -c -o $@ $<
 
+$(B)/tests/%.o: CFLAGS += -Itests
+
 # The test run: every unit binary and integration script, each under a timeout.
 test: deps-check all
 	B=$(B) tests/run-tests

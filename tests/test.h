@@ -1,14 +1,16 @@
 /* lazyvm's test harness: one binary per feature, each a list of test cases.
- * A binary exits 0 when every case passed, 1 when one failed, 77 when the
- * facility under test is truly absent (said loudly on stderr). CHECK() prints
- * the failed expression with file:line and fails the case at once.
+ * Every case runs in a forked child with its own timeout (TEST_CASE_TIMEOUT
+ * seconds, default 60), so a crash, a hang or a failed CHECK in any thread ends
+ * that case only. A binary exits 0 when every case passed, 1 when one failed,
+ * 77 when the facility under test is truly absent (said loudly on stderr).
+ * CHECK() prints the failed expression with file:line and fails the case at once.
  * tests/run-tests runs every binary under a timeout and prints the summary. */
 #ifndef LAZYVM_TEST_H
 #define LAZYVM_TEST_H
 
 #include <errno.h>
 #include <inttypes.h>
-#include <setjmp.h>
+#include <unistd.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,14 +23,12 @@ struct test_case {
 	void (*fn)(void);
 };
 
-extern jmp_buf test_fail_jmp;
-extern int test_skip_requested;
 
 #define CHECK(expr)                                                                        \
 	do {                                                                               \
 		if (!(expr)) {                                                             \
 			fprintf(stderr, "  FAILED %s:%d: CHECK(%s)\n", __FILE__, __LINE__, #expr); \
-			longjmp(test_fail_jmp, 1);                                         \
+			_exit(1);                                                   \
 		}                                                                          \
 	} while (0)
 
@@ -39,7 +39,7 @@ extern int test_skip_requested;
 		if (_a != _b) {                                                            \
 			fprintf(stderr, "  FAILED %s:%d: CHECK_EQ(%s, %s): %lld != %lld\n", \
 				__FILE__, __LINE__, #a, #b, _a, _b);                        \
-			longjmp(test_fail_jmp, 1);                                         \
+			_exit(1);                                                   \
 		}                                                                          \
 	} while (0)
 
@@ -50,7 +50,7 @@ extern int test_skip_requested;
 		if (_r != 0) {                                                             \
 			fprintf(stderr, "  FAILED %s:%d: %s returned %lld (%s)\n", __FILE__, \
 				__LINE__, #call, _r, _r < 0 ? strerror((int)-_r) : "?");    \
-			longjmp(test_fail_jmp, 1);                                         \
+			_exit(1);                                                   \
 		}                                                                          \
 	} while (0)
 
@@ -60,8 +60,7 @@ extern int test_skip_requested;
 		fprintf(stderr, "  SKIP: ");                                               \
 		fprintf(stderr, __VA_ARGS__);                                              \
 		fprintf(stderr, "\n");                                                     \
-		test_skip_requested = 1;                                                   \
-		longjmp(test_fail_jmp, 2);                                                 \
+		_exit(TEST_SKIP_CODE);                                                 \
 	} while (0)
 
 /* Runs the cases named on the command line (all when none), prints one line

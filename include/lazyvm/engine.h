@@ -1,0 +1,86 @@
+/* The fault engine: serves the faults of one address space (one VM) from a page
+ * source through a userfaultfd.
+ *
+ * A fault's way: intake (a batch of UFFD messages) -> page map (claim: the first
+ * fault on a page owns it, later ones ride along) -> source read (batched) ->
+ * install (UFFDIO_COPY, or zeros for removed ranges) -> the kernel wakes every
+ * thread waiting on the page.
+ *
+ * Lifecycle: engine_create, engine_add_region (the caller has registered the
+ * ranges with the UFFD, or a peer such as Firecracker did), engine_start,
+ * then engine_stop and engine_destroy. Nothing here exits the process. */
+#ifndef LAZYVM_ENGINE_H
+#define LAZYVM_ENGINE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "lazyvm/metrics.h"
+#include "lazyvm/source.h"
+
+enum engine_intake {
+	ENGINE_INTAKE_BLOCK, /* poll(2) on the UFFD and a stop eventfd */
+	ENGINE_INTAKE_BUSY,  /* spin on non-blocking reads; measured here to halve latency */
+};
+
+struct engine_config {
+	int uffd;               /* the engine takes ownership and closes it */
+	struct source *source;  /* borrowed; must outlive the engine */
+	unsigned threads;       /* handler threads, >= 1 */
+	enum engine_intake intake;
+	uint64_t busy_idle_ns;  /* BUSY: after this long without a message, block in
+				 * poll until the next one (0: spin for ever) */
+	const char *name;       /* for messages, e.g. "vm pid 1234" */
+};
+
+/* One registered range of the address space and where its bytes live. */
+struct engine_region {
+	uint64_t host_addr;
+	uint64_t size;
+	uint64_t src_off;   /* offset of the range's first byte in the source */
+	uint64_t page_size; /* 4096, or 2 MiB for hugetlbfs: one fault installs one page */
+};
+
+enum engine_status {
+	ENGINE_RUNNING,
+	ENGINE_STOPPED, /* engine_stop was called */
+	ENGINE_GONE,    /* the address space went away (the VM exited) */
+	ENGINE_FAILED,  /* a fatal error: see engine_error() */
+};
+
+struct engine;
+
+int engine_create(const struct engine_config *cfg, struct engine **out);
+
+/* Adds a region before engine_start. Returns -EINVAL for a zero, unaligned or
+ * overlapping region, or one that reaches beyond the source. */
+int engine_add_region(struct engine *eng, const struct engine_region *r);
+
+/* Starts the handler threads. Returns 0 or -errno (nothing started then). */
+int engine_start(struct engine *eng);
+
+/* Stops and joins the threads (idempotent). Returns 0. */
+int engine_stop(struct engine *eng);
+
+/* Stops if needed, closes the UFFD and frees everything. */
+void engine_destroy(struct engine *eng);
+
+/* An eventfd that becomes readable when the engine stops serving on its own
+ * (GONE or FAILED), for a supervisor's poll loop. */
+int engine_event_fd(const struct engine *eng);
+
+enum engine_status engine_status(const struct engine *eng);
+const char *engine_status_name(enum engine_status s);
+
+/* The first fatal error, with context (address, offset, source, errno text), or
+ * "" when there was none. */
+const char *engine_error(const struct engine *eng);
+
+/* Merged metrics of all threads into *out (zeroed first). Safe while running. */
+void engine_metrics(const struct engine *eng, struct metrics *out);
+
+/* Page counts over all regions (for reports and tests). */
+void engine_page_counts(const struct engine *eng, uint64_t counts[4]);
+
+#endif

@@ -1,0 +1,72 @@
+/* Page sources: where the bytes of a missing page come from.
+ *
+ * A source is a read-only byte range [0, size). Every read returns all the bytes
+ * asked for or fails; a short read is never passed off as success and a missing
+ * byte is never replaced by zeros. Sources are safe to call from several threads
+ * at once. Kinds: a snapshot memory file (pread, or io_uring for batches), zeros,
+ * and a wrapper that adds latency to stand for remote storage. A network source
+ * plugs in through the same ops. */
+#ifndef LAZYVM_SOURCE_H
+#define LAZYVM_SOURCE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct source;
+
+/* One read in a batch. `result` is 0 or -errno after source_read_batch. */
+struct source_req {
+	void *buf;
+	uint64_t off;
+	size_t len;
+	int result;
+};
+
+struct source_ops {
+	const char *kind;
+	/* Reads len bytes at off into buf: 0 or -errno. */
+	int (*read)(struct source *src, void *buf, uint64_t off, size_t len);
+	/* Optional: all requests of a batch in flight together. NULL: one by one. */
+	int (*read_batch)(struct source *src, struct source_req *reqs, unsigned n);
+	void (*destroy)(struct source *src);
+};
+
+struct source {
+	const struct source_ops *ops;
+	uint64_t size;
+	char desc[256]; /* for messages: "file /path/mem (io_uring)" */
+};
+
+#define SOURCE_BATCH_MAX 64u
+
+/* Reads [off, off + len): -ERANGE when the range is not inside the source, else
+ * the kind's result. */
+int source_read(struct source *src, void *buf, uint64_t off, size_t len);
+
+/* Runs n <= SOURCE_BATCH_MAX requests; each gets its own result. Returns 0 when
+ * every request succeeded, else the first failure's -errno. */
+int source_read_batch(struct source *src, struct source_req *reqs, unsigned n);
+
+static inline uint64_t source_size(const struct source *src) { return src->size; }
+static inline const char *source_describe(const struct source *src) { return src->desc; }
+
+void source_destroy(struct source *src);
+
+enum {
+	SOURCE_FILE_IO_URING = 1u << 0, /* batches go through io_uring (probed at open) */
+};
+
+/* Opens a snapshot memory file read-only. With SOURCE_FILE_IO_URING and no
+ * io_uring on this kernel, returns -ENOSYS (the caller decides whether that is
+ * fatal; lazyvm's CLI says so and stops). */
+int source_file_open(const char *path, unsigned flags, struct source **out);
+
+/* A source of `size` zero bytes. */
+int source_zero_create(uint64_t size, struct source **out);
+
+/* Wraps `inner` (taking ownership) so that every read, and every batch as a
+ * whole, first waits `delay_ns`: remote storage with that latency and unlimited
+ * parallelism. */
+int source_latency_wrap(struct source *inner, uint64_t delay_ns, struct source **out);
+
+#endif

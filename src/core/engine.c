@@ -1,0 +1,627 @@
+/* The fault engine. See include/lazyvm/engine.h for the data flow.
+ *
+ * Ordering rule for removes (balloon MADV_DONTNEED): the kernel makes copies fail
+ * with EAGAIN only while a REMOVE event is unread; once it is read, the zap runs
+ * concurrently with our installs, and a copy of old snapshot data that lands
+ * after the zap would give the guest stale bytes where it must see zeros. So
+ * reading the UFFD and marking removed ranges happen under install_lock held for
+ * writing, and every install re-checks the page state under it held for reading:
+ * a copy either happens before the event is read (then the zap clears it, or it
+ * fails with EAGAIN) or sees PAGE_REMOVED and installs zeros. */
+#include "lazyvm/engine.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <inttypes.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "lazyvm/log.h"
+#include "lazyvm/pagemap.h"
+#include "lazyvm/uffd.h"
+#include "lazyvm/units.h"
+
+#define EVENT_BATCH 64u
+/* Source buffer of a worker: a batch reads at most this many bytes, so an engine
+ * with huge pages reads fewer messages at a time (see batch_max). MAP_NORESERVE:
+ * an engine of small pages only ever touches 256 KiB of it. */
+#define WORKER_BUF_BYTES (8u << 20)
+#define HUGE_PAGE_MAX (2u << 20)
+#define RETRY_LIMIT 10000u
+
+struct region {
+	struct engine_region r;
+	struct pagemap *pm;
+	unsigned shift; /* log2(page_size) */
+};
+
+struct worker {
+	struct engine *eng;
+	pthread_t thread;
+	bool started;
+	struct metrics m;
+	char *buf; /* WORKER_BUF_BYTES, for source reads */
+};
+
+/* One page a batch will install. */
+struct todo {
+	struct region *reg;
+	uint64_t idx;
+	bool zero;   /* install zeros: the range was removed */
+	char *data;  /* source bytes in the worker's buffer */
+	uint64_t t0; /* when its fault message was read */
+};
+
+struct engine {
+	struct engine_config cfg;
+	char name[64];
+	struct region *regions; /* sorted by host_addr */
+	size_t nregions;
+	struct worker *workers;
+	pthread_rwlock_t install_lock;
+	int stop_efd;
+	int event_efd;
+	_Atomic bool stopping;
+	_Atomic int status;
+	pthread_mutex_t error_lock;
+	char error[512];
+	void *zeros; /* HUGE_PAGE_MAX zero bytes, for huge pages (no ZEROPAGE there) */
+	unsigned batch_max; /* messages per read: every fault of a batch fits in a buffer */
+};
+
+static void engine_finish(struct engine *eng, enum engine_status st, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
+/* Records the first terminal status and its reason, and tells the supervisor. */
+static void engine_finish(struct engine *eng, enum engine_status st, const char *fmt, ...)
+{
+	int expected = ENGINE_RUNNING;
+	char msg[sizeof(eng->error)] = "";
+	va_list ap;
+
+	if (fmt) {
+		va_start(ap, fmt);
+		vsnprintf(msg, sizeof(msg), fmt, ap);
+		va_end(ap);
+	}
+	/* The message is in place before the status leaves RUNNING, so a reader that
+	 * sees the status can read the message without the lock. */
+	pthread_mutex_lock(&eng->error_lock);
+	if (atomic_load(&eng->status) == ENGINE_RUNNING) {
+		memcpy(eng->error, msg, sizeof(msg));
+		atomic_compare_exchange_strong(&eng->status, &expected, (int)st);
+	}
+	pthread_mutex_unlock(&eng->error_lock);
+	atomic_store(&eng->stopping, true);
+	uint64_t one = 1;
+	if (write(eng->event_efd, &one, sizeof(one)) < 0)
+		(void)0; /* the counter cannot overflow from this one write */
+	if (write(eng->stop_efd, &one, sizeof(one)) < 0)
+		(void)0;
+}
+
+static struct region *region_find(struct engine *eng, uint64_t addr)
+{
+	size_t lo = 0, hi = eng->nregions;
+
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		struct region *reg = &eng->regions[mid];
+
+		if (addr < reg->r.host_addr)
+			hi = mid;
+		else if (addr - reg->r.host_addr >= reg->r.size)
+			lo = mid + 1;
+		else
+			return reg;
+	}
+	return NULL;
+}
+
+static inline uint64_t page_addr(const struct region *reg, uint64_t idx)
+{
+	return reg->r.host_addr + (idx << reg->shift);
+}
+
+/* Marks every page overlapping [start, end) removed. Caller holds install_lock
+ * for writing. */
+static uint64_t mark_removed(struct engine *eng, uint64_t start, uint64_t end)
+{
+	uint64_t marked = 0;
+
+	for (size_t i = 0; i < eng->nregions; i++) {
+		struct region *reg = &eng->regions[i];
+		uint64_t rs = reg->r.host_addr, re = rs + reg->r.size;
+		uint64_t s = start > rs ? start : rs, e = end < re ? end : re;
+
+		if (s >= e)
+			continue;
+		uint64_t first = (s - rs) >> reg->shift;
+		uint64_t last = (e - rs + reg->r.page_size - 1) >> reg->shift;
+		pagemap_set_range(reg->pm, first, last - first, PAGE_REMOVED);
+		marked += last - first;
+	}
+	return marked;
+}
+
+/* Handles the non-fault events of a batch. Caller holds install_lock for
+ * writing. Returns 0, or -EPROTO after recording a fatal error. */
+static int handle_event(struct worker *w, const struct uffd_msg *msg)
+{
+	struct engine *eng = w->eng;
+
+	switch (msg->event) {
+	case UFFD_EVENT_REMOVE:
+		ctr_add(&w->m.remove_events, 1);
+		ctr_add(&w->m.removed_pages, mark_removed(eng, msg->arg.remove.start, msg->arg.remove.end));
+		return 0;
+	case UFFD_EVENT_UNMAP:
+		/* The range no longer exists; a new mapping there is fresh memory. */
+		ctr_add(&w->m.unmap_events, 1);
+		ctr_add(&w->m.removed_pages, mark_removed(eng, msg->arg.remove.start, msg->arg.remove.end));
+		return 0;
+	case UFFD_EVENT_REMAP: {
+		uint64_t from = msg->arg.remap.from, to = msg->arg.remap.to, len = msg->arg.remap.len;
+		struct region *reg = region_find(eng, from);
+
+		ctr_add(&w->m.remap_events, 1);
+		if (!reg || reg->r.host_addr != from || reg->r.size != len) {
+			engine_finish(eng, ENGINE_FAILED,
+				      "%s: mremap of [0x%" PRIx64 ", 0x%" PRIx64 ") to 0x%" PRIx64
+				      " does not move one whole region; partial moves are not supported",
+				      eng->name, from, from + len, to);
+			return -EPROTO;
+		}
+		reg->r.host_addr = to;
+		/* Keep the table sorted for region_find. */
+		for (size_t i = 0; i + 1 < eng->nregions; i++)
+			for (size_t j = 0; j + 1 < eng->nregions - i; j++)
+				if (eng->regions[j].r.host_addr > eng->regions[j + 1].r.host_addr) {
+					struct region t = eng->regions[j];
+					eng->regions[j] = eng->regions[j + 1];
+					eng->regions[j + 1] = t;
+				}
+		return 0;
+	}
+	default:
+		engine_finish(eng, ENGINE_FAILED, "%s: unexpected userfaultfd event %u", eng->name,
+			      msg->event);
+		return -EPROTO;
+	}
+}
+
+/* Reads one batch of messages under the write lock, handles events there and
+ * turns faults into todos. Returns the number of todos (>= 0) or -errno;
+ * *nmsgs gets the number of messages read. */
+static int intake_batch(struct worker *w, struct todo *todo, int *nmsgs)
+{
+	struct engine *eng = w->eng;
+	struct uffd_msg msgs[EVENT_BATCH];
+	unsigned ntodo = 0;
+	size_t buf_used = 0;
+	uint64_t now;
+	int n;
+
+	pthread_rwlock_wrlock(&eng->install_lock);
+	n = uffd_read_events(eng->cfg.uffd, msgs, eng->batch_max);
+	now = lv_now_ns();
+	*nmsgs = n > 0 ? n : 0;
+	for (int i = 0; i < n; i++) {
+		if (msgs[i].event != UFFD_EVENT_PAGEFAULT) {
+			if (handle_event(w, &msgs[i]) < 0) {
+				n = -EPROTO;
+				break;
+			}
+			continue;
+		}
+		uint64_t addr = msgs[i].arg.pagefault.address;
+		struct region *reg = region_find(eng, addr);
+
+		ctr_add(&w->m.faults, 1);
+		if (!reg) {
+			engine_finish(eng, ENGINE_FAILED,
+				      "%s: fault at 0x%" PRIx64 " outside every region the peer declared",
+				      eng->name, addr);
+			n = -EPROTO;
+			break;
+		}
+		uint64_t idx = (addr - reg->r.host_addr) >> reg->shift;
+		enum page_state prev = pagemap_claim(reg->pm, idx);
+		if (prev == PAGE_INFLIGHT) {
+			ctr_add(&w->m.faults_shared, 1);
+		} else if (prev == PAGE_PRESENT) {
+			/* Installed after the fault was queued: the install woke it already,
+			 * but a wake is cheap and a stranded vCPU is not. */
+			ctr_add(&w->m.faults_stale, 1);
+			uffd_wake(eng->cfg.uffd, page_addr(reg, idx), reg->r.page_size);
+		} else {
+			todo[ntodo++] = (struct todo){.reg = reg,
+						      .idx = idx,
+						      .zero = prev == PAGE_REMOVED,
+						      .data = w->buf + buf_used,
+						      .t0 = now};
+			if (prev != PAGE_REMOVED)
+				buf_used += reg->r.page_size;
+		}
+	}
+	pthread_rwlock_unlock(&eng->install_lock);
+	if (n < 0) {
+		for (unsigned i = 0; i < ntodo; i++)
+			pagemap_finish(todo[i].reg->pm, todo[i].idx,
+				       todo[i].zero ? PAGE_REMOVED : PAGE_MISSING);
+		return n;
+	}
+	if (n > 0)
+		ctr_add(&w->m.read_batches, 1);
+	return n < 0 ? n : (int)ntodo;
+}
+
+/* Gives a claimed page back (after EAGAIN) and wakes its waiters: they retry
+ * the access and fault again, by which time the event that made the kernel
+ * refuse the install has been read. */
+static void release_and_wake(struct engine *eng, struct todo *t)
+{
+	pagemap_finish(t->reg->pm, t->idx, t->zero ? PAGE_REMOVED : PAGE_MISSING);
+	uffd_wake(eng->cfg.uffd, page_addr(t->reg, t->idx), t->reg->r.page_size);
+}
+
+/* Installs one claimed page. Returns 0 (installed, or released for a retry) or
+ * -errno after the engine recorded why it stops. */
+static int install_one(struct worker *w, struct todo *t)
+{
+	struct engine *eng = w->eng;
+	struct region *reg = t->reg;
+	uint64_t ps = reg->r.page_size, addr;
+	bool zero;
+	int r;
+
+	pthread_rwlock_rdlock(&eng->install_lock);
+	addr = page_addr(reg, t->idx); /* under the lock: a remap may move regions */
+	/* A remove that overtook this install turns it into a zero install. */
+	zero = t->zero || pagemap_get(reg->pm, t->idx) == PAGE_REMOVED;
+	if (!zero)
+		r = uffd_copy(eng->cfg.uffd, addr, t->data, ps);
+	else if (ps > 4096) /* hugetlbfs has no UFFDIO_ZEROPAGE */
+		r = uffd_copy(eng->cfg.uffd, addr, eng->zeros, ps);
+	else
+		r = uffd_zeropage(eng->cfg.uffd, addr, ps);
+
+	enum uffd_outcome o = uffd_classify(r);
+	if (o == UFFD_DONE || o == UFFD_EXISTS) {
+		/* Not INFLIGHT any more only if a remove made it REMOVED and a later
+		 * fault claimed it again: both of us installed zeros, either way the
+		 * page is now present. */
+		if (!pagemap_finish(reg->pm, t->idx, PAGE_PRESENT))
+			pagemap_set_range(reg->pm, t->idx, 1, PAGE_PRESENT);
+	}
+	pthread_rwlock_unlock(&eng->install_lock);
+
+	switch (o) {
+	case UFFD_EXISTS:
+		ctr_add(&w->m.eexist, 1);
+		uffd_wake(eng->cfg.uffd, addr, ps);
+		/* fall through */
+	case UFFD_DONE:
+		ctr_add(zero ? &w->m.pages_zeroed : &w->m.pages_copied, 1);
+		hist_record(&w->m.latency, lv_now_ns() - t->t0);
+		return 0;
+	case UFFD_RETRY:
+		ctr_add(&w->m.eagain, 1);
+		release_and_wake(eng, t);
+		return 0;
+	case UFFD_GONE:
+		engine_finish(eng, ENGINE_GONE, "%s: address space gone while installing 0x%" PRIx64 " (%s)",
+			      eng->name, addr, strerror(-r));
+		return r;
+	case UFFD_FATAL:
+	default:
+		engine_finish(eng, ENGINE_FAILED,
+			      "%s: installing %s page at 0x%" PRIx64 " (%" PRIu64 " bytes): %s", eng->name,
+			      zero ? "a zero" : "a", addr, ps, strerror(-r));
+		return r;
+	}
+}
+
+/* Reads the source bytes of a batch's pages (in one batch when there are
+ * several) and installs every page. */
+static void serve_batch(struct worker *w, struct todo *todo, unsigned n)
+{
+	struct engine *eng = w->eng;
+	struct source_req reqs[EVENT_BATCH];
+	unsigned map[EVENT_BATCH], nreq = 0;
+	int r = 0;
+
+	for (unsigned i = 0; i < n; i++) {
+		if (todo[i].zero)
+			continue;
+		struct region *reg = todo[i].reg;
+		reqs[nreq] = (struct source_req){.buf = todo[i].data,
+						 .off = reg->r.src_off + (todo[i].idx << reg->shift),
+						 .len = reg->r.page_size};
+		map[nreq++] = i;
+	}
+	if (nreq == 1)
+		r = reqs[0].result = source_read(eng->cfg.source, reqs[0].buf, reqs[0].off, reqs[0].len);
+	else if (nreq > 1)
+		r = source_read_batch(eng->cfg.source, reqs, nreq);
+	if (r < 0) {
+		for (unsigned q = 0; q < nreq; q++) {
+			if (!reqs[q].result)
+				continue;
+			struct todo *t = &todo[map[q]];
+			engine_finish(eng, ENGINE_FAILED,
+				      "%s: reading page 0x%" PRIx64 " (source offset 0x%" PRIx64
+				      ", %zu bytes) from %s: %s",
+				      eng->name, page_addr(t->reg, t->idx), reqs[q].off, reqs[q].len,
+				      source_describe(eng->cfg.source), strerror(-reqs[q].result));
+			break;
+		}
+		/* Leave no page claimed by a worker that stops: the map stays true. */
+		for (unsigned i = 0; i < n; i++)
+			pagemap_finish(todo[i].reg->pm, todo[i].idx,
+				       todo[i].zero ? PAGE_REMOVED : PAGE_MISSING);
+		return;
+	}
+	for (unsigned q = 0; q < nreq; q++)
+		ctr_add(&w->m.bytes_read, reqs[q].len);
+	for (unsigned i = 0; i < n; i++) {
+		if (install_one(w, &todo[i]) < 0) {
+			for (unsigned j = i + 1; j < n; j++)
+				pagemap_finish(todo[j].reg->pm, todo[j].idx,
+					       todo[j].zero ? PAGE_REMOVED : PAGE_MISSING);
+			return;
+		}
+	}
+}
+
+static void *worker_main(void *arg)
+{
+	struct worker *w = arg;
+	struct engine *eng = w->eng;
+	struct todo todo[EVENT_BATCH];
+	bool block = eng->cfg.intake == ENGINE_INTAKE_BLOCK;
+	uint64_t last_msg = lv_now_ns();
+
+	while (!atomic_load_explicit(&eng->stopping, memory_order_relaxed)) {
+		int nmsgs, n;
+
+		if (block) {
+			struct pollfd p[2] = {{.fd = eng->cfg.uffd, .events = POLLIN},
+					      {.fd = eng->stop_efd, .events = POLLIN}};
+
+			if (poll(p, 2, -1) < 0) {
+				if (errno == EINTR)
+					continue;
+				engine_finish(eng, ENGINE_FAILED, "%s: poll on the userfaultfd: %s",
+					      eng->name, strerror(errno));
+				break;
+			}
+			if (p[1].revents)
+				break;
+			if (p[0].revents & (POLLERR | POLLNVAL)) {
+				engine_finish(eng, ENGINE_FAILED,
+					      "%s: the userfaultfd reports an error (poll revents 0x%x)",
+					      eng->name, p[0].revents);
+				break;
+			}
+		}
+		n = intake_batch(w, todo, &nmsgs);
+		if (n < 0) {
+			if (n != -EPROTO)
+				engine_finish(eng, ENGINE_FAILED, "%s: reading the userfaultfd: %s",
+					      eng->name, strerror(-n));
+			break;
+		}
+		if (nmsgs == 0) {
+			if (!block) {
+				if (eng->cfg.busy_idle_ns && lv_now_ns() - last_msg > eng->cfg.busy_idle_ns)
+					block = true; /* idle: stop burning the CPU until the next fault */
+				else
+					__builtin_ia32_pause();
+			}
+			continue;
+		}
+		if (eng->cfg.intake == ENGINE_INTAKE_BUSY) {
+			block = false;
+			last_msg = lv_now_ns();
+		}
+		serve_batch(w, todo, (unsigned)n);
+	}
+	return NULL;
+}
+
+int engine_create(const struct engine_config *cfg, struct engine **out)
+{
+	struct engine *eng;
+	int r;
+
+	if (cfg->uffd < 0 || !cfg->source || cfg->threads < 1 || cfg->threads > 64)
+		return -EINVAL;
+	eng = calloc(1, sizeof(*eng));
+	if (!eng)
+		return -ENOMEM;
+	eng->cfg = *cfg;
+	snprintf(eng->name, sizeof(eng->name), "%s", cfg->name ? cfg->name : "engine");
+	eng->cfg.name = eng->name;
+	eng->stop_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (eng->stop_efd < 0) {
+		r = -errno;
+		goto err_free;
+	}
+	eng->event_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (eng->event_efd < 0) {
+		r = -errno;
+		goto err_stop_efd;
+	}
+	pthread_rwlock_init(&eng->install_lock, NULL);
+	pthread_mutex_init(&eng->error_lock, NULL);
+	atomic_init(&eng->status, ENGINE_RUNNING);
+	*out = eng;
+	return 0;
+
+err_stop_efd:
+	close(eng->stop_efd);
+err_free:
+	free(eng);
+	return r;
+}
+
+int engine_add_region(struct engine *eng, const struct engine_region *r)
+{
+	uint64_t ps = r->page_size;
+	struct region *regs;
+	size_t at;
+	int err;
+
+	if (eng->workers)
+		return -EBUSY;
+	if ((ps != 4096 && ps != HUGE_PAGE_MAX) || r->size == 0 || r->host_addr % ps || r->size % ps ||
+	    r->host_addr + r->size < r->host_addr)
+		return -EINVAL;
+	if (r->src_off > source_size(eng->cfg.source) ||
+	    r->size > source_size(eng->cfg.source) - r->src_off)
+		return -ERANGE;
+	for (at = 0; at < eng->nregions && eng->regions[at].r.host_addr < r->host_addr; at++)
+		;
+	if (at > 0 && eng->regions[at - 1].r.host_addr + eng->regions[at - 1].r.size > r->host_addr)
+		return -EEXIST;
+	if (at < eng->nregions && r->host_addr + r->size > eng->regions[at].r.host_addr)
+		return -EEXIST;
+	regs = realloc(eng->regions, (eng->nregions + 1) * sizeof(*regs));
+	if (!regs)
+		return -ENOMEM;
+	eng->regions = regs;
+	memmove(&regs[at + 1], &regs[at], (eng->nregions - at) * sizeof(*regs));
+	regs[at] = (struct region){.r = *r, .shift = (unsigned)__builtin_ctzll(ps)};
+	err = pagemap_create(r->size / ps, &regs[at].pm);
+	if (err < 0) {
+		memmove(&regs[at], &regs[at + 1], (eng->nregions - at) * sizeof(*regs));
+		return err;
+	}
+	eng->nregions++;
+	return 0;
+}
+
+int engine_start(struct engine *eng)
+{
+	uint64_t max_ps = 4096;
+	int r;
+
+	if (eng->workers || eng->nregions == 0)
+		return eng->workers ? -EBUSY : -EINVAL;
+	for (size_t i = 0; i < eng->nregions; i++)
+		if (eng->regions[i].r.page_size > max_ps)
+			max_ps = eng->regions[i].r.page_size;
+	eng->batch_max = (unsigned)(WORKER_BUF_BYTES / max_ps);
+	if (eng->batch_max > EVENT_BATCH)
+		eng->batch_max = EVENT_BATCH;
+	if (max_ps > 4096) {
+		eng->zeros = mmap(NULL, HUGE_PAGE_MAX, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		if (eng->zeros == MAP_FAILED) {
+			eng->zeros = NULL;
+			return -ENOMEM;
+		}
+	}
+	eng->workers = calloc(eng->cfg.threads, sizeof(*eng->workers));
+	if (!eng->workers)
+		return -ENOMEM;
+	for (unsigned i = 0; i < eng->cfg.threads; i++) {
+		struct worker *w = &eng->workers[i];
+
+		w->eng = eng;
+		w->buf = mmap(NULL, WORKER_BUF_BYTES, PROT_READ | PROT_WRITE,
+			      MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+		if (w->buf == MAP_FAILED) {
+			w->buf = NULL;
+			r = -ENOMEM;
+			goto err_stop;
+		}
+		r = -pthread_create(&w->thread, NULL, worker_main, w);
+		if (r < 0)
+			goto err_stop;
+		w->started = true;
+	}
+	return 0;
+
+err_stop:
+	engine_stop(eng);
+	return r;
+}
+
+int engine_stop(struct engine *eng)
+{
+	uint64_t one = 1;
+	int expected = ENGINE_RUNNING;
+
+	atomic_store(&eng->stopping, true);
+	if (write(eng->stop_efd, &one, sizeof(one)) < 0)
+		(void)0; /* already signalled to the limit: still stops */
+	for (unsigned i = 0; eng->workers && i < eng->cfg.threads; i++) {
+		if (eng->workers[i].started)
+			pthread_join(eng->workers[i].thread, NULL);
+		eng->workers[i].started = false;
+	}
+	atomic_compare_exchange_strong(&eng->status, &expected, ENGINE_STOPPED);
+	return 0;
+}
+
+void engine_destroy(struct engine *eng)
+{
+	if (!eng)
+		return;
+	engine_stop(eng);
+	for (unsigned i = 0; eng->workers && i < eng->cfg.threads; i++)
+		if (eng->workers[i].buf)
+			munmap(eng->workers[i].buf, WORKER_BUF_BYTES);
+	free(eng->workers);
+	for (size_t i = 0; i < eng->nregions; i++)
+		pagemap_destroy(eng->regions[i].pm);
+	free(eng->regions);
+	if (eng->zeros)
+		munmap(eng->zeros, HUGE_PAGE_MAX);
+	close(eng->cfg.uffd);
+	close(eng->stop_efd);
+	close(eng->event_efd);
+	pthread_rwlock_destroy(&eng->install_lock);
+	pthread_mutex_destroy(&eng->error_lock);
+	free(eng);
+}
+
+int engine_event_fd(const struct engine *eng) { return eng->event_efd; }
+
+enum engine_status engine_status(const struct engine *eng) { return atomic_load(&eng->status); }
+
+const char *engine_status_name(enum engine_status s)
+{
+	static const char *const names[] = {"running", "stopped", "gone", "failed"};
+
+	return names[s];
+}
+
+const char *engine_error(const struct engine *eng)
+{
+	/* Written once, before status leaves RUNNING; read after that. */
+	return engine_status(eng) == ENGINE_RUNNING ? "" : eng->error;
+}
+
+void engine_metrics(const struct engine *eng, struct metrics *out)
+{
+	memset(out, 0, sizeof(*out));
+	for (unsigned i = 0; eng->workers && i < eng->cfg.threads; i++)
+		metrics_add(out, &eng->workers[i].m);
+}
+
+void engine_page_counts(const struct engine *eng, uint64_t counts[4])
+{
+	memset(counts, 0, 4 * sizeof(counts[0]));
+	for (size_t i = 0; i < eng->nregions; i++)
+		for (int s = 0; s < 4; s++)
+			counts[s] += pagemap_count(eng->regions[i].pm, (enum page_state)s);
+}

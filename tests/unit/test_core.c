@@ -1,0 +1,175 @@
+/* Sources, units and metrics. */
+#include <fcntl.h>
+#include <sys/stat.h>
+
+#include "lazyvm/metrics.h"
+#include "lazyvm/source.h"
+#include "lazyvm/units.h"
+#include "test.h"
+
+/* A file of `size` bytes whose every byte is a function of its offset. */
+static char *make_file(uint64_t size)
+{
+	static char path[] = "/tmp/lazyvm-test-core-XXXXXX";
+	int fd = mkstemp(path);
+	unsigned char *buf = malloc(size);
+
+	CHECK(fd >= 0 && buf);
+	for (uint64_t i = 0; i < size; i++)
+		buf[i] = (unsigned char)(i * 7 + (i >> 12));
+	CHECK_EQ(write(fd, buf, size), (long long)size);
+	close(fd);
+	free(buf);
+	return path;
+}
+
+static int byte_ok(const unsigned char *p, uint64_t off, size_t len)
+{
+	for (size_t i = 0; i < len; i++)
+		if (p[i] != (unsigned char)((off + i) * 7 + ((off + i) >> 12)))
+			return 0;
+	return 1;
+}
+
+static void check_file_source(unsigned flags)
+{
+	char *path = make_file(1 << 20);
+	struct source *src;
+	static unsigned char bufs[SOURCE_BATCH_MAX][4096];
+	struct source_req reqs[SOURCE_BATCH_MAX];
+
+	CHECK_OK(source_file_open(path, flags, &src));
+	CHECK_EQ(source_size(src), 1 << 20);
+	CHECK_OK(source_read(src, bufs[0], 8192, 4096));
+	CHECK(byte_ok(bufs[0], 8192, 4096));
+	CHECK_OK(source_read(src, bufs[0], (1 << 20) - 10, 10)); /* ends exactly at EOF */
+	CHECK_EQ(source_read(src, bufs[0], (1 << 20) - 10, 11), -ERANGE);
+	CHECK_EQ(source_read(src, bufs[0], UINT64_MAX - 1, 4096), -ERANGE);
+	for (unsigned i = 0; i < SOURCE_BATCH_MAX; i++)
+		reqs[i] = (struct source_req){.buf = bufs[i], .off = (uint64_t)(SOURCE_BATCH_MAX - i) * 4096 + i,
+					      .len = 4096};
+	CHECK_OK(source_read_batch(src, reqs, SOURCE_BATCH_MAX));
+	for (unsigned i = 0; i < SOURCE_BATCH_MAX; i++) {
+		CHECK_EQ(reqs[i].result, 0);
+		CHECK(byte_ok(bufs[i], reqs[i].off, 4096));
+	}
+	/* A file that shrinks under the source: an error, never zeros. */
+	CHECK_OK(truncate(path, 4096 * 4));
+	CHECK_EQ(source_read(src, bufs[0], 4096 * 8, 4096), -ENODATA);
+	reqs[0] = (struct source_req){.buf = bufs[0], .off = 0, .len = 4096};
+	reqs[1] = (struct source_req){.buf = bufs[1], .off = 4096 * 10, .len = 4096};
+	CHECK_EQ(source_read_batch(src, reqs, 2), -ENODATA);
+	CHECK_EQ(reqs[0].result, 0);
+	CHECK_EQ(reqs[1].result, -ENODATA);
+	source_destroy(src);
+	unlink(path);
+}
+
+static void test_file_source_pread(void) { check_file_source(0); }
+static void test_file_source_io_uring(void) { check_file_source(SOURCE_FILE_IO_URING); }
+
+static void test_file_source_errors(void)
+{
+	struct source *src;
+
+	CHECK_EQ(source_file_open("/nonexistent/lazyvm", 0, &src), -ENOENT);
+	CHECK_EQ(source_file_open("/tmp", 0, &src), -EISDIR);
+}
+
+static void test_zero_and_latency_sources(void)
+{
+	struct source *zero, *slow;
+	unsigned char buf[4096];
+	struct source_req reqs[3];
+	uint64_t t0;
+
+	CHECK_OK(source_zero_create(1 << 16, &zero));
+	memset(buf, 0xaa, sizeof(buf));
+	CHECK_OK(source_read(zero, buf, 4096, 4096));
+	for (size_t i = 0; i < sizeof(buf); i++)
+		CHECK_EQ(buf[i], 0);
+	CHECK_EQ(source_read(zero, buf, 1 << 16, 1), -ERANGE);
+	CHECK_OK(source_latency_wrap(zero, 20 * 1000 * 1000, &slow));
+	CHECK_EQ(source_size(slow), 1 << 16);
+	CHECK(strstr(source_describe(slow), "20000 us latency"));
+	t0 = lv_now_ns();
+	CHECK_OK(source_read(slow, buf, 0, 4096));
+	CHECK(lv_now_ns() - t0 >= 20 * 1000 * 1000);
+	/* A batch pays the latency once, like parallel requests to remote storage. */
+	for (unsigned i = 0; i < 3; i++)
+		reqs[i] = (struct source_req){.buf = buf, .off = i * 4096, .len = 4096};
+	t0 = lv_now_ns();
+	CHECK_OK(source_read_batch(slow, reqs, 3));
+	uint64_t took = lv_now_ns() - t0;
+	CHECK(took >= 20 * 1000 * 1000);
+	CHECK(took < 60 * 1000 * 1000);
+	source_destroy(slow); /* also destroys zero */
+}
+
+static void test_units(void)
+{
+	uint64_t v;
+
+	CHECK_OK(lv_parse_size("4096", &v));
+	CHECK_EQ(v, 4096);
+	CHECK_OK(lv_parse_size("64M", &v));
+	CHECK_EQ(v, 64ull << 20);
+	CHECK_OK(lv_parse_size("2MiB", &v));
+	CHECK_EQ(v, 2ull << 20);
+	CHECK_OK(lv_parse_size("1g", &v));
+	CHECK_EQ(v, 1ull << 30);
+	CHECK_EQ(lv_parse_size("", &v), -EINVAL);
+	CHECK_EQ(lv_parse_size("12Q", &v), -EINVAL);
+	CHECK_EQ(lv_parse_size("-1", &v), -EINVAL);
+	CHECK_EQ(lv_parse_size("99999999999T", &v), -ERANGE);
+	CHECK_EQ(lv_parse_size("18446744073709551616", &v), -ERANGE);
+	CHECK_OK(lv_parse_duration("10ms", &v));
+	CHECK_EQ(v, 10000000);
+	CHECK_OK(lv_parse_duration("200us", &v));
+	CHECK_EQ(v, 200000);
+	CHECK_OK(lv_parse_duration("0", &v));
+	CHECK_EQ(v, 0);
+	CHECK_EQ(lv_parse_duration("10", &v), -EINVAL); /* unit required */
+	CHECK_EQ(lv_parse_duration("1h", &v), -EINVAL);
+}
+
+static void test_histogram(void)
+{
+	static struct hist h;
+	static struct metrics a, b;
+
+	CHECK_EQ(hist_percentile(&h, 0.5), 0);
+	for (uint64_t i = 1; i <= 1000; i++)
+		hist_record(&h, i * 1000); /* 1 us .. 1 ms */
+	uint64_t p50 = hist_percentile(&h, 0.5), p99 = hist_percentile(&h, 0.99);
+	CHECK(p50 > 500000 * 97 / 100 && p50 < 500000 * 103 / 100);
+	CHECK(p99 > 990000 * 97 / 100 && p99 <= 1000000);
+	CHECK_EQ(hist_percentile(&h, 1.0), 1000000);
+	CHECK(hist_percentile(&h, 0.0) <= 1000 * 103 / 100);
+	/* Small values are exact. */
+	static struct hist s;
+	hist_record(&s, 3);
+	CHECK_EQ(hist_percentile(&s, 0.5), 3);
+
+	ctr_add(&a.faults, 5);
+	ctr_add(&b.faults, 7);
+	hist_record(&a.latency, 100);
+	hist_record(&b.latency, 300);
+	metrics_add(&a, &b);
+	CHECK_EQ(a.faults, 12);
+	CHECK_EQ(a.latency.count, 2);
+	CHECK_EQ(a.latency.max_ns, 300);
+
+	char *json = NULL;
+	size_t len = 0;
+	FILE *f = open_memstream(&json, &len);
+	metrics_write_json(f, &a);
+	fclose(f);
+	CHECK(strstr(json, "\"faults\":12,"));
+	CHECK(strstr(json, "\"latency_us\":{\"count\":2,"));
+	CHECK(json[0] == '{' && json[len - 1] == '}');
+	free(json);
+}
+
+TEST_MAIN(TEST(test_file_source_pread), TEST(test_file_source_io_uring), TEST(test_file_source_errors),
+	  TEST(test_zero_and_latency_sources), TEST(test_units), TEST(test_histogram))

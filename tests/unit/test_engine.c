@@ -1,0 +1,309 @@
+/* The fault engine in-process: a region of this process's memory registered
+ * with a userfaultfd, faulted by several threads, served from a memory file. */
+#include <poll.h>
+#include <pthread.h>
+#include <sys/mman.h>
+
+#include "lazyvm/engine.h"
+#include "lazyvm/pagemap.h"
+#include "lazyvm/uffd.h"
+#include "lazyvm/units.h"
+#include "test.h"
+
+#define MB (1ull << 20)
+
+struct rig {
+	char path[64];
+	struct source *src;
+	struct engine *eng;
+	int uffd_dup; /* to unregister (and so wake) after a failure */
+	unsigned char *mem;
+	uint64_t size, page;
+};
+
+static unsigned char pattern(uint64_t off) { return (unsigned char)(off * 13 + (off >> 12) * 101 + 1); }
+
+static void rig_up(struct rig *rig, uint64_t size, uint64_t page, unsigned threads,
+		   enum engine_intake intake, unsigned src_flags)
+{
+	unsigned char *buf = malloc(size);
+	char why[256];
+	int fd, uffd;
+
+	CHECK(buf);
+	strcpy(rig->path, "/tmp/lazyvm-test-engine-XXXXXX");
+	fd = mkstemp(rig->path);
+	CHECK(fd >= 0);
+	for (uint64_t i = 0; i < size; i++)
+		buf[i] = pattern(i);
+	CHECK_EQ(write(fd, buf, size), (long long)size);
+	close(fd);
+	free(buf);
+	CHECK_OK(source_file_open(rig->path, src_flags, &rig->src));
+
+	int flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | (page > 4096 ? MAP_HUGETLB : 0);
+	rig->mem = mmap(NULL, size, PROT_READ | PROT_WRITE, flags, -1, 0);
+	if (rig->mem == MAP_FAILED)
+		SKIP("cannot map %llu bytes with %llu-byte pages: %s", (unsigned long long)size,
+		     (unsigned long long)page, strerror(errno));
+	rig->size = size;
+	rig->page = page;
+	uint64_t features = UFFD_FEATURE_EVENT_REMOVE | (page > 4096 ? UFFD_FEATURE_MISSING_HUGETLBFS : 0);
+	uffd = uffd_open(features, NULL, why, sizeof(why));
+	if (uffd < 0)
+		fprintf(stderr, "uffd_open: %s %s\n", strerror(-uffd), why);
+	CHECK(uffd >= 0);
+	uint64_t need = (1ull << _UFFDIO_COPY) | (1ull << _UFFDIO_WAKE) |
+			(page == 4096 ? 1ull << _UFFDIO_ZEROPAGE : 0);
+	CHECK_OK(uffd_register(uffd, (uint64_t)(uintptr_t)rig->mem, size, UFFDIO_REGISTER_MODE_MISSING,
+			       need, why, sizeof(why)));
+	rig->uffd_dup = dup(uffd);
+	struct engine_config cfg = {.uffd = uffd, .source = rig->src, .threads = threads,
+				    .intake = intake, .busy_idle_ns = 5 * 1000 * 1000, .name = "test"};
+	CHECK_OK(engine_create(&cfg, &rig->eng));
+	/* Two regions: the second half of memory is served from the first half of
+	 * the file and vice versa, so a wrong offset cannot pass for a right one. */
+	struct engine_region lo = {.host_addr = (uint64_t)(uintptr_t)rig->mem, .size = size / 2,
+				   .src_off = size / 2, .page_size = page};
+	struct engine_region hi = {.host_addr = lo.host_addr + size / 2, .size = size / 2, .src_off = 0,
+				   .page_size = page};
+	CHECK_OK(engine_add_region(rig->eng, &hi));
+	CHECK_OK(engine_add_region(rig->eng, &lo));
+	CHECK_OK(engine_start(rig->eng));
+}
+
+static void rig_down(struct rig *rig)
+{
+	engine_destroy(rig->eng);
+	close(rig->uffd_dup);
+	munmap(rig->mem, rig->size);
+	source_destroy(rig->src);
+	unlink(rig->path);
+}
+
+/* Byte i of memory is byte (i + size/2) mod size of the file. */
+static unsigned char expected(const struct rig *rig, uint64_t i)
+{
+	return pattern((i + rig->size / 2) % rig->size);
+}
+
+struct toucher {
+	struct rig *rig;
+	unsigned seed;
+	uint64_t bad;
+};
+
+static void *touch_all_random(void *arg)
+{
+	struct toucher *t = arg;
+	uint64_t pages = t->rig->size / 4096;
+	uint64_t *order = malloc(pages * sizeof(*order));
+
+	for (uint64_t i = 0; i < pages; i++)
+		order[i] = i;
+	for (uint64_t i = pages - 1; i > 0; i--) { /* Fisher-Yates, per-thread order */
+		uint64_t j = (uint64_t)rand_r(&t->seed) % (i + 1), x = order[i];
+		order[i] = order[j];
+		order[j] = x;
+	}
+	for (uint64_t i = 0; i < pages; i++) {
+		uint64_t off = order[i] * 4096 + (uint64_t)(rand_r(&t->seed) % 4096);
+		if (t->rig->mem[off] != expected(t->rig, off))
+			t->bad++;
+	}
+	free(order);
+	return NULL;
+}
+
+/* The kernel wakes a faulting thread inside the install ioctl, before the
+ * handler counts the install: wait (bounded) for the counters to catch up with
+ * what the test knows was installed, then insist they match exactly. */
+static void settle_metrics(struct rig *rig, struct metrics *m, uint64_t copied, uint64_t zeroed)
+{
+	for (int i = 0; i < 2000; i++) {
+		engine_metrics(rig->eng, m);
+		if (m->latency.count >= copied + zeroed)
+			break;
+		usleep(1000);
+	}
+	usleep(2000);
+	engine_metrics(rig->eng, m);
+	CHECK_EQ(m->pages_copied, copied);
+	CHECK_EQ(m->pages_zeroed, zeroed);
+	CHECK_EQ(m->latency.count, copied + zeroed);
+}
+
+static void check_every_byte(struct rig *rig)
+{
+	for (uint64_t i = 0; i < rig->size; i++)
+		if (rig->mem[i] != expected(rig, i)) {
+			fprintf(stderr, "  byte %llu: %#x, want %#x\n", (unsigned long long)i, rig->mem[i],
+				expected(rig, i));
+			CHECK(0);
+		}
+}
+
+static void run_touchers(struct rig *rig, unsigned n)
+{
+	pthread_t th[8];
+	struct toucher t[8];
+
+	for (unsigned i = 0; i < n; i++) {
+		t[i] = (struct toucher){.rig = rig, .seed = 1234 + i};
+		CHECK_OK(pthread_create(&th[i], NULL, touch_all_random, &t[i]));
+	}
+	for (unsigned i = 0; i < n; i++) {
+		CHECK_OK(pthread_join(th[i], NULL));
+		CHECK_EQ(t[i].bad, 0);
+	}
+}
+
+/* Four threads touch every page in four different random orders: every page is
+ * read from the source once and installed once, whatever the overlap. */
+static void check_concurrent_faults(unsigned handlers, enum engine_intake intake, unsigned src_flags)
+{
+	struct rig rig;
+	struct metrics m;
+	uint64_t counts[4];
+
+	rig_up(&rig, 8 * MB, 4096, handlers, intake, src_flags);
+	run_touchers(&rig, 4);
+	check_every_byte(&rig);
+	uint64_t pages = rig.size / 4096;
+	settle_metrics(&rig, &m, pages, 0);
+	CHECK_EQ(m.bytes_read, rig.size);
+	CHECK_EQ(m.faults, m.pages_copied + m.faults_shared + m.faults_stale + m.eagain);
+	engine_page_counts(rig.eng, counts);
+	CHECK_EQ(counts[PAGE_PRESENT], pages);
+	CHECK_EQ(engine_status(rig.eng), ENGINE_RUNNING);
+	printf("    faults %llu, shared %llu, stale %llu, p50 %.1f us\n", (unsigned long long)m.faults,
+	       (unsigned long long)m.faults_shared, (unsigned long long)m.faults_stale,
+	       hist_percentile(&m.latency, 0.5) / 1000.0);
+	rig_down(&rig);
+}
+
+static void test_faults_one_handler(void) { check_concurrent_faults(1, ENGINE_INTAKE_BLOCK, 0); }
+static void test_faults_two_handlers(void) { check_concurrent_faults(2, ENGINE_INTAKE_BLOCK, 0); }
+static void test_faults_busy_intake(void) { check_concurrent_faults(2, ENGINE_INTAKE_BUSY, 0); }
+static void test_faults_io_uring(void) { check_concurrent_faults(2, ENGINE_INTAKE_BLOCK, SOURCE_FILE_IO_URING); }
+
+/* MADV_DONTNEED (a balloon) turns a range into zeros for good; the rest keeps
+ * its data; a range never touched before the remove also reads zeros. */
+static void test_remove_gives_zeros(void)
+{
+	struct rig rig;
+	struct metrics m;
+
+	rig_up(&rig, 4 * MB, 4096, 2, ENGINE_INTAKE_BLOCK, 0);
+	for (uint64_t i = 0; i < MB; i += 4096) /* touch the first MiB */
+		CHECK_EQ(rig.mem[i], expected(&rig, i));
+	CHECK_OK(madvise(rig.mem + 256 * 1024, 1 * MB, MADV_DONTNEED)); /* half touched */
+	for (uint64_t i = 0; i < rig.size; i++) {
+		bool removed = i >= 256 * 1024 && i < 256 * 1024 + MB;
+		if (rig.mem[i] != (removed ? 0 : expected(&rig, i))) {
+			fprintf(stderr, "  byte %llu: %#x\n", (unsigned long long)i, rig.mem[i]);
+			CHECK(0);
+		}
+	}
+	/* 256 pages copied before the remove, then every page above the range. */
+	settle_metrics(&rig, &m, 256 + (rig.size - 256 * 1024 - MB) / 4096, MB / 4096);
+	CHECK_EQ(m.remove_events, 1);
+	CHECK_EQ(m.removed_pages, MB / 4096);
+	rig_down(&rig);
+}
+
+/* A source that fails: the engine stops with a message naming the page, the
+ * offset and the source, and installs nothing in its place. */
+static void *touch_one(void *arg)
+{
+	volatile unsigned char *p = arg;
+	return (void *)(uintptr_t)*p;
+}
+
+static void test_source_failure_is_reported(void)
+{
+	struct rig rig;
+	pthread_t th;
+	void *got;
+
+	rig_up(&rig, 1 * MB, 4096, 1, ENGINE_INTAKE_BLOCK, 0);
+	CHECK_OK(truncate(rig.path, 4096)); /* the file loses its tail */
+	CHECK_OK(pthread_create(&th, NULL, touch_one, rig.mem + 8192));
+	struct pollfd p = {.fd = engine_event_fd(rig.eng), .events = POLLIN};
+	CHECK_EQ(poll(&p, 1, 10000), 1);
+	CHECK_EQ(engine_status(rig.eng), ENGINE_FAILED);
+	const char *e = engine_error(rig.eng);
+	fprintf(stderr, "    engine error: %s\n", e);
+	CHECK(strstr(e, "reading page 0x"));
+	CHECK(strstr(e, "source offset 0x82000")); /* (8192 + 512K) in hex */
+	CHECK(strstr(e, rig.path));
+	CHECK(strstr(e, "No data available"));
+	/* The toucher is still blocked (no wrong page was installed): unregister
+	 * to let it go; it then reads the fresh zero page of plain anonymous memory. */
+	CHECK_OK(uffd_unregister(rig.uffd_dup, (uint64_t)(uintptr_t)rig.mem, rig.size));
+	CHECK_OK(pthread_join(th, &got));
+	rig_down(&rig);
+}
+
+/* 2 MiB hugetlbfs pages: one fault installs one huge page. */
+static void test_huge_pages(void)
+{
+	struct rig rig;
+	struct metrics m;
+	FILE *f = fopen("/proc/sys/vm/nr_hugepages", "r+");
+	long have = 0;
+
+	if (!f || fscanf(f, "%ld", &have) != 1)
+		SKIP("no /proc/sys/vm/nr_hugepages");
+	if (have < 8) {
+		rewind(f);
+		fprintf(f, "%ld\n", have + 8); /* root only; failure shows as a skip below */
+	}
+	fclose(f);
+	rig_up(&rig, 8 * MB, 2 * MB, 2, ENGINE_INTAKE_BLOCK, 0);
+	run_touchers(&rig, 2);
+	check_every_byte(&rig);
+	settle_metrics(&rig, &m, 4, 0);
+	CHECK_EQ(m.bytes_read, 8 * MB);
+	CHECK_OK(madvise(rig.mem, 2 * MB, MADV_DONTNEED));
+	for (uint64_t i = 0; i < 2 * MB; i += 512)
+		CHECK_EQ(rig.mem[i], 0);
+	settle_metrics(&rig, &m, 4, 1);
+	rig_down(&rig);
+}
+
+static void test_region_validation(void)
+{
+	struct source *src;
+	struct engine *eng;
+	int uffd = uffd_open(0, NULL, NULL, 0);
+
+	CHECK(uffd >= 0);
+	CHECK_OK(source_zero_create(16 * MB, &src));
+	struct engine_config cfg = {.uffd = uffd, .source = src, .threads = 1};
+	CHECK_OK(engine_create(&cfg, &eng));
+	struct engine_region r = {.host_addr = 1ull << 30, .size = 4 * MB, .src_off = 0, .page_size = 4096};
+	CHECK_OK(engine_add_region(eng, &r));
+	r.host_addr += 4 * MB - 4096; /* overlaps the last page */
+	CHECK_EQ(engine_add_region(eng, &r), -EEXIST);
+	r.host_addr = (1ull << 30) - 4096; /* overlaps the first page from below */
+	CHECK_EQ(engine_add_region(eng, &r), -EEXIST);
+	r.host_addr = 2ull << 30;
+	r.src_off = 13 * MB; /* 13 + 4 > 16 */
+	CHECK_EQ(engine_add_region(eng, &r), -ERANGE);
+	r.src_off = 0;
+	r.size = 4097;
+	CHECK_EQ(engine_add_region(eng, &r), -EINVAL);
+	r.size = 4096;
+	r.page_size = 8192;
+	CHECK_EQ(engine_add_region(eng, &r), -EINVAL);
+	r.page_size = 4096;
+	r.host_addr = UINT64_MAX - 4095;
+	CHECK_EQ(engine_add_region(eng, &r), -EINVAL); /* wraps */
+	engine_destroy(eng);
+	source_destroy(src);
+}
+
+TEST_MAIN(TEST(test_faults_one_handler), TEST(test_faults_two_handlers), TEST(test_faults_busy_intake),
+	  TEST(test_faults_io_uring), TEST(test_remove_gives_zeros), TEST(test_source_failure_is_reported),
+	  TEST(test_huge_pages), TEST(test_region_validation))
