@@ -24,6 +24,15 @@ CFLAGS  += -std=gnu11 -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissi
 LDFLAGS += $(SANFLAGS)
 LDLIBS  += -luring -lpthread
 
+# Quiet by default; `make V=1` prints the full commands.
+ifeq ($(V),1)
+Q =
+say =
+else
+Q = @
+say = @printf '  %-6s %s\n' $(1) $(2);
+endif
+
 LIB_SRCS  := $(wildcard src/core/*.c) $(wildcard src/fc/*.c)
 CLI_SRCS  := $(wildcard src/cli/*.c)
 UNIT_SRCS := $(wildcard tests/unit/*.c)
@@ -38,22 +47,22 @@ all: $(B)/lazyvm $(UNIT_BINS) $(BENCH_BINS)
 
 $(B)/liblazyvm.a: $(LIB_OBJS)
 	@mkdir -p $(@D)
-	$(AR) rcs $@ $^
+	$(call say,AR,$@)$(AR) rcs $@ $^
 
 $(B)/lazyvm: $(CLI_OBJS) $(B)/liblazyvm.a
-	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+	$(call say,LINK,$@)$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 $(B)/tests/%: $(B)/tests/unit/%.o $(B)/tests/test_main.o $(B)/liblazyvm.a
 	@mkdir -p $(@D)
-	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+	$(call say,LINK,$@)$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 $(B)/bench/%: $(B)/bench/%.o $(B)/liblazyvm.a
 	@mkdir -p $(@D)
-	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+	$(call say,LINK,$@)$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 $(B)/%.o: %.c
 	@mkdir -p $(@D)
-	$(CC) $(CFLAGS) -c -o $@ $<
+	$(call say,CC,$<)$(CC) $(CFLAGS) -c -o $@ $<
 
 $(B)/tests/%.o: CFLAGS += -Itests
 
@@ -80,7 +89,7 @@ fuzz: deps-check
 	clang -std=gnu11 -g -O1 -D_GNU_SOURCE -Iinclude -fsanitize=fuzzer,address,undefined \
 	    -o $(B)/fuzz/fuzz_handshake fuzz/fuzz_handshake.c src/fc/handshake.c src/core/log.c
 	mkdir -p $(B)/fuzz/corpus && cp -n fuzz/corpus/* $(B)/fuzz/corpus/ 2>/dev/null || true
-	$(B)/fuzz/fuzz_handshake -max_total_time=$(FUZZ_SECONDS) -max_len=4096 $(B)/fuzz/corpus
+	$(B)/fuzz/fuzz_handshake -max_total_time=$(FUZZ_SECONDS) -max_len=4096 -print_final_stats=1 $(B)/fuzz/corpus
 
 format-check:
 	clang-format --dry-run --Werror $(shell git ls-files '*.c' '*.h')

@@ -23,58 +23,60 @@ struct test_case {
 	void (*fn)(void);
 };
 
-
-#define CHECK(expr)                                                                        \
-	do {                                                                               \
-		if (!(expr)) {                                                             \
+#define CHECK(expr)                                                                                \
+	do {                                                                                       \
+		if (!(expr)) {                                                                     \
 			fprintf(stderr, "  FAILED %s:%d: CHECK(%s)\n", __FILE__, __LINE__, #expr); \
-			_exit(1);                                                   \
-		}                                                                          \
+			_exit(1);                                                                  \
+		}                                                                                  \
 	} while (0)
 
 /* Compares two integers and prints both values when they differ. */
-#define CHECK_EQ(a, b)                                                                     \
-	do {                                                                               \
-		long long _a = (long long)(a), _b = (long long)(b);                        \
-		if (_a != _b) {                                                            \
-			fprintf(stderr, "  FAILED %s:%d: CHECK_EQ(%s, %s): %lld != %lld\n", \
-				__FILE__, __LINE__, #a, #b, _a, _b);                        \
-			_exit(1);                                                   \
-		}                                                                          \
+#define CHECK_EQ(a, b)                                                                             \
+	do {                                                                                       \
+		long long _a = (long long)(a), _b = (long long)(b);                                \
+		if (_a != _b) {                                                                    \
+			fprintf(stderr, "  FAILED %s:%d: CHECK_EQ(%s, %s): %lld != %lld\n",        \
+			        __FILE__, __LINE__, #a, #b, _a, _b);                               \
+			_exit(1);                                                                  \
+		}                                                                                  \
 	} while (0)
 
 /* A library call that returns 0 or -errno must have returned 0. */
-#define CHECK_OK(call)                                                                     \
-	do {                                                                               \
-		long long _r = (long long)(call);                                          \
-		if (_r != 0) {                                                             \
-			fprintf(stderr, "  FAILED %s:%d: %s returned %lld (%s)\n", __FILE__, \
-				__LINE__, #call, _r, _r < 0 ? strerror((int)-_r) : "?");    \
-			_exit(1);                                                   \
-		}                                                                          \
+#define CHECK_OK(call)                                                                             \
+	do {                                                                                       \
+		long long _r = (long long)(call);                                                  \
+		if (_r != 0) {                                                                     \
+			fprintf(stderr, "  FAILED %s:%d: %s returned %lld (%s)\n", __FILE__,       \
+			        __LINE__, #call, _r, _r < 0 ? strerror((int)-_r) : "?");           \
+			_exit(1);                                                                  \
+		}                                                                                  \
 	} while (0)
 
 /* Marks the running case as skipped (facility absent) and leaves it. */
-#define SKIP(...)                                                                          \
-	do {                                                                               \
-		fprintf(stderr, "  SKIP: ");                                               \
-		fprintf(stderr, __VA_ARGS__);                                              \
-		fprintf(stderr, "\n");                                                     \
-		_exit(TEST_SKIP_CODE);                                                 \
+#define SKIP(...)                                                                                  \
+	do {                                                                                       \
+		fprintf(stderr, "  SKIP: ");                                                       \
+		fprintf(stderr, __VA_ARGS__);                                                      \
+		fprintf(stderr, "\n");                                                             \
+		_exit(TEST_SKIP_CODE);                                                             \
 	} while (0)
 
 /* Runs the cases named on the command line (all when none), prints one line
  * each, returns the process exit code. */
 int test_main(const struct test_case *cases, size_t n, int argc, char **argv);
 
-#define TEST_MAIN(...)                                                                     \
-	static const struct test_case test_cases_[] = {__VA_ARGS__};                        \
-	int main(int argc, char **argv)                                                    \
-	{                                                                                  \
-		return test_main(test_cases_, sizeof(test_cases_) / sizeof(test_cases_[0]), \
-				 argc, argv);                                              \
+#define TEST_MAIN(...)                                                                             \
+	static const struct test_case test_cases_[] = {__VA_ARGS__};                               \
+	int main(int argc, char **argv)                                                            \
+	{                                                                                          \
+		return test_main(test_cases_, sizeof(test_cases_) / sizeof(test_cases_[0]), argc,  \
+		                 argv);                                                            \
 	}
 
-#define TEST(fn) {#fn, fn}
+#define TEST(fn)                                                                                   \
+	{                                                                                          \
+#fn, fn                                                                            \
+	}
 
 #endif

@@ -42,7 +42,8 @@ int test_main(const struct test_case *cases, size_t n, int argc, char **argv)
 		} else {
 			failed++;
 			if (WIFSIGNALED(status))
-				printf("  FAIL %s (%s%s)\n", cases[i].name, strsignal(WTERMSIG(status)),
+				printf("  FAIL %s (%s%s)\n", cases[i].name,
+				       strsignal(WTERMSIG(status)),
 				       WTERMSIG(status) == SIGALRM ? ": timed out" : "");
 			else
 				printf("  FAIL %s\n", cases[i].name);

@@ -25,13 +25,13 @@ enum engine_intake {
 };
 
 struct engine_config {
-	int uffd;               /* the engine takes ownership and closes it */
-	struct source *source;  /* borrowed; must outlive the engine */
-	unsigned threads;       /* handler threads, >= 1 */
+	int uffd;              /* the engine takes ownership and closes it */
+	struct source *source; /* borrowed; must outlive the engine */
+	unsigned threads;      /* handler threads, >= 1 */
 	enum engine_intake intake;
-	uint64_t busy_idle_ns;  /* BUSY: after this long without a message, block in
-				 * poll until the next one (0: spin for ever) */
-	const char *name;       /* for messages, e.g. "vm pid 1234" */
+	uint64_t busy_idle_ns; /* BUSY: after this long without a message, block in
+	                        * poll until the next one (0: spin for ever) */
+	const char *name;      /* for messages, e.g. "vm pid 1234" */
 };
 
 /* One registered range of the address space and where its bytes live. */

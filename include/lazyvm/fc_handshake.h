@@ -18,7 +18,7 @@
 #include <stdint.h>
 
 /* Bigger messages are refused (-E2BIG): 1024 regions of ~170 bytes fit easily. */
-#define FC_HANDSHAKE_MAX_BYTES (256u * 1024u)
+#define FC_HANDSHAKE_MAX_BYTES   (256u * 1024u)
 #define FC_HANDSHAKE_MAX_REGIONS 1024u
 
 struct fc_region {
@@ -37,7 +37,10 @@ struct fc_handshake {
  * knows when to stop reading a stream socket. Returns 1 when complete (trailing
  * white space allowed), 0 when more bytes are needed, -EINVAL when the bytes
  * cannot start or continue any JSON value (e.g. trailing garbage after the
- * value, or a first byte that is not JSON). Never reads past len. */
+ * value, or a first byte that is not JSON). Never reads past len.
+ * It recognises the full JSON grammar (any value shape, containers nested at
+ * most 64 deep); a top-level number counts as complete only once white space
+ * follows it, since more digits could still arrive. */
 int fc_handshake_complete(const char *buf, size_t len);
 
 /* Parses and validates a handshake. `file_size` is the size of the memory file
@@ -55,15 +58,22 @@ int fc_handshake_complete(const char *buf, size_t len);
  * offset are multiples of page_size; size > 0; base + size and offset + size do
  * not overflow; host ranges do not overlap; file ranges do not overlap; every
  * file range ends within file_size when file_size != 0. JSON strings may use
- * escapes (\" \\ \/ \b \f \n \r \t \uXXXX) in keys. */
+ * escapes (\" \\ \/ \b \f \n \r \t \uXXXX, surrogates only in pairs) in keys.
+ *
+ * "First problem" means: the JSON and its shape in document order (syntax,
+ * unknown, duplicate and missing fields, value types), then each region's
+ * values in region order, then host overlaps, then file overlaps. Byte
+ * positions in messages are 0-based offsets into buf. err may be NULL (with
+ * errlen 0); on success it is set to "". */
 int fc_handshake_parse(const char *buf, size_t len, uint64_t file_size, struct fc_handshake *out,
-		       char *err, size_t errlen);
+                       char *err, size_t errlen);
 
 void fc_handshake_free(struct fc_handshake *hs);
 
 /* Writes the JSON Firecracker would send for these regions (both page_size
  * fields, in Firecracker's field order) into buf, NUL-terminated. Returns the
- * length, or -ENOSPC when buf is too small. */
+ * length, or -ENOSPC when buf is too small (buf is then ""). The regions are
+ * written as given, not validated; n == 0 writes "[]". */
 int fc_handshake_format(const struct fc_region *regions, size_t n, char *buf, size_t len);
 
 #endif

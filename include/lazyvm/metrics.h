@@ -14,8 +14,8 @@
 /* Log-linear histogram of nanoseconds: HIST_SUB buckets per power of two, so a
  * percentile is exact to 1/HIST_SUB (~3%) of its value. */
 #define HIST_SUB_BITS 5
-#define HIST_SUB (1u << HIST_SUB_BITS)
-#define HIST_BUCKETS ((64 - HIST_SUB_BITS + 1) * HIST_SUB)
+#define HIST_SUB      (1u << HIST_SUB_BITS)
+#define HIST_BUCKETS  ((64 - HIST_SUB_BITS + 1) * HIST_SUB)
 
 struct hist {
 	_Atomic uint64_t count;
@@ -25,19 +25,19 @@ struct hist {
 };
 
 /* X-macro so that merging and JSON output can never miss a counter. */
-#define METRICS_COUNTERS(X)                                                                \
-	X(faults, "fault messages read from the UFFD")                                    \
-	X(faults_shared, "faults on a page another thread was already installing")         \
-	X(faults_stale, "faults on a page already present (woken)")                       \
-	X(pages_copied, "pages installed from the source")                                \
-	X(pages_zeroed, "pages installed as zeros (removed ranges)")                       \
-	X(bytes_read, "bytes read from the source")                                       \
-	X(eexist, "installs that found the page already there")                           \
-	X(eagain, "installs retried because the address space was changing")              \
-	X(remove_events, "UFFD_EVENT_REMOVE received")                                    \
-	X(removed_pages, "pages marked removed")                                          \
-	X(unmap_events, "UFFD_EVENT_UNMAP received")                                      \
-	X(remap_events, "UFFD_EVENT_REMAP received")                                      \
+#define METRICS_COUNTERS(X)                                                                        \
+	X(faults, "fault messages read from the UFFD")                                             \
+	X(faults_shared, "faults on a page another thread was already installing")                 \
+	X(faults_stale, "faults on a page already present (woken)")                                \
+	X(pages_copied, "pages installed from the source")                                         \
+	X(pages_zeroed, "pages installed as zeros (removed ranges)")                               \
+	X(bytes_read, "bytes read from the source")                                                \
+	X(eexist, "installs that found the page already there")                                    \
+	X(eagain, "installs retried because the address space was changing")                       \
+	X(remove_events, "UFFD_EVENT_REMOVE received")                                             \
+	X(removed_pages, "pages marked removed")                                                   \
+	X(unmap_events, "UFFD_EVENT_UNMAP received")                                               \
+	X(remap_events, "UFFD_EVENT_REMAP received")                                               \
 	X(read_batches, "reads of the UFFD that returned messages")
 
 struct metrics {
@@ -51,7 +51,7 @@ struct metrics {
 static inline void ctr_add(_Atomic uint64_t *c, uint64_t v)
 {
 	atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + v,
-			      memory_order_relaxed);
+	                      memory_order_relaxed);
 }
 
 void hist_record(struct hist *h, uint64_t ns);

@@ -47,8 +47,14 @@ int source_read(struct source *src, void *buf, uint64_t off, size_t len);
  * every request succeeded, else the first failure's -errno. */
 int source_read_batch(struct source *src, struct source_req *reqs, unsigned n);
 
-static inline uint64_t source_size(const struct source *src) { return src->size; }
-static inline const char *source_describe(const struct source *src) { return src->desc; }
+static inline uint64_t source_size(const struct source *src)
+{
+	return src->size;
+}
+static inline const char *source_describe(const struct source *src)
+{
+	return src->desc;
+}
 
 void source_destroy(struct source *src);
 

@@ -24,7 +24,7 @@ void uffd_feature_names(uint64_t mask, char *buf, size_t len);
  * that the returned ioctl mask holds every bit of `need_ioctls` (1 << _UFFDIO_*);
  * if not, returns -EOPNOTSUPP with the missing ioctls named in `why`. */
 int uffd_register(int fd, uint64_t addr, uint64_t len, uint64_t mode, uint64_t need_ioctls,
-		  char *why, size_t whylen);
+                  char *why, size_t whylen);
 int uffd_unregister(int fd, uint64_t addr, uint64_t len);
 
 /* Reads up to `max` messages without blocking: returns how many (0 = none
@@ -41,11 +41,11 @@ int uffd_continue(int fd, uint64_t dst, uint64_t len);
 int uffd_wake(int fd, uint64_t addr, uint64_t len);
 
 enum uffd_outcome {
-	UFFD_DONE,    /* installed */
-	UFFD_EXISTS,  /* already there (EEXIST): still wake the waiters */
-	UFFD_RETRY,   /* EAGAIN: mm changing or an event pending: drain events, retry */
-	UFFD_GONE,    /* ESRCH/ENOSPC: the target process or mapping is gone */
-	UFFD_FATAL,   /* anything else: a bug or a broken peer; report with context */
+	UFFD_DONE,   /* installed */
+	UFFD_EXISTS, /* already there (EEXIST): still wake the waiters */
+	UFFD_RETRY,  /* EAGAIN: mm changing or an event pending: drain events, retry */
+	UFFD_GONE,   /* ESRCH/ENOSPC: the target process or mapping is gone */
+	UFFD_FATAL,  /* anything else: a bug or a broken peer; report with context */
 };
 
 /* The one classification of an install result (0 or -errno). */

@@ -33,8 +33,8 @@
  * with huge pages reads fewer messages at a time (see batch_max). MAP_NORESERVE:
  * an engine of small pages only ever touches 256 KiB of it. */
 #define WORKER_BUF_BYTES (8u << 20)
-#define HUGE_PAGE_MAX (2u << 20)
-#define RETRY_LIMIT 10000u
+#define HUGE_PAGE_MAX    (2u << 20)
+#define RETRY_LIMIT      10000u
 
 struct region {
 	struct engine_region r;
@@ -72,12 +72,12 @@ struct engine {
 	_Atomic int status;
 	pthread_mutex_t error_lock;
 	char error[512];
-	void *zeros; /* HUGE_PAGE_MAX zero bytes, for huge pages (no ZEROPAGE there) */
+	void *zeros;        /* HUGE_PAGE_MAX zero bytes, for huge pages (no ZEROPAGE there) */
 	unsigned batch_max; /* messages per read: every fault of a batch fits in a buffer */
 };
 
 static void engine_finish(struct engine *eng, enum engine_status st, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
+    __attribute__((format(printf, 3, 4)));
 
 /* Records the first terminal status and its reason, and tells the supervisor. */
 static void engine_finish(struct engine *eng, enum engine_status st, const char *fmt, ...)
@@ -160,23 +160,27 @@ static int handle_event(struct worker *w, const struct uffd_msg *msg)
 	switch (msg->event) {
 	case UFFD_EVENT_REMOVE:
 		ctr_add(&w->m.remove_events, 1);
-		ctr_add(&w->m.removed_pages, mark_removed(eng, msg->arg.remove.start, msg->arg.remove.end));
+		ctr_add(&w->m.removed_pages,
+		        mark_removed(eng, msg->arg.remove.start, msg->arg.remove.end));
 		return 0;
 	case UFFD_EVENT_UNMAP:
 		/* The range no longer exists; a new mapping there is fresh memory. */
 		ctr_add(&w->m.unmap_events, 1);
-		ctr_add(&w->m.removed_pages, mark_removed(eng, msg->arg.remove.start, msg->arg.remove.end));
+		ctr_add(&w->m.removed_pages,
+		        mark_removed(eng, msg->arg.remove.start, msg->arg.remove.end));
 		return 0;
 	case UFFD_EVENT_REMAP: {
-		uint64_t from = msg->arg.remap.from, to = msg->arg.remap.to, len = msg->arg.remap.len;
+		uint64_t from = msg->arg.remap.from, to = msg->arg.remap.to,
+		         len = msg->arg.remap.len;
 		struct region *reg = region_find(eng, from);
 
 		ctr_add(&w->m.remap_events, 1);
 		if (!reg || reg->r.host_addr != from || reg->r.size != len) {
-			engine_finish(eng, ENGINE_FAILED,
-				      "%s: mremap of [0x%" PRIx64 ", 0x%" PRIx64 ") to 0x%" PRIx64
-				      " does not move one whole region; partial moves are not supported",
-				      eng->name, from, from + len, to);
+			engine_finish(
+			    eng, ENGINE_FAILED,
+			    "%s: mremap of [0x%" PRIx64 ", 0x%" PRIx64 ") to 0x%" PRIx64
+			    " does not move one whole region; partial moves are not supported",
+			    eng->name, from, from + len, to);
 			return -EPROTO;
 		}
 		reg->r.host_addr = to;
@@ -192,7 +196,7 @@ static int handle_event(struct worker *w, const struct uffd_msg *msg)
 	}
 	default:
 		engine_finish(eng, ENGINE_FAILED, "%s: unexpected userfaultfd event %u", eng->name,
-			      msg->event);
+		              msg->event);
 		return -EPROTO;
 	}
 }
@@ -227,8 +231,9 @@ static int intake_batch(struct worker *w, struct todo *todo, int *nmsgs)
 		ctr_add(&w->m.faults, 1);
 		if (!reg) {
 			engine_finish(eng, ENGINE_FAILED,
-				      "%s: fault at 0x%" PRIx64 " outside every region the peer declared",
-				      eng->name, addr);
+			              "%s: fault at 0x%" PRIx64
+			              " outside every region the peer declared",
+			              eng->name, addr);
 			n = -EPROTO;
 			break;
 		}
@@ -243,10 +248,10 @@ static int intake_batch(struct worker *w, struct todo *todo, int *nmsgs)
 			uffd_wake(eng->cfg.uffd, page_addr(reg, idx), reg->r.page_size);
 		} else {
 			todo[ntodo++] = (struct todo){.reg = reg,
-						      .idx = idx,
-						      .zero = prev == PAGE_REMOVED,
-						      .data = w->buf + buf_used,
-						      .t0 = now};
+			                              .idx = idx,
+			                              .zero = prev == PAGE_REMOVED,
+			                              .data = w->buf + buf_used,
+			                              .t0 = now};
 			if (prev != PAGE_REMOVED)
 				buf_used += reg->r.page_size;
 		}
@@ -255,7 +260,7 @@ static int intake_batch(struct worker *w, struct todo *todo, int *nmsgs)
 	if (n < 0) {
 		for (unsigned i = 0; i < ntodo; i++)
 			pagemap_finish(todo[i].reg->pm, todo[i].idx,
-				       todo[i].zero ? PAGE_REMOVED : PAGE_MISSING);
+			               todo[i].zero ? PAGE_REMOVED : PAGE_MISSING);
 		return n;
 	}
 	if (n > 0)
@@ -317,14 +322,15 @@ static int install_one(struct worker *w, struct todo *t)
 		release_and_wake(eng, t);
 		return 0;
 	case UFFD_GONE:
-		engine_finish(eng, ENGINE_GONE, "%s: address space gone while installing 0x%" PRIx64 " (%s)",
-			      eng->name, addr, strerror(-r));
+		engine_finish(eng, ENGINE_GONE,
+		              "%s: address space gone while installing 0x%" PRIx64 " (%s)",
+		              eng->name, addr, strerror(-r));
 		return r;
 	case UFFD_FATAL:
 	default:
 		engine_finish(eng, ENGINE_FAILED,
-			      "%s: installing %s page at 0x%" PRIx64 " (%" PRIu64 " bytes): %s", eng->name,
-			      zero ? "a zero" : "a", addr, ps, strerror(-r));
+		              "%s: installing %s page at 0x%" PRIx64 " (%" PRIu64 " bytes): %s",
+		              eng->name, zero ? "a zero" : "a", addr, ps, strerror(-r));
 		return r;
 	}
 }
@@ -342,13 +348,15 @@ static void serve_batch(struct worker *w, struct todo *todo, unsigned n)
 		if (todo[i].zero)
 			continue;
 		struct region *reg = todo[i].reg;
-		reqs[nreq] = (struct source_req){.buf = todo[i].data,
-						 .off = reg->r.src_off + (todo[i].idx << reg->shift),
-						 .len = reg->r.page_size};
+		reqs[nreq] =
+		    (struct source_req){.buf = todo[i].data,
+		                        .off = reg->r.src_off + (todo[i].idx << reg->shift),
+		                        .len = reg->r.page_size};
 		map[nreq++] = i;
 	}
 	if (nreq == 1)
-		r = reqs[0].result = source_read(eng->cfg.source, reqs[0].buf, reqs[0].off, reqs[0].len);
+		r = reqs[0].result =
+		    source_read(eng->cfg.source, reqs[0].buf, reqs[0].off, reqs[0].len);
 	else if (nreq > 1)
 		r = source_read_batch(eng->cfg.source, reqs, nreq);
 	if (r < 0) {
@@ -357,16 +365,17 @@ static void serve_batch(struct worker *w, struct todo *todo, unsigned n)
 				continue;
 			struct todo *t = &todo[map[q]];
 			engine_finish(eng, ENGINE_FAILED,
-				      "%s: reading page 0x%" PRIx64 " (source offset 0x%" PRIx64
-				      ", %zu bytes) from %s: %s",
-				      eng->name, page_addr(t->reg, t->idx), reqs[q].off, reqs[q].len,
-				      source_describe(eng->cfg.source), strerror(-reqs[q].result));
+			              "%s: reading page 0x%" PRIx64 " (source offset 0x%" PRIx64
+			              ", %zu bytes) from %s: %s",
+			              eng->name, page_addr(t->reg, t->idx), reqs[q].off,
+			              reqs[q].len, source_describe(eng->cfg.source),
+			              strerror(-reqs[q].result));
 			break;
 		}
 		/* Leave no page claimed by a worker that stops: the map stays true. */
 		for (unsigned i = 0; i < n; i++)
 			pagemap_finish(todo[i].reg->pm, todo[i].idx,
-				       todo[i].zero ? PAGE_REMOVED : PAGE_MISSING);
+			               todo[i].zero ? PAGE_REMOVED : PAGE_MISSING);
 		return;
 	}
 	for (unsigned q = 0; q < nreq; q++)
@@ -375,7 +384,7 @@ static void serve_batch(struct worker *w, struct todo *todo, unsigned n)
 		if (install_one(w, &todo[i]) < 0) {
 			for (unsigned j = i + 1; j < n; j++)
 				pagemap_finish(todo[j].reg->pm, todo[j].idx,
-					       todo[j].zero ? PAGE_REMOVED : PAGE_MISSING);
+				               todo[j].zero ? PAGE_REMOVED : PAGE_MISSING);
 			return;
 		}
 	}
@@ -394,21 +403,22 @@ static void *worker_main(void *arg)
 
 		if (block) {
 			struct pollfd p[2] = {{.fd = eng->cfg.uffd, .events = POLLIN},
-					      {.fd = eng->stop_efd, .events = POLLIN}};
+			                      {.fd = eng->stop_efd, .events = POLLIN}};
 
 			if (poll(p, 2, -1) < 0) {
 				if (errno == EINTR)
 					continue;
 				engine_finish(eng, ENGINE_FAILED, "%s: poll on the userfaultfd: %s",
-					      eng->name, strerror(errno));
+				              eng->name, strerror(errno));
 				break;
 			}
 			if (p[1].revents)
 				break;
 			if (p[0].revents & (POLLERR | POLLNVAL)) {
-				engine_finish(eng, ENGINE_FAILED,
-					      "%s: the userfaultfd reports an error (poll revents 0x%x)",
-					      eng->name, p[0].revents);
+				engine_finish(
+				    eng, ENGINE_FAILED,
+				    "%s: the userfaultfd reports an error (poll revents 0x%x)",
+				    eng->name, p[0].revents);
 				break;
 			}
 		}
@@ -416,13 +426,15 @@ static void *worker_main(void *arg)
 		if (n < 0) {
 			if (n != -EPROTO)
 				engine_finish(eng, ENGINE_FAILED, "%s: reading the userfaultfd: %s",
-					      eng->name, strerror(-n));
+				              eng->name, strerror(-n));
 			break;
 		}
 		if (nmsgs == 0) {
 			if (!block) {
-				if (eng->cfg.busy_idle_ns && lv_now_ns() - last_msg > eng->cfg.busy_idle_ns)
-					block = true; /* idle: stop burning the CPU until the next fault */
+				if (eng->cfg.busy_idle_ns &&
+				    lv_now_ns() - last_msg > eng->cfg.busy_idle_ns)
+					block = true; /* idle: stop burning the CPU until the next
+					                 fault */
 				else
 					__builtin_ia32_pause();
 			}
@@ -482,8 +494,8 @@ int engine_add_region(struct engine *eng, const struct engine_region *r)
 
 	if (eng->workers)
 		return -EBUSY;
-	if ((ps != 4096 && ps != HUGE_PAGE_MAX) || r->size == 0 || r->host_addr % ps || r->size % ps ||
-	    r->host_addr + r->size < r->host_addr)
+	if ((ps != 4096 && ps != HUGE_PAGE_MAX) || r->size == 0 || r->host_addr % ps ||
+	    r->size % ps || r->host_addr + r->size < r->host_addr)
 		return -EINVAL;
 	if (r->src_off > source_size(eng->cfg.source) ||
 	    r->size > source_size(eng->cfg.source) - r->src_off)
@@ -523,7 +535,8 @@ int engine_start(struct engine *eng)
 	if (eng->batch_max > EVENT_BATCH)
 		eng->batch_max = EVENT_BATCH;
 	if (max_ps > 4096) {
-		eng->zeros = mmap(NULL, HUGE_PAGE_MAX, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		eng->zeros =
+		    mmap(NULL, HUGE_PAGE_MAX, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 		if (eng->zeros == MAP_FAILED) {
 			eng->zeros = NULL;
 			return -ENOMEM;
@@ -537,7 +550,7 @@ int engine_start(struct engine *eng)
 
 		w->eng = eng;
 		w->buf = mmap(NULL, WORKER_BUF_BYTES, PROT_READ | PROT_WRITE,
-			      MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+		              MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
 		if (w->buf == MAP_FAILED) {
 			w->buf = NULL;
 			r = -ENOMEM;
@@ -594,9 +607,15 @@ void engine_destroy(struct engine *eng)
 	free(eng);
 }
 
-int engine_event_fd(const struct engine *eng) { return eng->event_efd; }
+int engine_event_fd(const struct engine *eng)
+{
+	return eng->event_efd;
+}
 
-enum engine_status engine_status(const struct engine *eng) { return atomic_load(&eng->status); }
+enum engine_status engine_status(const struct engine *eng)
+{
+	return atomic_load(&eng->status);
+}
 
 const char *engine_status_name(enum engine_status s)
 {

@@ -7,9 +7,15 @@
 
 static _Atomic int log_level = LV_LOG_INFO;
 
-void lv_log_set_level(enum lv_log_level level) { atomic_store(&log_level, level); }
+void lv_log_set_level(enum lv_log_level level)
+{
+	atomic_store(&log_level, level);
+}
 
-enum lv_log_level lv_log_get_level(void) { return atomic_load(&log_level); }
+enum lv_log_level lv_log_get_level(void)
+{
+	return atomic_load(&log_level);
+}
 
 void lv_vlog(enum lv_log_level level, const char *fmt, va_list ap)
 {

@@ -78,7 +78,10 @@ void metrics_add(struct metrics *dst, const struct metrics *src)
 		add_relaxed(&dst->latency.buckets[b], &src->latency.buckets[b]);
 }
 
-static double us(uint64_t ns) { return (double)ns / 1000.0; }
+static double us(uint64_t ns)
+{
+	return (double)ns / 1000.0;
+}
 
 void metrics_write_json(FILE *f, const struct metrics *m)
 {
@@ -87,15 +90,15 @@ void metrics_write_json(FILE *f, const struct metrics *m)
 	uint64_t sum = atomic_load_explicit(&h->sum_ns, memory_order_relaxed);
 
 	fputc('{', f);
-#define METRICS_JSON(name, doc)                                                            \
-	fprintf(f, "\"" #name "\":%llu,",                                                 \
-		(unsigned long long)atomic_load_explicit(&m->name, memory_order_relaxed));
+#define METRICS_JSON(name, doc)                                                                    \
+	fprintf(f, "\"" #name "\":%llu,",                                                          \
+	        (unsigned long long)atomic_load_explicit(&m->name, memory_order_relaxed));
 	METRICS_COUNTERS(METRICS_JSON)
 #undef METRICS_JSON
 	fprintf(f,
-		"\"latency_us\":{\"count\":%llu,\"mean\":%.1f,\"p50\":%.1f,\"p90\":%.1f,"
-		"\"p99\":%.1f,\"max\":%.1f}}",
-		(unsigned long long)n, n ? us(sum) / (double)n : 0.0, us(hist_percentile(h, 0.5)),
-		us(hist_percentile(h, 0.9)), us(hist_percentile(h, 0.99)),
-		us(atomic_load_explicit(&h->max_ns, memory_order_relaxed)));
+	        "\"latency_us\":{\"count\":%llu,\"mean\":%.1f,\"p50\":%.1f,\"p90\":%.1f,"
+	        "\"p99\":%.1f,\"max\":%.1f}}",
+	        (unsigned long long)n, n ? us(sum) / (double)n : 0.0, us(hist_percentile(h, 0.5)),
+	        us(hist_percentile(h, 0.9)), us(hist_percentile(h, 0.99)),
+	        us(atomic_load_explicit(&h->max_ns, memory_order_relaxed)));
 }

@@ -7,7 +7,7 @@
 #include <sys/mman.h>
 
 #define PAGES_PER_WORD 32u
-#define STATE_MASK 3ull
+#define STATE_MASK     3ull
 
 struct pagemap {
 	uint64_t npages;
@@ -30,8 +30,8 @@ int pagemap_create(uint64_t npages, struct pagemap **out)
 	bytes = pm->nwords * sizeof(uint64_t);
 	/* PAGE_MISSING is 0, so fresh anonymous memory is a map of missing pages and
 	 * a huge sparse region costs only the words that are ever written. */
-	pm->words = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
-			 -1, 0);
+	pm->words = mmap(NULL, bytes, PROT_READ | PROT_WRITE,
+	                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
 	if (pm->words == MAP_FAILED) {
 		free(pm);
 		return -ENOMEM;
@@ -48,9 +48,15 @@ void pagemap_destroy(struct pagemap *pm)
 	free(pm);
 }
 
-uint64_t pagemap_pages(const struct pagemap *pm) { return pm->npages; }
+uint64_t pagemap_pages(const struct pagemap *pm)
+{
+	return pm->npages;
+}
 
-size_t pagemap_footprint(const struct pagemap *pm) { return pm->nwords * sizeof(uint64_t); }
+size_t pagemap_footprint(const struct pagemap *pm)
+{
+	return pm->nwords * sizeof(uint64_t);
+}
 
 const char *page_state_name(enum page_state s)
 {
@@ -59,7 +65,10 @@ const char *page_state_name(enum page_state s)
 	return names[s & STATE_MASK];
 }
 
-static inline unsigned shift_of(uint64_t idx) { return (unsigned)(idx % PAGES_PER_WORD) * 2; }
+static inline unsigned shift_of(uint64_t idx)
+{
+	return (unsigned)(idx % PAGES_PER_WORD) * 2;
+}
 
 enum page_state pagemap_get(const struct pagemap *pm, uint64_t idx)
 {
@@ -83,7 +92,7 @@ enum page_state pagemap_claim(struct pagemap *pm, uint64_t idx)
 			return s;
 		uint64_t new = (old & ~(STATE_MASK << sh)) | ((uint64_t)PAGE_INFLIGHT << sh);
 		if (atomic_compare_exchange_weak_explicit(word, &old, new, memory_order_acq_rel,
-							  memory_order_acquire))
+		                                          memory_order_acquire))
 			return s;
 	}
 }
@@ -100,13 +109,16 @@ bool pagemap_finish(struct pagemap *pm, uint64_t idx, enum page_state to)
 			return false;
 		uint64_t new = (old & ~(STATE_MASK << sh)) | ((uint64_t)to << sh);
 		if (atomic_compare_exchange_weak_explicit(word, &old, new, memory_order_acq_rel,
-							  memory_order_acquire))
+		                                          memory_order_acquire))
 			return true;
 	}
 }
 
 /* Pattern with state s in every 2-bit slot of a word. */
-static inline uint64_t fill_of(enum page_state s) { return 0x5555555555555555ull * (uint64_t)s; }
+static inline uint64_t fill_of(enum page_state s)
+{
+	return 0x5555555555555555ull * (uint64_t)s;
+}
 
 /* Mask of the slots [lo, hi) of a word, slot indices in pages. */
 static inline uint64_t slot_mask(unsigned lo, unsigned hi)
@@ -126,18 +138,17 @@ void pagemap_set_range(struct pagemap *pm, uint64_t first, uint64_t count, enum 
 		uint64_t w = first / PAGES_PER_WORD;
 		unsigned lo = (unsigned)(first % PAGES_PER_WORD);
 		unsigned hi = end - w * PAGES_PER_WORD >= PAGES_PER_WORD
-				      ? PAGES_PER_WORD
-				      : (unsigned)(end - w * PAGES_PER_WORD);
+		                  ? PAGES_PER_WORD
+		                  : (unsigned)(end - w * PAGES_PER_WORD);
 		uint64_t mask = slot_mask(lo, hi);
 
 		if (mask == ~0ull) {
 			atomic_store_explicit(&pm->words[w], fill, memory_order_release);
 		} else {
 			uint64_t old = atomic_load_explicit(&pm->words[w], memory_order_acquire);
-			while (!atomic_compare_exchange_weak_explicit(&pm->words[w], &old,
-								      (old & ~mask) | (fill & mask),
-								      memory_order_acq_rel,
-								      memory_order_acquire))
+			while (!atomic_compare_exchange_weak_explicit(
+			    &pm->words[w], &old, (old & ~mask) | (fill & mask),
+			    memory_order_acq_rel, memory_order_acquire))
 				;
 		}
 		first = (w + 1) * PAGES_PER_WORD;
@@ -157,7 +168,8 @@ uint64_t pagemap_count(const struct pagemap *pm, enum page_state s)
 	uint64_t n = 0;
 
 	for (size_t w = 0; w < pm->nwords; w++) {
-		uint64_t eq = slots_equal(atomic_load_explicit(&pm->words[w], memory_order_relaxed), s);
+		uint64_t eq =
+		    slots_equal(atomic_load_explicit(&pm->words[w], memory_order_relaxed), s);
 
 		if (w == pm->nwords - 1 && pm->npages % PAGES_PER_WORD)
 			eq &= slot_mask(0, (unsigned)(pm->npages % PAGES_PER_WORD));
@@ -169,7 +181,8 @@ uint64_t pagemap_count(const struct pagemap *pm, enum page_state s)
 uint64_t pagemap_find(const struct pagemap *pm, uint64_t from, enum page_state s)
 {
 	for (uint64_t w = from / PAGES_PER_WORD; w < pm->nwords; w++) {
-		uint64_t eq = slots_equal(atomic_load_explicit(&pm->words[w], memory_order_relaxed), s);
+		uint64_t eq =
+		    slots_equal(atomic_load_explicit(&pm->words[w], memory_order_relaxed), s);
 
 		if (w == from / PAGES_PER_WORD)
 			eq &= slot_mask((unsigned)(from % PAGES_PER_WORD), PAGES_PER_WORD);

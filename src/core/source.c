@@ -55,12 +55,15 @@ static int zero_read(struct source *src, void *buf, uint64_t off, size_t len)
 	return 0;
 }
 
-static void zero_destroy(struct source *src) { free(src); }
+static void zero_destroy(struct source *src)
+{
+	free(src);
+}
 
 static const struct source_ops zero_ops = {
-	.kind = "zero",
-	.read = zero_read,
-	.destroy = zero_destroy,
+    .kind = "zero",
+    .read = zero_read,
+    .destroy = zero_destroy,
 };
 
 int source_zero_create(uint64_t size, struct source **out)
@@ -110,10 +113,10 @@ static void latency_destroy(struct source *src)
 }
 
 static const struct source_ops latency_ops = {
-	.kind = "latency",
-	.read = latency_read,
-	.read_batch = latency_read_batch,
-	.destroy = latency_destroy,
+    .kind = "latency",
+    .read = latency_read,
+    .read_batch = latency_read_batch,
+    .destroy = latency_destroy,
 };
 
 int source_latency_wrap(struct source *inner, uint64_t delay_ns, struct source **out)
@@ -125,7 +128,7 @@ int source_latency_wrap(struct source *inner, uint64_t delay_ns, struct source *
 	ls->base.ops = &latency_ops;
 	ls->base.size = inner->size;
 	snprintf(ls->base.desc, sizeof(ls->base.desc), "%.200s + %llu us latency", inner->desc,
-		 (unsigned long long)(delay_ns / 1000));
+	         (unsigned long long)(delay_ns / 1000));
 	ls->inner = inner;
 	ls->delay_ns = delay_ns;
 	*out = &ls->base;

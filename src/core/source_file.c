@@ -125,20 +125,22 @@ static int file_read_batch(struct source *src, struct source_req *reqs, unsigned
 		if (res < 0)
 			req->result = res;
 		else if ((size_t)res < req->len) /* short read: finish it the slow way */
-			req->result = pread_full(fs->fd, (char *)req->buf + res, req->off + (uint64_t)res,
-						 req->len - (size_t)res);
+			req->result = pread_full(fs->fd, (char *)req->buf + res,
+			                         req->off + (uint64_t)res, req->len - (size_t)res);
 		else
 			req->result = 0;
 	}
 	if (r < 0) {
 		/* The ring failed mid-batch: drop it (it may hold our buffers) and finish
 		 * what it did not complete with pread. */
-		lv_warn("io_uring on %s failed: %s; falling back to pread", src->desc, strerror(-r));
+		lv_warn("io_uring on %s failed: %s; falling back to pread", src->desc,
+		        strerror(-r));
 		io_uring_queue_exit(ring);
 		free(ring);
 		for (unsigned i = 0; i < n; i++)
 			if (reqs[i].result == -EINPROGRESS)
-				reqs[i].result = pread_full(fs->fd, reqs[i].buf, reqs[i].off, reqs[i].len);
+				reqs[i].result =
+				    pread_full(fs->fd, reqs[i].buf, reqs[i].off, reqs[i].len);
 		return 0;
 	}
 	ring_put(fs, ring);
@@ -159,10 +161,10 @@ static void file_destroy(struct source *src)
 }
 
 static const struct source_ops file_ops = {
-	.kind = "file",
-	.read = file_read,
-	.read_batch = file_read_batch,
-	.destroy = file_destroy,
+    .kind = "file",
+    .read = file_read,
+    .read_batch = file_read_batch,
+    .destroy = file_destroy,
 };
 
 int source_file_open(const char *path, unsigned flags, struct source **out)
@@ -207,7 +209,7 @@ int source_file_open(const char *path, unsigned flags, struct source **out)
 	}
 	fs->base.ops = &file_ops;
 	snprintf(fs->base.desc, sizeof(fs->base.desc), "file %.230s%s", path,
-		 fs->use_uring ? " (io_uring)" : "");
+	         fs->use_uring ? " (io_uring)" : "");
 	*out = &fs->base;
 	return 0;
 

@@ -12,34 +12,30 @@ static const struct {
 	uint64_t bit;
 	const char *name;
 } feature_names[] = {
-	{UFFD_FEATURE_PAGEFAULT_FLAG_WP, "PAGEFAULT_FLAG_WP"},
-	{UFFD_FEATURE_EVENT_FORK, "EVENT_FORK"},
-	{UFFD_FEATURE_EVENT_REMAP, "EVENT_REMAP"},
-	{UFFD_FEATURE_EVENT_REMOVE, "EVENT_REMOVE"},
-	{UFFD_FEATURE_MISSING_HUGETLBFS, "MISSING_HUGETLBFS"},
-	{UFFD_FEATURE_MISSING_SHMEM, "MISSING_SHMEM"},
-	{UFFD_FEATURE_EVENT_UNMAP, "EVENT_UNMAP"},
-	{UFFD_FEATURE_SIGBUS, "SIGBUS"},
-	{UFFD_FEATURE_THREAD_ID, "THREAD_ID"},
-	{UFFD_FEATURE_MINOR_HUGETLBFS, "MINOR_HUGETLBFS"},
-	{UFFD_FEATURE_MINOR_SHMEM, "MINOR_SHMEM"},
-	{UFFD_FEATURE_EXACT_ADDRESS, "EXACT_ADDRESS"},
-	{UFFD_FEATURE_WP_HUGETLBFS_SHMEM, "WP_HUGETLBFS_SHMEM"},
-	{UFFD_FEATURE_WP_UNPOPULATED, "WP_UNPOPULATED"},
-	{UFFD_FEATURE_POISON, "POISON"},
-	{UFFD_FEATURE_WP_ASYNC, "WP_ASYNC"},
-	{UFFD_FEATURE_MOVE, "MOVE"},
+    {UFFD_FEATURE_PAGEFAULT_FLAG_WP, "PAGEFAULT_FLAG_WP"},
+    {UFFD_FEATURE_EVENT_FORK, "EVENT_FORK"},
+    {UFFD_FEATURE_EVENT_REMAP, "EVENT_REMAP"},
+    {UFFD_FEATURE_EVENT_REMOVE, "EVENT_REMOVE"},
+    {UFFD_FEATURE_MISSING_HUGETLBFS, "MISSING_HUGETLBFS"},
+    {UFFD_FEATURE_MISSING_SHMEM, "MISSING_SHMEM"},
+    {UFFD_FEATURE_EVENT_UNMAP, "EVENT_UNMAP"},
+    {UFFD_FEATURE_SIGBUS, "SIGBUS"},
+    {UFFD_FEATURE_THREAD_ID, "THREAD_ID"},
+    {UFFD_FEATURE_MINOR_HUGETLBFS, "MINOR_HUGETLBFS"},
+    {UFFD_FEATURE_MINOR_SHMEM, "MINOR_SHMEM"},
+    {UFFD_FEATURE_EXACT_ADDRESS, "EXACT_ADDRESS"},
+    {UFFD_FEATURE_WP_HUGETLBFS_SHMEM, "WP_HUGETLBFS_SHMEM"},
+    {UFFD_FEATURE_WP_UNPOPULATED, "WP_UNPOPULATED"},
+    {UFFD_FEATURE_POISON, "POISON"},
+    {UFFD_FEATURE_WP_ASYNC, "WP_ASYNC"},
+    {UFFD_FEATURE_MOVE, "MOVE"},
 };
 
 static const char *const ioctl_names[64] = {
-	[_UFFDIO_REGISTER] = "REGISTER",
-	[_UFFDIO_UNREGISTER] = "UNREGISTER",
-	[_UFFDIO_WAKE] = "WAKE",
-	[_UFFDIO_COPY] = "COPY",
-	[_UFFDIO_ZEROPAGE] = "ZEROPAGE",
-	[_UFFDIO_WRITEPROTECT] = "WRITEPROTECT",
-	[_UFFDIO_CONTINUE] = "CONTINUE",
-	[_UFFDIO_API] = "API",
+    [_UFFDIO_REGISTER] = "REGISTER", [_UFFDIO_UNREGISTER] = "UNREGISTER",
+    [_UFFDIO_WAKE] = "WAKE",         [_UFFDIO_COPY] = "COPY",
+    [_UFFDIO_ZEROPAGE] = "ZEROPAGE", [_UFFDIO_WRITEPROTECT] = "WRITEPROTECT",
+    [_UFFDIO_CONTINUE] = "CONTINUE", [_UFFDIO_API] = "API",
 };
 
 static void append(char *buf, size_t len, size_t *pos, const char *word)
@@ -133,7 +129,7 @@ int uffd_open(uint64_t features, uint64_t *supported, char *why, size_t whylen)
 }
 
 int uffd_register(int fd, uint64_t addr, uint64_t len, uint64_t mode, uint64_t need_ioctls,
-		  char *why, size_t whylen)
+                  char *why, size_t whylen)
 {
 	struct uffdio_register reg = {.range = {.start = addr, .len = len}, .mode = mode};
 	uint64_t missing;
@@ -148,7 +144,8 @@ int uffd_register(int fd, uint64_t addr, uint64_t len, uint64_t mode, uint64_t n
 			why[0] = '\0';
 			for (unsigned b = 0; b < 64; b++)
 				if (missing & (1ull << b))
-					append(why, whylen, &pos, ioctl_names[b] ? ioctl_names[b] : "?");
+					append(why, whylen, &pos,
+					       ioctl_names[b] ? ioctl_names[b] : "?");
 		}
 		uffd_unregister(fd, addr, len);
 		return -EOPNOTSUPP;
@@ -182,7 +179,7 @@ int uffd_copy(int fd, uint64_t dst, const void *src, uint64_t len)
 
 	while (done < len) {
 		struct uffdio_copy c = {
-			.dst = dst + done, .src = (uint64_t)(uintptr_t)src + done, .len = len - done};
+		    .dst = dst + done, .src = (uint64_t)(uintptr_t)src + done, .len = len - done};
 
 		if (ioctl(fd, UFFDIO_COPY, &c) == 0)
 			return 0;
@@ -243,17 +240,13 @@ int uffd_wake(int fd, uint64_t addr, uint64_t len)
 enum uffd_outcome uffd_classify(int err)
 {
 	switch (err) {
-	case 0:
-		return UFFD_DONE;
-	case -EEXIST:
-		return UFFD_EXISTS;
-	case -EAGAIN:
-		return UFFD_RETRY;
+	case 0: return UFFD_DONE;
+	case -EEXIST: return UFFD_EXISTS;
+	case -EAGAIN: return UFFD_RETRY;
 	case -ESRCH:  /* the mm is gone: the process exited */
 	case -ENOSPC: /* the mapping is gone (older kernels said ENOENT for this) */
 		return UFFD_GONE;
-	default:
-		return UFFD_FATAL;
+	default: return UFFD_FATAL;
 	}
 }
 

@@ -72,7 +72,10 @@ int lv_parse_duration(const char *s, uint64_t *ns)
 		const char *suffix;
 		uint64_t mult;
 	} units[] = {
-	    {"ns", 1}, {"us", 1000}, {"ms", 1000000}, {"s", 1000000000ull},
+	    {"ns", 1},
+	    {"us", 1000},
+	    {"ms", 1000000},
+	    {"s", 1000000000ull},
 	};
 	const char *rest;
 	uint64_t v;
@@ -90,7 +93,8 @@ int lv_parse_duration(const char *s, uint64_t *ns)
 
 void lv_sleep_ns(uint64_t ns)
 {
-	struct timespec ts = {.tv_sec = (time_t)(ns / 1000000000ull), .tv_nsec = (long)(ns % 1000000000ull)};
+	struct timespec ts = {.tv_sec = (time_t)(ns / 1000000000ull),
+	                      .tv_nsec = (long)(ns % 1000000000ull)};
 
 	while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
 		;

@@ -46,8 +46,9 @@ static void check_file_source(unsigned flags)
 	CHECK_EQ(source_read(src, bufs[0], (1 << 20) - 10, 11), -ERANGE);
 	CHECK_EQ(source_read(src, bufs[0], UINT64_MAX - 1, 4096), -ERANGE);
 	for (unsigned i = 0; i < SOURCE_BATCH_MAX; i++)
-		reqs[i] = (struct source_req){.buf = bufs[i], .off = (uint64_t)(SOURCE_BATCH_MAX - i) * 4096 + i,
-					      .len = 4096};
+		reqs[i] = (struct source_req){.buf = bufs[i],
+		                              .off = (uint64_t)(SOURCE_BATCH_MAX - i) * 4096 + i,
+		                              .len = 4096};
 	CHECK_OK(source_read_batch(src, reqs, SOURCE_BATCH_MAX));
 	for (unsigned i = 0; i < SOURCE_BATCH_MAX; i++) {
 		CHECK_EQ(reqs[i].result, 0);
@@ -65,8 +66,14 @@ static void check_file_source(unsigned flags)
 	unlink(path);
 }
 
-static void test_file_source_pread(void) { check_file_source(0); }
-static void test_file_source_io_uring(void) { check_file_source(SOURCE_FILE_IO_URING); }
+static void test_file_source_pread(void)
+{
+	check_file_source(0);
+}
+static void test_file_source_io_uring(void)
+{
+	check_file_source(SOURCE_FILE_IO_URING);
+}
 
 static void test_file_source_errors(void)
 {
@@ -171,5 +178,6 @@ static void test_histogram(void)
 	free(json);
 }
 
-TEST_MAIN(TEST(test_file_source_pread), TEST(test_file_source_io_uring), TEST(test_file_source_errors),
-	  TEST(test_zero_and_latency_sources), TEST(test_units), TEST(test_histogram))
+TEST_MAIN(TEST(test_file_source_pread), TEST(test_file_source_io_uring),
+          TEST(test_file_source_errors), TEST(test_zero_and_latency_sources), TEST(test_units),
+          TEST(test_histogram))

@@ -21,10 +21,13 @@ struct rig {
 	uint64_t size, page;
 };
 
-static unsigned char pattern(uint64_t off) { return (unsigned char)(off * 13 + (off >> 12) * 101 + 1); }
+static unsigned char pattern(uint64_t off)
+{
+	return (unsigned char)(off * 13 + (off >> 12) * 101 + 1);
+}
 
 static void rig_up(struct rig *rig, uint64_t size, uint64_t page, unsigned threads,
-		   enum engine_intake intake, unsigned src_flags)
+                   enum engine_intake intake, unsigned src_flags)
 {
 	unsigned char *buf = malloc(size);
 	char why[256];
@@ -48,25 +51,34 @@ static void rig_up(struct rig *rig, uint64_t size, uint64_t page, unsigned threa
 		     (unsigned long long)page, strerror(errno));
 	rig->size = size;
 	rig->page = page;
-	uint64_t features = UFFD_FEATURE_EVENT_REMOVE | (page > 4096 ? UFFD_FEATURE_MISSING_HUGETLBFS : 0);
+	uint64_t features =
+	    UFFD_FEATURE_EVENT_REMOVE | (page > 4096 ? UFFD_FEATURE_MISSING_HUGETLBFS : 0);
 	uffd = uffd_open(features, NULL, why, sizeof(why));
 	if (uffd < 0)
 		fprintf(stderr, "uffd_open: %s %s\n", strerror(-uffd), why);
 	CHECK(uffd >= 0);
 	uint64_t need = (1ull << _UFFDIO_COPY) | (1ull << _UFFDIO_WAKE) |
-			(page == 4096 ? 1ull << _UFFDIO_ZEROPAGE : 0);
-	CHECK_OK(uffd_register(uffd, (uint64_t)(uintptr_t)rig->mem, size, UFFDIO_REGISTER_MODE_MISSING,
-			       need, why, sizeof(why)));
+	                (page == 4096 ? 1ull << _UFFDIO_ZEROPAGE : 0);
+	CHECK_OK(uffd_register(uffd, (uint64_t)(uintptr_t)rig->mem, size,
+	                       UFFDIO_REGISTER_MODE_MISSING, need, why, sizeof(why)));
 	rig->uffd_dup = dup(uffd);
-	struct engine_config cfg = {.uffd = uffd, .source = rig->src, .threads = threads,
-				    .intake = intake, .busy_idle_ns = 5 * 1000 * 1000, .name = "test"};
+	struct engine_config cfg = {.uffd = uffd,
+	                            .source = rig->src,
+	                            .threads = threads,
+	                            .intake = intake,
+	                            .busy_idle_ns = 5 * 1000 * 1000,
+	                            .name = "test"};
 	CHECK_OK(engine_create(&cfg, &rig->eng));
 	/* Two regions: the second half of memory is served from the first half of
 	 * the file and vice versa, so a wrong offset cannot pass for a right one. */
-	struct engine_region lo = {.host_addr = (uint64_t)(uintptr_t)rig->mem, .size = size / 2,
-				   .src_off = size / 2, .page_size = page};
-	struct engine_region hi = {.host_addr = lo.host_addr + size / 2, .size = size / 2, .src_off = 0,
-				   .page_size = page};
+	struct engine_region lo = {.host_addr = (uint64_t)(uintptr_t)rig->mem,
+	                           .size = size / 2,
+	                           .src_off = size / 2,
+	                           .page_size = page};
+	struct engine_region hi = {.host_addr = lo.host_addr + size / 2,
+	                           .size = size / 2,
+	                           .src_off = 0,
+	                           .page_size = page};
 	CHECK_OK(engine_add_region(rig->eng, &hi));
 	CHECK_OK(engine_add_region(rig->eng, &lo));
 	CHECK_OK(engine_start(rig->eng));
@@ -137,8 +149,8 @@ static void check_every_byte(struct rig *rig)
 {
 	for (uint64_t i = 0; i < rig->size; i++)
 		if (rig->mem[i] != expected(rig, i)) {
-			fprintf(stderr, "  byte %llu: %#x, want %#x\n", (unsigned long long)i, rig->mem[i],
-				expected(rig, i));
+			fprintf(stderr, "  byte %llu: %#x, want %#x\n", (unsigned long long)i,
+			        rig->mem[i], expected(rig, i));
 			CHECK(0);
 		}
 }
@@ -160,7 +172,8 @@ static void run_touchers(struct rig *rig, unsigned n)
 
 /* Four threads touch every page in four different random orders: every page is
  * read from the source once and installed once, whatever the overlap. */
-static void check_concurrent_faults(unsigned handlers, enum engine_intake intake, unsigned src_flags)
+static void check_concurrent_faults(unsigned handlers, enum engine_intake intake,
+                                    unsigned src_flags)
 {
 	struct rig rig;
 	struct metrics m;
@@ -176,16 +189,28 @@ static void check_concurrent_faults(unsigned handlers, enum engine_intake intake
 	engine_page_counts(rig.eng, counts);
 	CHECK_EQ(counts[PAGE_PRESENT], pages);
 	CHECK_EQ(engine_status(rig.eng), ENGINE_RUNNING);
-	printf("    faults %llu, shared %llu, stale %llu, p50 %.1f us\n", (unsigned long long)m.faults,
-	       (unsigned long long)m.faults_shared, (unsigned long long)m.faults_stale,
-	       hist_percentile(&m.latency, 0.5) / 1000.0);
+	printf("    faults %llu, shared %llu, stale %llu, p50 %.1f us\n",
+	       (unsigned long long)m.faults, (unsigned long long)m.faults_shared,
+	       (unsigned long long)m.faults_stale, hist_percentile(&m.latency, 0.5) / 1000.0);
 	rig_down(&rig);
 }
 
-static void test_faults_one_handler(void) { check_concurrent_faults(1, ENGINE_INTAKE_BLOCK, 0); }
-static void test_faults_two_handlers(void) { check_concurrent_faults(2, ENGINE_INTAKE_BLOCK, 0); }
-static void test_faults_busy_intake(void) { check_concurrent_faults(2, ENGINE_INTAKE_BUSY, 0); }
-static void test_faults_io_uring(void) { check_concurrent_faults(2, ENGINE_INTAKE_BLOCK, SOURCE_FILE_IO_URING); }
+static void test_faults_one_handler(void)
+{
+	check_concurrent_faults(1, ENGINE_INTAKE_BLOCK, 0);
+}
+static void test_faults_two_handlers(void)
+{
+	check_concurrent_faults(2, ENGINE_INTAKE_BLOCK, 0);
+}
+static void test_faults_busy_intake(void)
+{
+	check_concurrent_faults(2, ENGINE_INTAKE_BUSY, 0);
+}
+static void test_faults_io_uring(void)
+{
+	check_concurrent_faults(2, ENGINE_INTAKE_BLOCK, SOURCE_FILE_IO_URING);
+}
 
 /* MADV_DONTNEED (a balloon) turns a range into zeros for good; the rest keeps
  * its data; a range never touched before the remove also reads zeros. */
@@ -282,7 +307,8 @@ static void test_region_validation(void)
 	CHECK_OK(source_zero_create(16 * MB, &src));
 	struct engine_config cfg = {.uffd = uffd, .source = src, .threads = 1};
 	CHECK_OK(engine_create(&cfg, &eng));
-	struct engine_region r = {.host_addr = 1ull << 30, .size = 4 * MB, .src_off = 0, .page_size = 4096};
+	struct engine_region r = {
+	    .host_addr = 1ull << 30, .size = 4 * MB, .src_off = 0, .page_size = 4096};
 	CHECK_OK(engine_add_region(eng, &r));
 	r.host_addr += 4 * MB - 4096; /* overlaps the last page */
 	CHECK_EQ(engine_add_region(eng, &r), -EEXIST);
@@ -304,6 +330,7 @@ static void test_region_validation(void)
 	source_destroy(src);
 }
 
-TEST_MAIN(TEST(test_faults_one_handler), TEST(test_faults_two_handlers), TEST(test_faults_busy_intake),
-	  TEST(test_faults_io_uring), TEST(test_remove_gives_zeros), TEST(test_source_failure_is_reported),
-	  TEST(test_huge_pages), TEST(test_region_validation))
+TEST_MAIN(TEST(test_faults_one_handler), TEST(test_faults_two_handlers),
+          TEST(test_faults_busy_intake), TEST(test_faults_io_uring), TEST(test_remove_gives_zeros),
+          TEST(test_source_failure_is_reported), TEST(test_huge_pages),
+          TEST(test_region_validation))

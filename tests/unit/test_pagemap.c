@@ -11,16 +11,16 @@ static void test_states_and_claims(void)
 	CHECK_OK(pagemap_create(100, &pm));
 	CHECK_EQ(pagemap_pages(pm), 100);
 	CHECK_EQ(pagemap_count(pm, PAGE_MISSING), 100);
-	CHECK_EQ(pagemap_claim(pm, 7), PAGE_MISSING);   /* won */
-	CHECK_EQ(pagemap_claim(pm, 7), PAGE_INFLIGHT);  /* second claimer loses */
+	CHECK_EQ(pagemap_claim(pm, 7), PAGE_MISSING);  /* won */
+	CHECK_EQ(pagemap_claim(pm, 7), PAGE_INFLIGHT); /* second claimer loses */
 	CHECK_EQ(pagemap_get(pm, 7), PAGE_INFLIGHT);
 	CHECK(pagemap_finish(pm, 7, PAGE_PRESENT));
-	CHECK(!pagemap_finish(pm, 7, PAGE_PRESENT));    /* no longer in flight */
+	CHECK(!pagemap_finish(pm, 7, PAGE_PRESENT)); /* no longer in flight */
 	CHECK_EQ(pagemap_claim(pm, 7), PAGE_PRESENT);
 	CHECK_EQ(pagemap_get(pm, 6), PAGE_MISSING);
 	CHECK_EQ(pagemap_get(pm, 8), PAGE_MISSING);
 	pagemap_set_range(pm, 7, 1, PAGE_REMOVED);
-	CHECK_EQ(pagemap_claim(pm, 7), PAGE_REMOVED);   /* removed pages are claimable */
+	CHECK_EQ(pagemap_claim(pm, 7), PAGE_REMOVED); /* removed pages are claimable */
 	CHECK_EQ(pagemap_get(pm, 7), PAGE_INFLIGHT);
 	CHECK_EQ(pagemap_count(pm, PAGE_INFLIGHT), 1);
 	CHECK_EQ(pagemap_count(pm, PAGE_MISSING), 99);
@@ -77,7 +77,7 @@ static void test_footprint_of_a_terabyte(void)
 }
 
 #define RACE_PAGES 4096
-#define RACERS 4
+#define RACERS     4
 static struct pagemap *race_pm;
 static _Atomic unsigned race_wins[RACERS];
 
@@ -114,4 +114,4 @@ static void test_concurrent_claims(void)
 }
 
 TEST_MAIN(TEST(test_states_and_claims), TEST(test_ranges_across_words),
-	  TEST(test_footprint_of_a_terabyte), TEST(test_concurrent_claims))
+          TEST(test_footprint_of_a_terabyte), TEST(test_concurrent_claims))

@@ -1,0 +1,14 @@
+/* Subcommands of the lazyvm binary. Each returns the process exit status. */
+#ifndef LAZYVM_CLI_H
+#define LAZYVM_CLI_H
+
+int cmd_fc_handler(int argc, char **argv);
+int cmd_fc_client(int argc, char **argv);
+
+/* Option parsing helpers: print "lazyvm CMD: --opt: why" and return -1 on error. */
+int cli_size(const char *cmd, const char *opt, const char *val, unsigned long long *out);
+int cli_duration(const char *cmd, const char *opt, const char *val, unsigned long long *ns);
+int cli_uint(const char *cmd, const char *opt, const char *val, unsigned min, unsigned max,
+             unsigned *out);
+
+#endif

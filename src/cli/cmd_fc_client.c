@@ -1,0 +1,168 @@
+/* lazyvm fc-client */
+#include <getopt.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "cli.h"
+#include "lazyvm/fc_client.h"
+
+static const char help[] =
+    "Usage: lazyvm fc-client --socket PATH --mem-file PATH [OPTIONS]\n"
+    "\n"
+    "Play Firecracker's part of the UFFD hand-off against a page-fault handler:\n"
+    "map guest memory as anonymous private regions, register them with a\n"
+    "non-blocking userfaultfd (EVENT_REMOVE, MISSING mode), send the JSON regions\n"
+    "and the userfaultfd over PATH, then touch every page from several threads in\n"
+    "random order and compare every byte with the memory file. Then MADV_DONTNEED\n"
+    "(a balloon) the second quarter of each region and check that it reads zeros.\n"
+    "\n"
+    "  --socket PATH        the handler's socket\n"
+    "  --mem-file PATH      the memory file the handler serves (the guest memory is\n"
+    "                       as large as the file)\n"
+    "  --regions N          guest memory regions, 1 to 16 (default 3)\n"
+    "  --page-size SIZE     4k (default) or 2M (hugetlbfs; needs free huge pages)\n"
+    "  --threads N          touching threads (default 4)\n"
+    "  --seed N             random order seed (default 1)\n"
+    "  --fields WHICH       page size fields sent: both (default, Firecracker 1.x),\n"
+    "                       page_size, or page_size_kib (deprecated)\n"
+    "  --no-remove-check    skip the MADV_DONTNEED check\n"
+    "  --bad MODE           send a broken hand-off and print the handler's reply:\n"
+    "                       no-fd, two-fds, not-uffd, garbage, truncated, oversized,\n"
+    "                       overlap, beyond-file, unaligned, unknown-field, silent\n"
+    "  -h, --help           this text\n"
+    "\n"
+    "Exit status: 0 every byte verified; 1 a mismatch or an error; 2 bad usage;\n"
+    "3 (with --bad) the handler refused the hand-off with a reply.\n";
+
+int cmd_fc_client(int argc, char **argv)
+{
+	static const struct option opts[] = {
+	    {"socket", required_argument, 0, 's'},
+	    {"mem-file", required_argument, 0, 'm'},
+	    {"regions", required_argument, 0, 'r'},
+	    {"page-size", required_argument, 0, 'p'},
+	    {"threads", required_argument, 0, 't'},
+	    {"seed", required_argument, 0, 'S'},
+	    {"fields", required_argument, 0, 'F'},
+	    {"no-remove-check", no_argument, 0, 'n'},
+	    {"bad", required_argument, 0, 'b'},
+	    {"help", no_argument, 0, 'h'},
+	    {0, 0, 0, 0},
+	};
+	const char *cmd = "fc-client", *sock = NULL, *mem = NULL;
+	unsigned regions = 3, threads = 4, seed = 1;
+	unsigned long long page = 4096;
+	enum fc_fields fields = FC_FIELDS_BOTH;
+	enum fc_bad bad = FC_BAD_NONE;
+	bool check_remove = true;
+	struct fc_touch_result res;
+	struct fc_vm vm;
+	char why[512] = "";
+	int c, r;
+
+	optind = 1;
+	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+		switch (c) {
+		case 's': sock = optarg; break;
+		case 'm': mem = optarg; break;
+		case 'r':
+			if (cli_uint(cmd, "--regions", optarg, 1, 16, &regions) < 0)
+				return 2;
+			break;
+		case 'p':
+			if (cli_size(cmd, "--page-size", optarg, &page) < 0)
+				return 2;
+			break;
+		case 't':
+			if (cli_uint(cmd, "--threads", optarg, 1, 64, &threads) < 0)
+				return 2;
+			break;
+		case 'S':
+			if (cli_uint(cmd, "--seed", optarg, 0, 0x7fffffff, &seed) < 0)
+				return 2;
+			break;
+		case 'F':
+			if (!strcmp(optarg, "both"))
+				fields = FC_FIELDS_BOTH;
+			else if (!strcmp(optarg, "page_size"))
+				fields = FC_FIELDS_PAGE_SIZE;
+			else if (!strcmp(optarg, "page_size_kib"))
+				fields = FC_FIELDS_KIB;
+			else {
+				fprintf(stderr,
+				        "lazyvm fc-client: --fields: '%s' is not both, page_size "
+				        "or page_size_kib\n",
+				        optarg);
+				return 2;
+			}
+			break;
+		case 'n': check_remove = false; break;
+		case 'b':
+			if (fc_bad_parse(optarg, &bad) < 0) {
+				fprintf(stderr,
+				        "lazyvm fc-client: --bad: unknown mode '%s' (see --help)\n",
+				        optarg);
+				return 2;
+			}
+			break;
+		case 'h': fputs(help, stdout); return 0;
+		default:
+			fputs("Run 'lazyvm fc-client --help' for the options.\n", stderr);
+			return 2;
+		}
+	}
+	if (!sock || !mem || optind < argc) {
+		fprintf(stderr, "lazyvm fc-client: --socket and --mem-file are required\n");
+		return 2;
+	}
+	if (page != 4096 && page != (2ull << 20)) {
+		fprintf(stderr, "lazyvm fc-client: --page-size must be 4k or 2M\n");
+		return 2;
+	}
+	r = fc_vm_create(&vm, mem, regions, page, why, sizeof(why));
+	if (r < 0) {
+		fprintf(stderr, "lazyvm fc-client: %s\n", why);
+		return 1;
+	}
+	r = fc_vm_handoff(&vm, sock, bad, fields, why, sizeof(why));
+	if (r < 0) {
+		fprintf(stderr, "lazyvm fc-client: %s\n", why);
+		fc_vm_destroy(&vm);
+		return 1;
+	}
+	if (bad != FC_BAD_NONE) {
+		char reply[512];
+		int n = fc_vm_read_reply(&vm, reply, sizeof(reply), 20000);
+
+		fc_vm_destroy(&vm);
+		if (n > 0 && strstr(reply, "handshake rejected")) {
+			printf("fc-client: --bad %s: handler replied: %s", fc_bad_name(bad), reply);
+			return 3;
+		}
+		printf("fc-client: --bad %s: no refusal from the handler (%s)\n", fc_bad_name(bad),
+		       n > 0 ? reply : "connection closed or timed out without a reply");
+		return 1;
+	}
+	r = fc_vm_touch_verify(&vm, threads, seed, check_remove, &res);
+	if (r < 0) {
+		fprintf(stderr, "lazyvm fc-client: touching memory: %s\n", strerror(-r));
+		fc_vm_destroy(&vm);
+		return 1;
+	}
+	uint64_t pages = vm.size / vm.page_size;
+	printf(
+	    "fc-client: %u region(s), %llu MiB in %llu-byte pages, %u thread(s): %llu page touches "
+	    "in %.3f s (%.0f pages/s first-touch rate)\n",
+	    vm.nregions, (unsigned long long)(vm.size >> 20), page, threads,
+	    (unsigned long long)res.touches, res.touch_s, (double)pages / res.touch_s);
+	printf("fc-client: contents: %s (%llu mismatching pages)\n",
+	       res.mismatches ? "MISMATCH against the memory file"
+	                      : "every byte matches the memory file",
+	       (unsigned long long)res.mismatches);
+	if (check_remove)
+		printf("fc-client: balloon: %llu pages removed with MADV_DONTNEED, %s\n",
+		       (unsigned long long)res.removed_pages,
+		       res.nonzero ? "SOME DO NOT READ ZEROS" : "all read zeros afterwards");
+	fc_vm_destroy(&vm);
+	return res.mismatches || res.nonzero ? 1 : 0;
+}

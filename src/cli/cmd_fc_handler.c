@@ -1,0 +1,197 @@
+/* lazyvm fc-handler */
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/signalfd.h>
+#include <unistd.h>
+
+#include "cli.h"
+#include "lazyvm/fc_handler.h"
+#include "lazyvm/log.h"
+
+static const char help[] =
+    "Usage: lazyvm fc-handler --socket PATH --mem-file PATH [OPTIONS]\n"
+    "\n"
+    "Serve the page faults of Firecracker VMs restored with the Uffd memory backend\n"
+    "(PUT /snapshot/load with mem_backend {backend_type: \"Uffd\", backend_path: PATH})\n"
+    "from a snapshot memory file. Each connection is one VM: the handler checks its\n"
+    "hand-off (JSON regions + the userfaultfd) and serves its faults until the VM\n"
+    "exits. Balloon-removed ranges read zeros afterwards. Many VMs at once.\n"
+    "\n"
+    "  --socket PATH            unix socket to listen on (a stale socket is replaced)\n"
+    "  --mem-file PATH          snapshot memory file: raw guest memory, regions in order\n"
+    "  --threads N              fault-handling threads per VM (default 1)\n"
+    "  --intake block|busy      block in poll(2) for faults (default), or spin on the\n"
+    "                           UFFD: lower latency, costs a CPU while faults arrive\n"
+    "  --busy-idle DUR          busy intake: after DUR without a fault, block until the\n"
+    "                           next one (default 10ms; 0 = spin for ever)\n"
+    "  --io-uring               read a batch of faulting pages through io_uring\n"
+    "  --source-latency DUR     delay every read by DUR (stands for remote storage)\n"
+    "  --on-fatal kill|report   a VM that cannot be served (bad hand-off, unreadable\n"
+    "                           page): SIGKILL its process (default; Firecracker would\n"
+    "                           hang for ever) or only report its pid\n"
+    "  --handshake-timeout DUR  refuse a connection that has not sent a complete\n"
+    "                           hand-off within DUR (default 5s)\n"
+    "  --max-vms N              refuse VMs beyond N at once (default 256)\n"
+    "  --log-level LEVEL        error, warning, info (default) or debug\n"
+    "  -h, --help               this text\n"
+    "\n"
+    "Metrics (JSON, one line) go to stdout on SIGUSR1 and at exit; logs go to stderr.\n"
+    "SIGTERM or SIGINT stops the handler: VMs still attached are named, since they\n"
+    "will hang at their next fault.\n"
+    "Exit status: 0 after a clean stop, 1 on a start-up or handler-wide error, 2 on\n"
+    "bad usage.\n";
+
+static int parse_log_level(const char *s)
+{
+	static const char *const names[] = {"error", "warning", "info", "debug"};
+
+	for (int i = 0; i < 4; i++)
+		if (!strcmp(s, names[i]))
+			return i;
+	return -1;
+}
+
+int cmd_fc_handler(int argc, char **argv)
+{
+	static const struct option opts[] = {
+	    {"socket", required_argument, 0, 's'},
+	    {"mem-file", required_argument, 0, 'm'},
+	    {"threads", required_argument, 0, 't'},
+	    {"intake", required_argument, 0, 'i'},
+	    {"busy-idle", required_argument, 0, 'b'},
+	    {"io-uring", no_argument, 0, 'u'},
+	    {"source-latency", required_argument, 0, 'l'},
+	    {"on-fatal", required_argument, 0, 'f'},
+	    {"handshake-timeout", required_argument, 0, 'T'},
+	    {"max-vms", required_argument, 0, 'M'},
+	    {"log-level", required_argument, 0, 'L'},
+	    {"help", no_argument, 0, 'h'},
+	    {0, 0, 0, 0},
+	};
+	struct fc_handler_config cfg = {
+	    .threads_per_vm = 1,
+	    .intake = ENGINE_INTAKE_BLOCK,
+	    .busy_idle_ns = 10ull * 1000 * 1000,
+	    .on_fatal = FC_ON_FATAL_KILL,
+	    .handshake_timeout_ns = 5ull * 1000 * 1000 * 1000,
+	    .max_vms = 256,
+	    .signal_fd = -1,
+	    .metrics_out = stdout,
+	};
+	const char *cmd = "fc-handler";
+	unsigned long long v;
+	struct fc_handler *h;
+	sigset_t sigs;
+	int c, r;
+
+	optind = 1;
+	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+		switch (c) {
+		case 's': cfg.socket_path = optarg; break;
+		case 'm': cfg.mem_file = optarg; break;
+		case 't':
+			if (cli_uint(cmd, "--threads", optarg, 1, 64, &cfg.threads_per_vm) < 0)
+				return 2;
+			break;
+		case 'i':
+			if (!strcmp(optarg, "block"))
+				cfg.intake = ENGINE_INTAKE_BLOCK;
+			else if (!strcmp(optarg, "busy"))
+				cfg.intake = ENGINE_INTAKE_BUSY;
+			else {
+				fprintf(
+				    stderr,
+				    "lazyvm fc-handler: --intake: '%s' is neither block nor busy\n",
+				    optarg);
+				return 2;
+			}
+			break;
+		case 'b':
+			if (cli_duration(cmd, "--busy-idle", optarg, &v) < 0)
+				return 2;
+			cfg.busy_idle_ns = v;
+			break;
+		case 'u': cfg.io_uring = 1; break;
+		case 'l':
+			if (cli_duration(cmd, "--source-latency", optarg, &v) < 0)
+				return 2;
+			cfg.source_latency_ns = v;
+			break;
+		case 'f':
+			if (!strcmp(optarg, "kill"))
+				cfg.on_fatal = FC_ON_FATAL_KILL;
+			else if (!strcmp(optarg, "report"))
+				cfg.on_fatal = FC_ON_FATAL_REPORT;
+			else {
+				fprintf(stderr,
+				        "lazyvm fc-handler: --on-fatal: '%s' is neither kill nor "
+				        "report\n",
+				        optarg);
+				return 2;
+			}
+			break;
+		case 'T':
+			if (cli_duration(cmd, "--handshake-timeout", optarg, &v) < 0 || v == 0) {
+				fprintf(
+				    stderr,
+				    "lazyvm fc-handler: --handshake-timeout must be more than 0\n");
+				return 2;
+			}
+			cfg.handshake_timeout_ns = v;
+			break;
+		case 'M':
+			if (cli_uint(cmd, "--max-vms", optarg, 1, 100000, &cfg.max_vms) < 0)
+				return 2;
+			break;
+		case 'L':
+			if ((r = parse_log_level(optarg)) < 0) {
+				fprintf(stderr,
+				        "lazyvm fc-handler: --log-level: '%s' is not error, "
+				        "warning, info or debug\n",
+				        optarg);
+				return 2;
+			}
+			lv_log_set_level((enum lv_log_level)r);
+			break;
+		case 'h': fputs(help, stdout); return 0;
+		default:
+			fputs("Run 'lazyvm fc-handler --help' for the options.\n", stderr);
+			return 2;
+		}
+	}
+	if (optind < argc) {
+		fprintf(stderr, "lazyvm fc-handler: unexpected argument '%s'\n", argv[optind]);
+		return 2;
+	}
+	if (!cfg.socket_path || !cfg.mem_file) {
+		fprintf(stderr, "lazyvm fc-handler: --socket and --mem-file are required\n"
+		                "Run 'lazyvm fc-handler --help' for the options.\n");
+		return 2;
+	}
+	/* Signals arrive through a signalfd in the event loop; the handler threads
+	 * (created later) inherit the blocked mask and never see them. */
+	sigemptyset(&sigs);
+	sigaddset(&sigs, SIGTERM);
+	sigaddset(&sigs, SIGINT);
+	sigaddset(&sigs, SIGUSR1);
+	sigprocmask(SIG_BLOCK, &sigs, NULL);
+	signal(SIGPIPE, SIG_IGN);
+	cfg.signal_fd = signalfd(-1, &sigs, SFD_CLOEXEC | SFD_NONBLOCK);
+	if (cfg.signal_fd < 0) {
+		perror("lazyvm fc-handler: signalfd");
+		return 1;
+	}
+	r = fc_handler_create(&cfg, &h);
+	if (r < 0) {
+		close(cfg.signal_fd);
+		return 1;
+	}
+	r = fc_handler_run(h);
+	lv_info("stopping");
+	fc_handler_write_metrics(h, stdout);
+	fc_handler_destroy(h);
+	close(cfg.signal_fd);
+	return r < 0 ? 1 : 0;
+}

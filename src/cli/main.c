@@ -1,0 +1,95 @@
+/* lazyvm: one binary, one subcommand per job. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+#include "lazyvm/units.h"
+
+#define LAZYVM_VERSION "0.1.0"
+
+static const struct {
+	const char *name;
+	int (*fn)(int argc, char **argv);
+	const char *summary;
+} commands[] = {
+    {"fc-handler", cmd_fc_handler, "serve Firecracker's page faults from a snapshot memory file"},
+    {"fc-client", cmd_fc_client,
+     "play Firecracker's part of the UFFD hand-off against a handler, verify every byte"},
+};
+
+static void usage(FILE *f)
+{
+	fprintf(f,
+	        "lazyvm %s: restore virtual machines before their memory has arrived.\n\n"
+	        "Usage: lazyvm COMMAND [OPTIONS]\n\nCommands:\n",
+	        LAZYVM_VERSION);
+	for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
+		fprintf(f, "  %-12s %s\n", commands[i].name, commands[i].summary);
+	fprintf(f, "  %-12s %s\n", "version", "print the version");
+	fprintf(f, "\nRun 'lazyvm COMMAND --help' for the options of a command.\n"
+	           "Documentation: docs/CLI.md, docs/ARCHITECTURE.md.\n");
+}
+
+int cli_size(const char *cmd, const char *opt, const char *val, unsigned long long *out)
+{
+	uint64_t v;
+
+	if (lv_parse_size(val, &v) < 0) {
+		fprintf(stderr, "lazyvm %s: %s: '%s' is not a size (e.g. 4096, 4k, 2M, 1G)\n", cmd,
+		        opt, val);
+		return -1;
+	}
+	*out = v;
+	return 0;
+}
+
+int cli_duration(const char *cmd, const char *opt, const char *val, unsigned long long *ns)
+{
+	uint64_t v;
+
+	if (lv_parse_duration(val, &v) < 0) {
+		fprintf(stderr, "lazyvm %s: %s: '%s' is not a duration (e.g. 200us, 10ms, 5s, 0)\n",
+		        cmd, opt, val);
+		return -1;
+	}
+	*ns = v;
+	return 0;
+}
+
+int cli_uint(const char *cmd, const char *opt, const char *val, unsigned min, unsigned max,
+             unsigned *out)
+{
+	char *end;
+	unsigned long v = strtoul(val, &end, 10);
+
+	if (!*val || *end || v < min || v > max || val[0] == '-') {
+		fprintf(stderr, "lazyvm %s: %s: '%s' is not a whole number from %u to %u\n", cmd,
+		        opt, val, min, max);
+		return -1;
+	}
+	*out = (unsigned)v;
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	if (argc < 2) {
+		usage(stderr);
+		return 2;
+	}
+	if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
+		usage(stdout);
+		return 0;
+	}
+	if (!strcmp(argv[1], "version") || !strcmp(argv[1], "--version")) {
+		printf("lazyvm %s\n", LAZYVM_VERSION);
+		return 0;
+	}
+	for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
+		if (!strcmp(argv[1], commands[i].name))
+			return commands[i].fn(argc - 1, argv + 1);
+	fprintf(stderr, "lazyvm: unknown command '%s'\n\n", argv[1]);
+	usage(stderr);
+	return 2;
+}
