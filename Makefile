@@ -33,7 +33,8 @@ Q = @
 say = @printf '  %-6s %s\n' $(1) $(2);
 endif
 
-LIB_SRCS  := $(wildcard src/core/*.c) $(wildcard src/fc/*.c)
+LIB_SRCS  := $(wildcard src/core/*.c) $(wildcard src/fc/*.c) $(wildcard src/vmm/*.c) \
+             $(wildcard src/vmm/x86_64/*.c)
 CLI_SRCS  := $(wildcard src/cli/*.c)
 UNIT_SRCS := $(wildcard tests/unit/*.c)
 BENCH_SRCS := $(wildcard bench/*.c)
@@ -43,14 +44,22 @@ CLI_OBJS  := $(CLI_SRCS:%.c=$(B)/%.o)
 UNIT_BINS := $(UNIT_SRCS:tests/unit/%.c=$(B)/tests/%)
 BENCH_BINS := $(BENCH_SRCS:bench/%.c=$(B)/bench/%)
 
-all: $(B)/lazyvm $(UNIT_BINS) $(BENCH_BINS)
+# The bundled guest kernel (guest/guest.mk defines GUEST_BIN and its rules).
+-include guest/guest.mk
+
+all: $(B)/lazyvm $(UNIT_BINS) $(BENCH_BINS) $(GUEST_BIN)
 
 $(B)/liblazyvm.a: $(LIB_OBJS)
 	@mkdir -p $(@D)
 	$(call say,AR,$@)$(AR) rcs $@ $^
 
-$(B)/lazyvm: $(CLI_OBJS) $(B)/liblazyvm.a
+$(B)/lazyvm: $(CLI_OBJS) $(B)/guest_image.o $(B)/liblazyvm.a
 	$(call say,LINK,$@)$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+# The guest image is embedded in the binary (.incbin), rebuilt when it changes.
+$(B)/guest_image.o: src/vmm/guest_image.S $(GUEST_BIN)
+	@mkdir -p $(@D)
+	$(call say,AS,$<)$(CC) -c -DGUEST_BIN_PATH='"$(GUEST_BIN)"' -o $@ $<
 
 $(B)/tests/%: $(B)/tests/unit/%.o $(B)/tests/test_main.o $(B)/liblazyvm.a
 	@mkdir -p $(@D)

@@ -37,4 +37,14 @@
 #define SO_PEERPIDFD 77
 #endif
 
+/* A spin-wait hint. */
+static inline void cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+	__builtin_ia32_pause();
+#elif defined(__aarch64__)
+	__asm__ volatile("yield" ::: "memory");
+#endif
+}
+
 #endif

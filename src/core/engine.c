@@ -23,6 +23,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include "lazyvm/compat.h"
 #include "lazyvm/log.h"
 #include "lazyvm/pagemap.h"
 #include "lazyvm/uffd.h"
@@ -421,6 +422,20 @@ static void *worker_main(void *arg)
 				    eng->name, p[0].revents);
 				break;
 			}
+		} else {
+			/* Busy: look without the lock (a zero-timeout poll) and take the
+			 * write lock only to read what is there, so spinning workers do
+			 * not hold up each other's installs. */
+			struct pollfd p = {.fd = eng->cfg.uffd, .events = POLLIN};
+
+			if (poll(&p, 1, 0) == 0) {
+				if (eng->cfg.busy_idle_ns &&
+				    lv_now_ns() - last_msg > eng->cfg.busy_idle_ns)
+					block = true; /* idle: sleep until the next fault */
+				else
+					cpu_relax();
+				continue;
+			}
 		}
 		n = intake_batch(w, todo, &nmsgs);
 		if (n < 0) {
@@ -429,17 +444,8 @@ static void *worker_main(void *arg)
 				              eng->name, strerror(-n));
 			break;
 		}
-		if (nmsgs == 0) {
-			if (!block) {
-				if (eng->cfg.busy_idle_ns &&
-				    lv_now_ns() - last_msg > eng->cfg.busy_idle_ns)
-					block = true; /* idle: stop burning the CPU until the next
-					                 fault */
-				else
-					__builtin_ia32_pause();
-			}
-			continue;
-		}
+		if (nmsgs == 0)
+			continue; /* another worker took them */
 		if (eng->cfg.intake == ENGINE_INTAKE_BUSY) {
 			block = false;
 			last_msg = lv_now_ns();

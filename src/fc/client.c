@@ -225,6 +225,9 @@ int fc_vm_handoff(struct fc_vm *vm, const char *socket_path, enum fc_bad bad, en
 	if (vm->sock < 0 || connect(vm->sock, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
 		r = -errno;
 		snprintf(why, whylen, "cannot connect to %s: %s", socket_path, strerror(errno));
+		if (vm->sock >= 0)
+			close(vm->sock);
+		vm->sock = -1;
 		return r;
 	}
 	if (bad == FC_BAD_SILENT)

@@ -1,0 +1,64 @@
+/* lazyvm's reference VMM, as the front ends use it: boot the bundled guest
+ * (optionally stopping at its snapshot point to write a snapshot), or restore a
+ * snapshot with one of three ways of loading its memory. */
+#ifndef LAZYVM_VMM_PUBLIC_H
+#define LAZYVM_VMM_PUBLIC_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "lazyvm/engine.h"
+
+struct vmm_run_config {
+	uint64_t mem_size;
+	unsigned mem_slots;
+	unsigned vcpus;
+	uint32_t timeslice_us;
+	uint64_t seed;
+	const char *workload;
+	const char *snapshot_dir; /* NULL: run prepare and run phases straight through */
+	bool console_to_stderr;
+	const void *image; /* the guest image, loaded flat at GUEST_IMAGE_GPA */
+	size_t image_len;
+};
+
+enum vmm_load {
+	VMM_LOAD_EAGER, /* read the whole memory file, verify every page, then run */
+	VMM_LOAD_MMAP,  /* map the memory file MAP_PRIVATE (Firecracker's File backend) */
+	VMM_LOAD_LAZY,  /* userfaultfd + the fault engine: each page fetched when touched */
+};
+
+struct vmm_restore_config {
+	const char *dir;
+	enum vmm_load load;
+	uint64_t source_latency_ns; /* lazy: every page read takes this long */
+	unsigned handler_threads;   /* lazy: engine threads */
+	enum engine_intake intake;  /* lazy */
+	bool console_to_stderr;
+};
+
+struct vmm_outcome {
+	bool ok;         /* the guest finished and verified all its data */
+	char error[512]; /* why not, when !ok */
+	unsigned results, results_failed;
+	uint64_t t_first_entry_ns; /* first guest instruction (KVM_RUN) */
+	uint64_t t_run_start_ns;   /* run phase start */
+	uint64_t t_done_ns;        /* guest reported DONE */
+	bool snapshot_written;
+	/* memory loading */
+	uint64_t faults;          /* lazy: UFFD faults; mmap: the process's page faults */
+	uint64_t pages_installed; /* pages put in guest memory by lazyvm */
+	uint64_t bytes_read;      /* from the memory file by lazyvm */
+	uint64_t fault_p50_ns, fault_p99_ns;
+	uint64_t max_rss_kb;
+};
+
+const char *vmm_load_name(enum vmm_load l);
+
+/* Both return 0 when the VM did what was asked (outcome->ok), else -errno
+ * with outcome->error saying why. Neither exits the process. */
+int vmm_run(const struct vmm_run_config *cfg, struct vmm_outcome *out);
+int vmm_restore(const struct vmm_restore_config *cfg, struct vmm_outcome *out);
+
+#endif

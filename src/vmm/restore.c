@@ -1,0 +1,359 @@
+/* vmm_restore: validate a snapshot completely, load its memory (eager, mmap or
+ * lazy), put every vCPU back, run the guest's run phase. */
+#include "lazyvm/vmm.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "lazyvm/crc32c.h"
+#include "lazyvm/log.h"
+#include "lazyvm/source.h"
+#include "lazyvm/uffd.h"
+#include "lazyvm/units.h"
+#include "snapshot.h"
+#include "vcpu.h"
+#include "vmm.h"
+
+struct restore {
+	const struct vmm_restore_config *cfg;
+	struct vmm_outcome *out;
+	uint8_t *state;
+	size_t state_len;
+	struct snap_reader rd;
+	const uint32_t *crcs;
+	int mem_fd;
+	struct source *src;
+	struct engine *eng;
+};
+
+/* Records why the restore fails (the first reason wins) and returns err. */
+static int fail(struct restore *rs, int err, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static int fail(struct restore *rs, int err, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (!rs->out->error[0]) {
+		va_start(ap, fmt);
+		vsnprintf(rs->out->error, sizeof(rs->out->error), fmt, ap);
+		va_end(ap);
+	}
+	return err;
+}
+
+static int read_state(struct restore *rs)
+{
+	char path[4096];
+	struct stat st;
+	int fd, r = 0;
+
+	snprintf(path, sizeof(path), "%s/state", rs->cfg->dir);
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return fail(rs, -errno, "cannot open %s: %s", path, strerror(errno));
+	if (fstat(fd, &st) < 0 || st.st_size <= 0 || (uint64_t)st.st_size > SNAP_STATE_MAX) {
+		close(fd);
+		return fail(rs, -EINVAL, "%s: %lld bytes is not a plausible state file size", path,
+		            (long long)st.st_size);
+	}
+	rs->state_len = (size_t)st.st_size;
+	rs->state = malloc(rs->state_len);
+	if (!rs->state) {
+		close(fd);
+		return fail(rs, -ENOMEM, "out of memory reading %s", path);
+	}
+	for (size_t got = 0; got < rs->state_len;) {
+		ssize_t n = pread(fd, rs->state + got, rs->state_len - got, (off_t)got);
+		if (n <= 0) {
+			r = fail(rs, n < 0 ? -errno : -EIO, "reading %s: %s", path,
+			         n < 0 ? strerror(errno) : "file shrank");
+			break;
+		}
+		got += (size_t)n;
+	}
+	close(fd);
+	if (r)
+		return r;
+	char why[256];
+	if (snap_reader_init(&rs->rd, rs->state, rs->state_len, why, sizeof(why)) < 0)
+		return fail(rs, -EINVAL, "%s: %s", path, why);
+	return 0;
+}
+
+/* The layout must be regions tiling [0, mem_size) in order, each a multiple of
+ * 2 MiB at its own gpa in the file; the memory file exactly that size. */
+static int check_layout(struct restore *rs, struct guest_mem *want)
+{
+	const struct snap_header *h = &rs->rd.hdr;
+	uint64_t at = 0, len;
+	char path[4096];
+	struct stat st;
+
+	if (h->mem_size < GUEST_MEM_MIN || h->mem_size > GUEST_MEM_MAX ||
+	    h->mem_size % (2u << 20) || h->nr_regions < 1 || h->nr_regions > VMM_MAX_SLOTS ||
+	    h->nr_vcpus < 1 || h->nr_vcpus > VMM_MAX_VCPUS || h->page_size != SNAP_PAGE_SIZE)
+		return fail(rs, -EINVAL,
+		            "snapshot header is implausible: %llu bytes of RAM in %u region(s), %u "
+		            "vCPU(s), page size %u",
+		            (unsigned long long)h->mem_size, h->nr_regions, h->nr_vcpus,
+		            h->page_size);
+	memset(want, 0, sizeof(*want));
+	want->size = h->mem_size;
+	want->nslots = h->nr_regions;
+	for (unsigned i = 0; i < h->nr_regions; i++) {
+		const struct snap_region *reg = snap_find(&rs->rd, SNAP_REGION, i, &len);
+
+		if (!reg || len != sizeof(*reg))
+			return fail(rs, -EINVAL, "snapshot: region %u is missing", i);
+		if (reg->gpa != at || reg->file_off != at || reg->size == 0 ||
+		    reg->size % (2u << 20) || reg->size > h->mem_size - at)
+			return fail(
+			    rs, -EINVAL,
+			    "snapshot: region %u (gpa 0x%llx, %llu bytes, file offset 0x%llx) does "
+			    "not continue the layout at 0x%llx",
+			    i, (unsigned long long)reg->gpa, (unsigned long long)reg->size,
+			    (unsigned long long)reg->file_off, (unsigned long long)at);
+		want->slots[i] = (struct mem_slot){
+		    .gpa = reg->gpa, .size = reg->size, .file_off = reg->file_off};
+		at += reg->size;
+	}
+	if (at != h->mem_size)
+		return fail(rs, -EINVAL, "snapshot: regions cover %llu bytes, header says %llu",
+		            (unsigned long long)at, (unsigned long long)h->mem_size);
+	rs->crcs = snap_find(&rs->rd, SNAP_PAGE_CRC, 0, &len);
+	if (!rs->crcs || len != h->mem_size / SNAP_PAGE_SIZE * sizeof(uint32_t))
+		return fail(rs, -EINVAL, "snapshot: page checksums missing or of the wrong length");
+	snprintf(path, sizeof(path), "%s/memory", rs->cfg->dir);
+	rs->mem_fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (rs->mem_fd < 0 || fstat(rs->mem_fd, &st) < 0)
+		return fail(rs, -errno, "cannot open %s: %s", path, strerror(errno));
+	if ((uint64_t)st.st_size != h->mem_size)
+		return fail(rs, -EINVAL,
+		            "%s is %lld bytes but the snapshot's memory layout needs exactly %llu "
+		            "(%s)",
+		            path, (long long)st.st_size, (unsigned long long)h->mem_size,
+		            (uint64_t)st.st_size < h->mem_size ? "truncated"
+		                                               : "not this snapshot's file");
+	return 0;
+}
+
+/* Maps guest RAM the way the load mode wants, slot by slot as laid out. */
+static int map_memory(struct restore *rs, struct guest_mem *m, const struct guest_mem *want)
+{
+	enum mem_backing b = rs->cfg->load == VMM_LOAD_MMAP ? MEM_FILE_PRIVATE : MEM_ANON;
+	int r = guest_mem_map(m, want->size, want->nslots, b, rs->mem_fd);
+
+	if (r < 0)
+		return fail(rs, r, "mapping %llu bytes of guest RAM: %s",
+		            (unsigned long long)want->size, strerror(-r));
+	/* guest_mem_map lays slots out the same way snapshot_save did; insist. */
+	for (unsigned i = 0; i < m->nslots; i++)
+		if (m->slots[i].gpa != want->slots[i].gpa ||
+		    m->slots[i].size != want->slots[i].size)
+			return fail(rs, -EINVAL, "snapshot region %u is not an equal split of RAM",
+			            i);
+	return 0;
+}
+
+static int load_eager(struct restore *rs, struct guest_mem *m)
+{
+	for (unsigned i = 0; i < m->nslots; i++) {
+		struct mem_slot *s = &m->slots[i];
+
+		for (uint64_t off = 0; off < s->size;) {
+			ssize_t n = pread(rs->mem_fd, s->host + off, s->size - off,
+			                  (off_t)(s->file_off + off));
+			if (n <= 0)
+				return fail(rs, n < 0 ? -errno : -ENODATA,
+				            "reading the memory file at 0x%llx: %s",
+				            (unsigned long long)(s->file_off + off),
+				            n < 0 ? strerror(errno) : "unexpected end of file");
+			off += (uint64_t)n;
+		}
+		for (uint64_t off = 0; off < s->size; off += SNAP_PAGE_SIZE) {
+			uint64_t page = (s->file_off + off) / SNAP_PAGE_SIZE;
+			uint32_t crc = crc32c(0, s->host + off, SNAP_PAGE_SIZE);
+			if (crc != rs->crcs[page])
+				return fail(
+				    rs, -EBADMSG,
+				    "memory file page %llu (offset 0x%llx) fails its checksum "
+				    "(crc32c 0x%08x, snapshot says 0x%08x)",
+				    (unsigned long long)page,
+				    (unsigned long long)(page * SNAP_PAGE_SIZE), crc,
+				    rs->crcs[page]);
+		}
+		rs->out->bytes_read += s->size;
+		rs->out->pages_installed += s->size / SNAP_PAGE_SIZE;
+	}
+	return 0;
+}
+
+static int start_lazy(struct restore *rs, struct guest_mem *m)
+{
+	char path[4096], why[256] = "";
+	struct source *file, *src;
+	int uffd, r;
+
+	snprintf(path, sizeof(path), "%s/memory", rs->cfg->dir);
+	if ((r = source_file_open(path, 0, &file)) < 0)
+		return fail(rs, r, "opening %s: %s", path, strerror(-r));
+	src = file;
+	if (rs->cfg->source_latency_ns &&
+	    (r = source_latency_wrap(file, rs->cfg->source_latency_ns, &src)) < 0) {
+		source_destroy(file);
+		return fail(rs, r, "latency source: %s", strerror(-r));
+	}
+	r = source_checked_wrap(src, rs->crcs, m->size / SNAP_PAGE_SIZE, SNAP_PAGE_SIZE, &rs->src);
+	if (r < 0) {
+		source_destroy(src);
+		return fail(rs, r, "checksummed source: %s", strerror(-r));
+	}
+	uffd = uffd_open(0, NULL, why, sizeof(why));
+	if (uffd < 0)
+		return fail(rs, uffd, "userfaultfd: %s %s", strerror(-uffd), why);
+	for (unsigned i = 0; i < m->nslots; i++) {
+		r = uffd_register(uffd, (uint64_t)(uintptr_t)m->slots[i].host, m->slots[i].size,
+		                  UFFDIO_REGISTER_MODE_MISSING,
+		                  (1ull << _UFFDIO_COPY) | (1ull << _UFFDIO_WAKE), why,
+		                  sizeof(why));
+		if (r < 0) {
+			close(uffd);
+			return fail(rs, r, "registering guest RAM slot %u with userfaultfd: %s %s",
+			            i, strerror(-r), why);
+		}
+	}
+	struct engine_config ec = {.uffd = uffd,
+	                           .source = rs->src,
+	                           .threads =
+	                               rs->cfg->handler_threads ? rs->cfg->handler_threads : 1,
+	                           .intake = rs->cfg->intake,
+	                           .busy_idle_ns = 10 * 1000 * 1000,
+	                           .name = "restore"};
+	if ((r = engine_create(&ec, &rs->eng)) < 0) {
+		close(uffd);
+		return fail(rs, r, "fault engine: %s", strerror(-r));
+	}
+	for (unsigned i = 0; i < m->nslots; i++) {
+		struct engine_region er = {.host_addr = (uint64_t)(uintptr_t)m->slots[i].host,
+		                           .size = m->slots[i].size,
+		                           .src_off = m->slots[i].file_off,
+		                           .page_size = SNAP_PAGE_SIZE};
+		if ((r = engine_add_region(rs->eng, &er)) < 0)
+			return fail(rs, r, "fault engine region %u: %s", i, strerror(-r));
+	}
+	if ((r = engine_start(rs->eng)) < 0)
+		return fail(rs, r, "starting the fault engine: %s", strerror(-r));
+	return 0;
+}
+
+static int load_vm_state(struct restore *rs, struct vm *vm)
+{
+	char why[256];
+	uint64_t len;
+	int r;
+
+	for (uint32_t chip = 0; chip < 3; chip++) {
+		const struct kvm_irqchip *ic = snap_find(&rs->rd, SNAP_IRQCHIP, chip, &len);
+		if (!ic || len != sizeof(*ic))
+			return fail(rs, -EINVAL, "snapshot: interrupt controller %u state missing",
+			            chip);
+		if (ioctl(vm->fd, KVM_SET_IRQCHIP, ic) < 0)
+			return fail(rs, -errno, "KVM_SET_IRQCHIP %u: %s", chip, strerror(errno));
+	}
+	const struct kvm_clock_data *clock = snap_find(&rs->rd, SNAP_CLOCK, 0, &len);
+	if (clock && len == sizeof(*clock)) {
+		struct kvm_clock_data c = {.clock = clock->clock};
+		if (ioctl(vm->fd, KVM_SET_CLOCK, &c) < 0)
+			lv_warn("KVM_SET_CLOCK: %s", strerror(errno));
+	}
+	for (unsigned i = 0; i < vm->nvcpus; i++)
+		if ((r = arch_vcpu_load(&vm->vcpus[i], &rs->rd, why, sizeof(why))) < 0)
+			return fail(rs, r, "restoring %s", why);
+	return 0;
+}
+
+int vmm_restore(const struct vmm_restore_config *cfg, struct vmm_outcome *out)
+{
+	struct restore rs = {.cfg = cfg, .out = out, .mem_fd = -1};
+	struct guest_mem want;
+	struct kvm_sys sys = {.fd = -1};
+	struct vm *vm = NULL;
+	struct rusage ru0, ru1;
+	int r;
+
+	memset(out, 0, sizeof(*out));
+	getrusage(RUSAGE_SELF, &ru0);
+	if ((r = read_state(&rs)) < 0 || (r = check_layout(&rs, &want)) < 0)
+		goto out;
+	if ((r = kvm_sys_open(&sys, out->error, sizeof(out->error))) < 0)
+		goto out;
+	vm = calloc(1, sizeof(*vm));
+	if (!vm) {
+		r = fail(&rs, -ENOMEM, "out of memory");
+		goto out;
+	}
+	if ((r = map_memory(&rs, &vm->mem, &want)) < 0)
+		goto out;
+	if (cfg->load == VMM_LOAD_EAGER && (r = load_eager(&rs, &vm->mem)) < 0)
+		goto out;
+	if (cfg->load == VMM_LOAD_LAZY && (r = start_lazy(&rs, &vm->mem)) < 0)
+		goto out;
+	struct vm_config vc = {.mem_size = want.size,
+	                       .nslots = want.nslots,
+	                       .nvcpus = rs.rd.hdr.nr_vcpus,
+	                       .workload = "",
+	                       .quiet_console = cfg->console_to_stderr};
+	if ((r = vm_create(vm, &sys, &vc)) < 0) {
+		fail(&rs, r, "creating the VM: %s", strerror(-r));
+		goto out_vm;
+	}
+	if ((r = load_vm_state(&rs, vm)) < 0)
+		goto out_vm;
+	r = vm_run(vm);
+	fill_vm_outcome(vm, r, out);
+	if (rs.eng) {
+		struct metrics m;
+
+		engine_metrics(rs.eng, &m);
+		out->faults = m.faults;
+		out->pages_installed = m.pages_copied + m.pages_zeroed;
+		out->bytes_read = m.bytes_read;
+		out->fault_p50_ns = hist_percentile(&m.latency, 0.5);
+		out->fault_p99_ns = hist_percentile(&m.latency, 0.99);
+		if (engine_status(rs.eng) == ENGINE_FAILED) {
+			snprintf(out->error, sizeof(out->error), "serving guest memory: %s",
+			         engine_error(rs.eng));
+			out->ok = false;
+		}
+	} else if (cfg->load == VMM_LOAD_MMAP) {
+		getrusage(RUSAGE_SELF, &ru1);
+		out->faults =
+		    (uint64_t)(ru1.ru_minflt - ru0.ru_minflt + ru1.ru_majflt - ru0.ru_majflt);
+	}
+	r = out->ok ? 0 : -EIO;
+out_vm:
+	vm_destroy(vm);
+out:
+	/* The engine goes after the vCPUs (they may wait on it) and before the memory. */
+	if (rs.eng)
+		engine_destroy(rs.eng);
+	if (vm) {
+		guest_mem_unmap(&vm->mem);
+		free(vm);
+	}
+	source_destroy(rs.src);
+	if (rs.mem_fd >= 0)
+		close(rs.mem_fd);
+	free(rs.state);
+	if (sys.fd >= 0)
+		kvm_sys_close(&sys);
+	return r;
+}

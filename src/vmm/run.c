@@ -1,0 +1,115 @@
+/* Front-end entry points: boot the guest (vmm_run) and restore (vmm_restore). */
+#include "lazyvm/vmm.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "lazyvm/crc32c.h"
+#include "lazyvm/log.h"
+#include "lazyvm/source.h"
+#include "lazyvm/uffd.h"
+#include "lazyvm/units.h"
+#include "snapshot.h"
+#include "vcpu.h"
+#include "vmm.h"
+
+const char *vmm_load_name(enum vmm_load l)
+{
+	static const char *const names[] = {"eager", "mmap", "lazy"};
+
+	return names[l];
+}
+
+/* Fills the outcome from what the VM reported. */
+void fill_vm_outcome(struct vm *vm, int r, struct vmm_outcome *out)
+{
+	struct vm_report *rep = &vm->report;
+	struct rusage ru;
+
+	out->results = rep->results;
+	out->results_failed = rep->results_failed;
+	out->t_first_entry_ns = rep->t_first_entry_ns;
+	out->t_run_start_ns = rep->t_resume_ns ? rep->t_resume_ns : rep->t_first_entry_ns;
+	out->t_done_ns = rep->t_done_ns;
+	out->snapshot_written = vm->snapshot_taken;
+	if (getrusage(RUSAGE_SELF, &ru) == 0)
+		out->max_rss_kb = (uint64_t)ru.ru_maxrss;
+	if (rep->error[0])
+		snprintf(out->error, sizeof(out->error), "%s", rep->error);
+	else if (r < 0 && !rep->done && !vm->snapshot_taken)
+		snprintf(out->error, sizeof(out->error),
+		         "the VM stopped before the guest finished");
+	else if (rep->done && (rep->done_status != 0 || rep->results_failed))
+		snprintf(
+		    out->error, sizeof(out->error),
+		    "the guest reported failure: %u of %u task(s) failed verification (status %d)",
+		    rep->results_failed, rep->results, rep->done_status);
+	out->ok = !out->error[0];
+}
+
+int vmm_run(const struct vmm_run_config *cfg, struct vmm_outcome *out)
+{
+	struct kvm_sys sys;
+	struct vm *vm;
+	struct vm_config vc = {.mem_size = cfg->mem_size,
+	                       .nslots = cfg->mem_slots,
+	                       .nvcpus = cfg->vcpus,
+	                       .timeslice_us = cfg->timeslice_us,
+	                       .seed = cfg->seed,
+	                       .workload = cfg->workload,
+	                       .snapshot_dir = cfg->snapshot_dir,
+	                       .quiet_console = cfg->console_to_stderr};
+	int r;
+
+	memset(out, 0, sizeof(*out));
+	if ((r = kvm_sys_open(&sys, out->error, sizeof(out->error))) < 0)
+		return r;
+	vm = calloc(1, sizeof(*vm));
+	if (!vm) {
+		kvm_sys_close(&sys);
+		return -ENOMEM;
+	}
+	r = guest_mem_map(&vm->mem, cfg->mem_size, cfg->mem_slots, MEM_ANON, -1);
+	if (r < 0) {
+		snprintf(
+		    out->error, sizeof(out->error),
+		    "cannot lay out %llu bytes of guest RAM in %u slot(s): %s (RAM must be 16 MiB "
+		    "to 4 GiB, a multiple of 2 MiB per slot)",
+		    (unsigned long long)cfg->mem_size, cfg->mem_slots, strerror(-r));
+		goto out_free;
+	}
+	r = vm_create(vm, &sys, &vc);
+	if (r < 0) {
+		snprintf(out->error, sizeof(out->error), "creating the VM: %s", strerror(-r));
+		goto out_vm;
+	}
+	r = arch_load_guest(vm, cfg->image, cfg->image_len);
+	if (r < 0) {
+		snprintf(out->error, sizeof(out->error), "loading the guest image (%zu bytes): %s",
+		         cfg->image_len, strerror(-r));
+		goto out_vm;
+	}
+	for (unsigned i = 0; i < vm->nvcpus; i++)
+		if ((r = arch_vcpu_boot_regs(&vm->vcpus[i])) < 0) {
+			snprintf(out->error, sizeof(out->error), "vCPU %u boot registers: %s", i,
+			         strerror(-r));
+			goto out_vm;
+		}
+	r = vm_run(vm);
+	fill_vm_outcome(vm, r, out);
+	r = out->ok ? 0 : -EIO;
+out_vm:
+	vm_destroy(vm);
+	guest_mem_unmap(&vm->mem);
+out_free:
+	free(vm);
+	kvm_sys_close(&sys);
+	return r;
+}

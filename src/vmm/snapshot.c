@@ -1,0 +1,264 @@
+/* Writing a snapshot of a paused VM, and reading/validating a state file. */
+#include "snapshot.h"
+
+#include <errno.h>
+#include <stdbool.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "lazyvm/crc32c.h"
+#include "vcpu.h"
+#include "vmm.h"
+
+static bool reserve(struct snap_writer *w, size_t need)
+{
+	if (w->error)
+		return false;
+	if (w->len + need > w->cap) {
+		size_t cap = w->cap ? w->cap : 65536;
+		while (cap < w->len + need)
+			cap *= 2;
+		uint8_t *p = realloc(w->buf, cap);
+		if (!p) {
+			w->error = -ENOMEM;
+			return false;
+		}
+		w->buf = p;
+		w->cap = cap;
+	}
+	return true;
+}
+
+void snap_put(struct snap_writer *w, uint32_t type, uint32_t index, const void *data, uint64_t len)
+{
+	struct snap_section s = {.type = type, .index = index, .len = len};
+	size_t padded = (size_t)((len + 7) & ~7ull);
+
+	if (!reserve(w, sizeof(s) + padded))
+		return;
+	memcpy(w->buf + w->len, &s, sizeof(s));
+	if (len)
+		memcpy(w->buf + w->len + sizeof(s), data, len);
+	memset(w->buf + w->len + sizeof(s) + len, 0, padded - len);
+	w->len += sizeof(s) + padded;
+}
+
+/* Seals the file: the trailer's CRC covers every byte before it. */
+static void snap_seal(struct snap_writer *w)
+{
+	struct snap_trailer t = {.magic = SNAP_TRAILER_MAGIC};
+
+	if (!reserve(w, sizeof(t)))
+		return;
+	t.crc = crc32c(0, w->buf, w->len);
+	memcpy(w->buf + w->len, &t, sizeof(t));
+	w->len += sizeof(t);
+}
+
+int snap_reader_init(struct snap_reader *r, const uint8_t *buf, size_t len, char *why,
+                     size_t whylen)
+{
+	struct snap_trailer t;
+
+	memset(r, 0, sizeof(*r));
+	if (len < sizeof(r->hdr) + sizeof(t)) {
+		snprintf(why, whylen, "state file is %zu bytes, too short to be a snapshot", len);
+		return -EINVAL;
+	}
+	memcpy(&r->hdr, buf, sizeof(r->hdr));
+	if (memcmp(r->hdr.magic, SNAP_MAGIC, 8) != 0) {
+		snprintf(why, whylen, "state file is not a lazyvm snapshot (bad magic)");
+		return -EINVAL;
+	}
+	if (r->hdr.format_version != SNAP_FORMAT_VERSION) {
+		snprintf(why, whylen, "snapshot format version %u; this lazyvm reads version %u",
+		         r->hdr.format_version, SNAP_FORMAT_VERSION);
+		return -EINVAL;
+	}
+	memcpy(&t, buf + len - sizeof(t), sizeof(t));
+	if (t.magic != SNAP_TRAILER_MAGIC) {
+		snprintf(why, whylen, "state file is truncated or damaged (no trailer)");
+		return -EINVAL;
+	}
+	uint32_t crc = crc32c(0, buf, len - sizeof(t));
+	if (crc != t.crc) {
+		snprintf(why, whylen, "state file is corrupt: CRC-32C 0x%08x, trailer says 0x%08x",
+		         crc, t.crc);
+		return -EINVAL;
+	}
+	if (r->hdr.guest_abi_version != GUEST_ABI_VERSION) {
+		snprintf(why, whylen,
+		         "snapshot of guest ABI version %u; this lazyvm speaks version %u",
+		         r->hdr.guest_abi_version, GUEST_ABI_VERSION);
+		return -EINVAL;
+	}
+	r->buf = buf;
+	r->len = len - sizeof(t);
+	/* The sections must tile the rest exactly. */
+	for (size_t off = sizeof(r->hdr); off < r->len;) {
+		struct snap_section s;
+
+		if (r->len - off < sizeof(s)) {
+			snprintf(why, whylen, "state file: partial section header at byte %zu",
+			         off);
+			return -EINVAL;
+		}
+		memcpy(&s, buf + off, sizeof(s));
+		if (s.len > r->len - off - sizeof(s) ||
+		    ((s.len + 7) & ~7ull) > r->len - off - sizeof(s)) {
+			snprintf(why, whylen,
+			         "state file: section %u at byte %zu claims %llu bytes", s.type,
+			         off, (unsigned long long)s.len);
+			return -EINVAL;
+		}
+		off += sizeof(s) + ((s.len + 7) & ~7ull);
+	}
+	return 0;
+}
+
+const void *snap_find(const struct snap_reader *r, uint32_t type, uint32_t index, uint64_t *len)
+{
+	for (size_t off = sizeof(r->hdr); off < r->len;) {
+		struct snap_section s;
+
+		memcpy(&s, r->buf + off, sizeof(s));
+		if (s.type == type && s.index == index) {
+			*len = s.len;
+			return r->buf + off + sizeof(s);
+		}
+		off += sizeof(s) + ((s.len + 7) & ~7ull);
+	}
+	*len = 0;
+	return NULL;
+}
+
+static int write_all(int fd, const void *buf, size_t len)
+{
+	const char *p = buf;
+
+	while (len) {
+		ssize_t n = write(fd, p, len);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		p += n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+/* Writes guest RAM to dir/memory and fills crcs[] (one per page). */
+static int save_memory(struct vm *vm, const char *path, uint32_t *crcs, char *why, size_t whylen)
+{
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	int r = 0;
+
+	if (fd < 0) {
+		snprintf(why, whylen, "cannot create %s: %s", path, strerror(errno));
+		return -errno;
+	}
+	for (unsigned i = 0; i < vm->mem.nslots && !r; i++) {
+		const struct mem_slot *s = &vm->mem.slots[i];
+
+		for (uint64_t off = 0; off < s->size; off += SNAP_PAGE_SIZE)
+			crcs[(s->file_off + off) / SNAP_PAGE_SIZE] =
+			    crc32c(0, s->host + off, SNAP_PAGE_SIZE);
+		r = write_all(fd, s->host, s->size);
+	}
+	if (!r && fsync(fd) < 0)
+		r = -errno;
+	if (r)
+		snprintf(why, whylen, "writing %s: %s", path, strerror(-r));
+	close(fd);
+	return r;
+}
+
+int snapshot_save(struct vm *vm, char *why, size_t whylen)
+{
+	const char *dir = vm->cfg.snapshot_dir;
+	uint64_t npages = vm->mem.size / SNAP_PAGE_SIZE;
+	struct snap_writer w = {0};
+	struct snap_header hdr = {.format_version = SNAP_FORMAT_VERSION,
+	                          .guest_abi_version = GUEST_ABI_VERSION,
+	                          .mem_size = vm->mem.size,
+	                          .nr_vcpus = vm->nvcpus,
+	                          .nr_regions = vm->mem.nslots,
+	                          .page_size = SNAP_PAGE_SIZE};
+	char path[4096], tmp[4096];
+	uint32_t *crcs = NULL;
+	int fd = -1, r;
+
+	memcpy(hdr.magic, SNAP_MAGIC, 8);
+	if (mkdir(dir, 0700) < 0 && errno != EEXIST) {
+		snprintf(why, whylen, "cannot create directory %s: %s", dir, strerror(errno));
+		return -errno;
+	}
+	crcs = malloc(npages * sizeof(*crcs));
+	w.buf = malloc(w.cap = 1 << 20);
+	if (!crcs || !w.buf) {
+		r = -ENOMEM;
+		snprintf(why, whylen, "out of memory");
+		goto out;
+	}
+	memcpy(w.buf, &hdr, sizeof(hdr));
+	w.len = sizeof(hdr);
+	for (unsigned i = 0; i < vm->mem.nslots; i++) {
+		const struct mem_slot *s = &vm->mem.slots[i];
+		struct snap_region reg = {.gpa = s->gpa, .size = s->size, .file_off = s->file_off};
+		snap_put(&w, SNAP_REGION, i, &reg, sizeof(reg));
+	}
+	for (unsigned i = 0; i < vm->nvcpus; i++) {
+		r = arch_vcpu_save(&vm->vcpus[i], &w);
+		if (r < 0) {
+			snprintf(why, whylen, "saving vCPU %u: %s", i, strerror(-r));
+			goto out;
+		}
+	}
+	for (uint32_t chip = 0; chip < 3; chip++) {
+		struct kvm_irqchip ic = {.chip_id = chip};
+		if (ioctl(vm->fd, KVM_GET_IRQCHIP, &ic) < 0) {
+			r = -errno;
+			snprintf(why, whylen, "KVM_GET_IRQCHIP %u: %s", chip, strerror(errno));
+			goto out;
+		}
+		snap_put(&w, SNAP_IRQCHIP, chip, &ic, sizeof(ic));
+	}
+	struct kvm_clock_data clock = {0};
+	if (ioctl(vm->fd, KVM_GET_CLOCK, &clock) == 0)
+		snap_put(&w, SNAP_CLOCK, 0, &clock, sizeof(clock));
+	snprintf(path, sizeof(path), "%s/memory", dir);
+	r = save_memory(vm, path, crcs, why, whylen);
+	if (r < 0)
+		goto out;
+	snap_put(&w, SNAP_PAGE_CRC, 0, crcs, npages * sizeof(*crcs));
+	snap_seal(&w);
+	if (w.error) {
+		r = w.error;
+		snprintf(why, whylen, "building the state file: %s", strerror(-r));
+		goto out;
+	}
+	/* Write then rename: a state file is either whole or absent. */
+	snprintf(tmp, sizeof(tmp), "%s/state.tmp", dir);
+	snprintf(path, sizeof(path), "%s/state", dir);
+	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	if (fd < 0 || (r = write_all(fd, w.buf, w.len)) < 0 || fsync(fd) < 0 ||
+	    rename(tmp, path) < 0) {
+		r = r ? r : -errno;
+		snprintf(why, whylen, "writing %s: %s", path, strerror(-r));
+		goto out;
+	}
+	r = 0;
+out:
+	if (fd >= 0)
+		close(fd);
+	free(crcs);
+	free(w.buf);
+	return r;
+}

@@ -1,0 +1,189 @@
+/* A VM's life: create (memslots, irqchip, vCPUs), run (vCPU threads), stop. */
+#include <errno.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "lazyvm/log.h"
+#include "lazyvm/units.h"
+#include "vcpu.h"
+#include "vmm.h"
+
+static void kick_handler(int sig)
+{
+	(void)sig;
+}
+
+int vm_create(struct vm *vm, struct kvm_sys *sys, const struct vm_config *cfg)
+{
+	int r;
+
+	vm->cfg = *cfg;
+	vm->sys = sys;
+	vm->nvcpus = cfg->nvcpus;
+	vm->fd = -1;
+	for (unsigned i = 0; i < VMM_MAX_VCPUS; i++)
+		vm->vcpus[i].fd = -1;
+	pthread_mutex_init(&vm->lock, NULL);
+	pthread_mutex_init(&vm->console_lock, NULL);
+	pthread_cond_init(&vm->cond, NULL);
+	atomic_init(&vm->state, VM_RUNNING);
+	if (vm->nvcpus < 1 || vm->nvcpus > VMM_MAX_VCPUS)
+		return -EINVAL;
+	vm->fd = ioctl(sys->fd, KVM_CREATE_VM, 0);
+	if (vm->fd < 0) {
+		r = -errno;
+		lv_err("KVM_CREATE_VM: %s", strerror(errno));
+		return r;
+	}
+	/* Intel needs a TSS and identity-map page below 4 GiB even for a guest
+	 * that never leaves long mode; elsewhere these are no-ops. */
+	if (ioctl(vm->fd, KVM_SET_TSS_ADDR, 0xfffbd000ul) < 0)
+		lv_debug("KVM_SET_TSS_ADDR: %s", strerror(errno));
+	for (unsigned i = 0; i < vm->mem.nslots; i++) {
+		struct mem_slot *s = &vm->mem.slots[i];
+		struct kvm_userspace_memory_region reg = {
+		    .slot = i,
+		    .guest_phys_addr = s->gpa,
+		    .memory_size = s->size,
+		    .userspace_addr = (uint64_t)(uintptr_t)s->host,
+		};
+
+		if (ioctl(vm->fd, KVM_SET_USER_MEMORY_REGION, &reg) < 0) {
+			r = -errno;
+			lv_err("KVM_SET_USER_MEMORY_REGION slot %u [0x%llx, +0x%llx): %s", i,
+			       (unsigned long long)s->gpa, (unsigned long long)s->size,
+			       strerror(errno));
+			return r;
+		}
+	}
+	if (ioctl(vm->fd, KVM_CREATE_IRQCHIP, 0) < 0) {
+		r = -errno;
+		lv_err("KVM_CREATE_IRQCHIP: %s", strerror(errno));
+		return r;
+	}
+	for (unsigned i = 0; i < vm->nvcpus; i++) {
+		struct vcpu *v = &vm->vcpus[i];
+
+		v->vm = vm;
+		v->index = i;
+		v->fd = ioctl(vm->fd, KVM_CREATE_VCPU, (unsigned long)i);
+		if (v->fd < 0) {
+			r = -errno;
+			lv_err("KVM_CREATE_VCPU %u: %s", i, strerror(errno));
+			return r;
+		}
+		v->run = mmap(NULL, (size_t)sys->vcpu_mmap_size, PROT_READ | PROT_WRITE, MAP_SHARED,
+		              v->fd, 0);
+		if (v->run == MAP_FAILED) {
+			v->run = NULL;
+			r = -errno;
+			lv_err("mmap of vCPU %u's kvm_run: %s", i, strerror(errno));
+			return r;
+		}
+		r = arch_vcpu_set_cpuid(v);
+		if (r < 0) {
+			lv_err("KVM_SET_CPUID2 on vCPU %u: %s", i, strerror(-r));
+			return r;
+		}
+	}
+	return 0;
+}
+
+void vm_destroy(struct vm *vm)
+{
+	for (unsigned i = 0; i < VMM_MAX_VCPUS; i++) {
+		struct vcpu *v = &vm->vcpus[i];
+
+		if (v->run)
+			munmap(v->run, (size_t)vm->sys->vcpu_mmap_size);
+		if (v->fd >= 0)
+			close(v->fd);
+		v->run = NULL;
+		v->fd = -1;
+	}
+	if (vm->fd >= 0)
+		close(vm->fd);
+	vm->fd = -1;
+	pthread_mutex_destroy(&vm->lock);
+	pthread_mutex_destroy(&vm->console_lock);
+	pthread_cond_destroy(&vm->cond);
+}
+
+/* Makes vCPU v leave KVM_RUN soon: immediate_exit covers the window before it
+ * enters, the signal the time inside. */
+void vcpu_kick(struct vcpu *v)
+{
+	if (!v->started)
+		return;
+	v->run->immediate_exit = 1;
+	pthread_kill(v->thread, v->vm->kick_signal);
+}
+
+void vm_set_state(struct vm *vm, enum vm_state st)
+{
+	pthread_mutex_lock(&vm->lock);
+	/* STOPPING is final. */
+	if (atomic_load(&vm->state) != VM_STOPPING)
+		atomic_store(&vm->state, st);
+	pthread_cond_broadcast(&vm->cond);
+	pthread_mutex_unlock(&vm->lock);
+	if (st != VM_RUNNING)
+		for (unsigned i = 0; i < vm->nvcpus; i++)
+			vcpu_kick(&vm->vcpus[i]);
+}
+
+void vm_fail(struct vm *vm, const char *fmt, ...)
+{
+	va_list ap;
+
+	pthread_mutex_lock(&vm->lock);
+	if (!vm->report.error[0]) {
+		va_start(ap, fmt);
+		vsnprintf(vm->report.error, sizeof(vm->report.error), fmt, ap);
+		va_end(ap);
+	}
+	pthread_mutex_unlock(&vm->lock);
+	vm_set_state(vm, VM_STOPPING);
+}
+
+int vm_run(struct vm *vm)
+{
+	struct sigaction sa = {.sa_handler = kick_handler};
+	sigset_t kick;
+	int r = 0;
+
+	vm->kick_signal = SIGRTMIN;
+	sigemptyset(&sa.sa_mask);
+	if (sigaction(vm->kick_signal, &sa, NULL) < 0)
+		return -errno;
+	sigemptyset(&kick);
+	sigaddset(&kick, vm->kick_signal);
+	pthread_sigmask(SIG_UNBLOCK, &kick, NULL);
+	for (unsigned i = 0; i < vm->nvcpus; i++) {
+		struct vcpu *v = &vm->vcpus[i];
+
+		r = -pthread_create(&v->thread, NULL, vcpu_thread, v);
+		if (r < 0) {
+			vm_fail(vm, "cannot start vCPU %u's thread: %s", i, strerror(-r));
+			break;
+		}
+		v->started = true;
+	}
+	pthread_mutex_lock(&vm->lock);
+	while (atomic_load(&vm->state) != VM_STOPPING)
+		pthread_cond_wait(&vm->cond, &vm->lock);
+	pthread_mutex_unlock(&vm->lock);
+	for (unsigned i = 0; i < vm->nvcpus; i++) {
+		if (vm->vcpus[i].started)
+			pthread_join(vm->vcpus[i].thread, NULL);
+		vm->vcpus[i].started = false;
+	}
+	if (vm->report.error[0])
+		return -EIO;
+	return vm->report.done || vm->snapshot_taken ? 0 : -EIO;
+}

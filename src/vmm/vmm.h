@@ -1,0 +1,164 @@
+/* lazyvm's reference VMM: internal interfaces between its files.
+ *
+ * A VM is KVM's VM fd, guest RAM in one or more memslots, vCPU threads, and the
+ * two devices the guest ABI defines (serial console, control port). Library
+ * code: returns 0 or -errno and logs context; never exits. */
+#ifndef LAZYVM_VMM_H
+#define LAZYVM_VMM_H
+
+#include <linux/kvm.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "lazyvm/guest_abi.h"
+
+#define VMM_MAX_SLOTS 8
+#define VMM_MAX_VCPUS GUEST_MAX_VCPUS
+
+/* --- KVM system fd and capabilities (kvm.c) --- */
+
+struct kvm_sys {
+	int fd; /* /dev/kvm */
+	int vcpu_mmap_size;
+	struct kvm_cpuid2 *cpuid; /* KVM_GET_SUPPORTED_CPUID */
+	uint32_t *msr_index;      /* KVM_GET_MSR_INDEX_LIST */
+	uint32_t nmsrs;
+	int xsave2_size; /* KVM_CAP_XSAVE2: bytes of the xsave area, 0 = 4096 */
+};
+
+int kvm_sys_open(struct kvm_sys *sys, char *why, size_t whylen);
+void kvm_sys_close(struct kvm_sys *sys);
+/* KVM_CHECK_EXTENSION on fd (system or VM): the value, 0 when absent. */
+int kvm_cap(int fd, long cap);
+
+/* --- guest memory (mem.c) --- */
+
+struct mem_slot {
+	uint64_t gpa;
+	uint64_t size;
+	uint64_t file_off; /* position of this slot in the snapshot memory file */
+	uint8_t *host;
+};
+
+struct guest_mem {
+	uint64_t size; /* bytes of RAM from gpa 0 */
+	unsigned nslots;
+	struct mem_slot slots[VMM_MAX_SLOTS];
+	bool file_mapped; /* slots map the memory file (MAP_PRIVATE) */
+};
+
+enum mem_backing {
+	MEM_ANON,        /* anonymous private memory (boot, eager and lazy restore) */
+	MEM_FILE_PRIVATE /* the memory file mapped MAP_PRIVATE (Firecracker's File backend) */
+};
+
+/* Lays out `size` bytes of RAM in `nslots` equal slots (each a multiple of
+ * 2 MiB) and maps them. With MEM_FILE_PRIVATE, `fd` is the memory file. */
+int guest_mem_map(struct guest_mem *m, uint64_t size, unsigned nslots, enum mem_backing b, int fd);
+void guest_mem_unmap(struct guest_mem *m);
+
+/* THE translation of a guest-physical range to host memory: NULL unless all of
+ * [gpa, gpa + len) is RAM within one slot. Overflow-checked; every
+ * guest-supplied address goes through here. */
+void *guest_mem_ptr(const struct guest_mem *m, uint64_t gpa, uint64_t len);
+
+/* --- the VM (vm.c) --- */
+
+enum vm_state { VM_RUNNING, VM_PAUSING, VM_STOPPING };
+
+struct vm;
+
+struct vcpu {
+	struct vm *vm;
+	unsigned index;
+	int fd;
+	struct kvm_run *run;
+	pthread_t thread;
+	bool started;
+	char serial_line[160];
+	size_t serial_len;
+	uint64_t exits;
+};
+
+/* What the guest reported. */
+struct vm_report {
+	bool booted;
+	bool prepared; /* PREPARED or SNAPSHOT seen */
+	bool done;
+	int done_status;
+	unsigned results, results_failed;
+	bool panicked;
+	char error[512];           /* first fatal problem (guest panic or VMM-side), "" if none */
+	uint64_t t_first_entry_ns; /* first KVM_RUN of this process */
+	uint64_t t_resume_ns;      /* run phase start: after PREPARED/SNAPSHOT, or restore */
+	uint64_t t_done_ns;
+};
+
+struct vm_config {
+	uint64_t mem_size;
+	unsigned nslots;
+	unsigned nvcpus;
+	uint32_t timeslice_us;
+	uint64_t seed;
+	const char *workload;
+	const char *snapshot_dir; /* take a snapshot at the snapshot point, then stop */
+	bool quiet_console;       /* don't echo the guest's console */
+};
+
+struct vm {
+	struct vm_config cfg;
+	struct kvm_sys *sys;
+	int fd;
+	struct guest_mem mem;
+	unsigned nvcpus;
+	struct vcpu vcpus[VMM_MAX_VCPUS];
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	_Atomic int state;
+	unsigned paused; /* vCPUs parked for a snapshot */
+	bool snapshot_taken;
+	struct vm_report report;
+	pthread_mutex_t console_lock;
+	int kick_signal;
+};
+
+/* Creates the VM: memslots for `mem` (already mapped), in-kernel irqchip, vCPUs
+ * with KVM's CPUID. Does not set registers. */
+int vm_create(struct vm *vm, struct kvm_sys *sys, const struct vm_config *cfg);
+void vm_destroy(struct vm *vm);
+
+/* Starts every vCPU thread and waits until the guest is done, panics, the VM
+ * fails, or (with a snapshot dir) the snapshot is written. Returns 0 when the
+ * VM ran to its end, -errno otherwise; vm->report says what happened. */
+int vm_run(struct vm *vm);
+
+/* Records the first fatal error and stops every vCPU. */
+void vm_fail(struct vm *vm, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* --- x86-64 boot set-up (x86_64/boot.c) --- */
+
+/* Writes the page tables, GDT, boot info and image into guest memory. */
+int arch_load_guest(struct vm *vm, const void *image, size_t image_len);
+/* Long-mode registers of vCPU v at the guest entry. */
+int arch_vcpu_boot_regs(struct vcpu *v);
+/* KVM_SET_CPUID2 from KVM's supported set, with this vCPU's APIC ids. */
+int arch_vcpu_set_cpuid(struct vcpu *v);
+
+/* --- vCPU state save/restore (x86_64/state.c) --- */
+
+struct vcpu_state; /* opaque blob builder in snapshot.c */
+
+/* Appends every piece of vCPU state as snapshot sections; see snapshot.c. */
+struct snap_writer;
+int arch_vcpu_save(struct vcpu *v, struct snap_writer *w);
+struct snap_reader;
+int arch_vcpu_load(struct vcpu *v, struct snap_reader *r, char *why, size_t whylen);
+
+/* --- the bundled guest image (guest_image.S) --- */
+extern const unsigned char lazyvm_guest_image[];
+extern const unsigned char lazyvm_guest_image_end[];
+
+#endif
