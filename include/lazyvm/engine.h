@@ -80,6 +80,11 @@ const char *engine_error(const struct engine *eng);
 /* Merged metrics of all threads into *out (zeroed first). Safe while running. */
 void engine_metrics(const struct engine *eng, struct metrics *out);
 
+/* UFFDIO_WAKE over [addr, addr + len): lets threads blocked on faults there
+ * retry their access (used to release vCPUs after the VMM has made the memory
+ * inaccessible, when the engine failed and no page will come). */
+int engine_wake(struct engine *eng, uint64_t addr, uint64_t len);
+
 /* Page counts over all regions (for reports and tests). */
 void engine_page_counts(const struct engine *eng, uint64_t counts[4]);
 

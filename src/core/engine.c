@@ -613,6 +613,11 @@ void engine_destroy(struct engine *eng)
 	free(eng);
 }
 
+int engine_wake(struct engine *eng, uint64_t addr, uint64_t len)
+{
+	return uffd_wake(eng->cfg.uffd, addr, len);
+}
+
 int engine_event_fd(const struct engine *eng)
 {
 	return eng->event_efd;

@@ -8,7 +8,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
+#include <pthread.h>
+#include <sys/eventfd.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -254,6 +258,62 @@ static int start_lazy(struct restore *rs, struct guest_mem *m)
 	return 0;
 }
 
+/* Watches the fault engine while the VM runs. If it fails, no page will come
+ * for the vCPUs blocked on faults: stop the VM with the engine's reason, make
+ * guest RAM inaccessible, then wake the blocked vCPUs, whose retried access
+ * now fails in the host instead of reading a page that is not there. The
+ * guest never sees a wrong or zero page. */
+struct watch {
+	struct restore *rs;
+	struct vm *vm;
+	int stop_efd;
+};
+
+static void *watch_engine(void *arg)
+{
+	struct watch *w = arg;
+	struct pollfd p[2] = {{.fd = engine_event_fd(w->rs->eng), .events = POLLIN},
+			      {.fd = w->stop_efd, .events = POLLIN}};
+
+	while (poll(p, 2, -1) < 0 && errno == EINTR)
+		;
+	if (p[1].revents || engine_status(w->rs->eng) != ENGINE_FAILED)
+		return NULL;
+	vm_fail(w->vm, "serving guest memory: %s", engine_error(w->rs->eng));
+	for (unsigned i = 0; i < w->vm->mem.nslots; i++) {
+		struct mem_slot *s = &w->vm->mem.slots[i];
+
+		mprotect(s->host, s->size, PROT_NONE);
+		engine_wake(w->rs->eng, (uint64_t)(uintptr_t)s->host, s->size);
+	}
+	return NULL;
+}
+
+static int run_watched(struct restore *rs, struct vm *vm)
+{
+	struct watch w = {.rs = rs, .vm = vm, .stop_efd = -1};
+	pthread_t th;
+	uint64_t one = 1;
+	int r;
+
+	if (!rs->eng)
+		return vm_run(vm);
+	w.stop_efd = eventfd(0, EFD_CLOEXEC);
+	if (w.stop_efd < 0)
+		return fail(rs, -errno, "eventfd: %s", strerror(errno));
+	r = -pthread_create(&th, NULL, watch_engine, &w);
+	if (r < 0) {
+		close(w.stop_efd);
+		return fail(rs, r, "cannot start the engine watcher: %s", strerror(-r));
+	}
+	r = vm_run(vm);
+	if (write(w.stop_efd, &one, sizeof(one)) < 0)
+		(void)0; /* a fresh eventfd cannot be full */
+	pthread_join(th, NULL);
+	close(w.stop_efd);
+	return r;
+}
+
 static int load_vm_state(struct restore *rs, struct vm *vm)
 {
 	char why[256];
@@ -317,7 +377,7 @@ int vmm_restore(const struct vmm_restore_config *cfg, struct vmm_outcome *out)
 	}
 	if ((r = load_vm_state(&rs, vm)) < 0)
 		goto out_vm;
-	r = vm_run(vm);
+	r = run_watched(&rs, vm);
 	fill_vm_outcome(vm, r, out);
 	if (rs.eng) {
 		struct metrics m;

@@ -1,0 +1,114 @@
+#!/bin/bash
+# The VMM, the bundled guest, snapshot and restore in every load mode, and
+# refusals of bad snapshots. Guest work is kept small: this KVM emulates every
+# guest instruction (~0.5 us each).
+set -u
+B=${B:-build}
+LAZYVM=$(realpath "$B/lazyvm")
+T=$(mktemp -d /tmp/lazyvm-vm-test.XXXXXX)
+trap 'rm -rf "$T"' EXIT
+failures=0
+ok() { echo "ok - $*"; }
+not_ok() { echo "not ok - $*"; failures=$((failures + 1)); }
+# expect DESCRIPTION STATUS PATTERN COMMAND...: exit status and a line of output
+expect() {
+    local what=$1 want=$2 pattern=$3; shift 3
+    local out rc
+    out=$(timeout 60 "$@" 2>&1); rc=$?
+    if [ "$rc" -eq "$want" ] && grep -qE -- "$pattern" <<<"$out"; then
+        ok "$what"
+    else
+        not_ok "$what (status $rc, want $want; no line matching '$pattern')"
+        sed 's/^/    | /' <<<"$out" | tail -15
+    fi
+}
+json_field() { python3 -c "import json,sys; print(json.loads(sys.stdin.read().strip().splitlines()[-1])['$1'])"; }
+
+W="scan:2M+random:2M:100+compute:2000"
+
+echo "# straight through"
+expect "1 vCPU runs prepare and run phases and verifies" 0 "ok: 3 task\(s\) verified" \
+    "$LAZYVM" run --mem 32M --workload "$W"
+expect "2 vCPUs and 3 memslots" 0 "ok: 4 task\(s\) verified" \
+    "$LAZYVM" run --mem 48M --mem-slots 3 --vcpus 2 --workload "$W+scan:1M"
+expect "serial console reaches stdout" 0 "lazyvm guest v1 on 1 vCPU" \
+    "$LAZYVM" run --mem 16M --workload compute:100
+
+echo "# exceptions are reported, not hung"
+expect "ud2 reported as #UD (vector 6)" 1 "guest exception on vCPU 0: vector 6," \
+    "$LAZYVM" run --mem 16M --workload crash:ud
+expect "access beyond the map reported as #PF (vector 14) with CR2" 1 "vector 14, .*CR2 0x200000000" \
+    "$LAZYVM" run --mem 16M --workload crash:pf
+expect "division by zero reported as #DE (vector 0)" 1 "vector 0," \
+    "$LAZYVM" run --mem 16M --workload crash:div
+expect "a workload that does not fit is refused by the guest" 1 "workload needs" \
+    "$LAZYVM" run --mem 16M --workload scan:32M
+
+echo "# snapshot, then restore in each load mode"
+for vcpus in 1 2; do
+    snap="$T/snap-$vcpus"
+    expect "snapshot at the snapshot point ($vcpus vCPU)" 0 "snapshot written" \
+        "$LAZYVM" run --mem 32M --mem-slots 2 --vcpus "$vcpus" --workload "$W" --snapshot-dir "$snap"
+    [ -f "$snap/state" ] && [ "$(stat -c %s "$snap/memory")" -eq $((32 << 20)) ] &&
+        ok "snapshot has a state file and a 32 MiB memory file" || not_ok "snapshot files missing"
+    for load in eager mmap lazy; do
+        out=$(timeout 60 "$LAZYVM" restore "$snap" --load "$load" --json 2>"$T/err"); rc=$?
+        if [ "$rc" -eq 0 ] && [ "$(json_field ok <<<"$out")" = True ] &&
+            [ "$(json_field results <<<"$out")" -eq 3 ]; then
+            ok "restore --load $load ($vcpus vCPU): guest verified all data: $out"
+        else
+            not_ok "restore --load $load ($vcpus vCPU): status $rc: $out $(tail -5 "$T/err")"
+        fi
+        if [ "$load" = lazy ]; then
+            faults=$(json_field faults <<<"$out" 2>/dev/null || echo 0)
+            read_bytes=$(json_field bytes_read <<<"$out" 2>/dev/null || echo 0)
+            [ "$faults" -gt 0 ] && [ "$read_bytes" -lt $((32 << 20)) ] &&
+                ok "lazy restore fetched only what was touched ($faults faults, $read_bytes bytes)" ||
+                not_ok "lazy restore numbers: faults $faults, bytes $read_bytes"
+        fi
+    done
+done
+snap="$T/snap-1"
+expect "lazy restore with 200us source latency, 2 busy handler threads" 0 "ok: 3 task" \
+    "$LAZYVM" restore "$snap" --load lazy --source-latency 200us --handler-threads 2 --intake busy
+
+echo "# bad snapshots are refused before the guest runs"
+bad="$T/bad"
+reset_bad() { rm -rf "$bad"; cp -r "$snap" "$bad"; }
+reset_bad; truncate -s 16M "$bad/memory"
+expect "truncated memory file" 1 "memory is 16777216 bytes but the snapshot's memory layout needs exactly 33554432 \(truncated\)" \
+    "$LAZYVM" restore "$bad" --load lazy
+reset_bad; truncate -s 64M "$bad/memory"
+expect "memory file larger than the layout" 1 "not this snapshot's file" "$LAZYVM" restore "$bad"
+reset_bad; python3 - "$bad/state" <<'PY'
+import sys; p = sys.argv[1]; b = bytearray(open(p, 'rb').read()); b[len(b) // 2] ^= 1; open(p, 'wb').write(b)
+PY
+expect "flipped byte in the state file" 1 "state file is corrupt: CRC-32C" "$LAZYVM" restore "$bad"
+reset_bad; python3 - "$bad/state" <<'PY'
+import struct, sys; p = sys.argv[1]; b = bytearray(open(p, 'rb').read()); b[8:12] = struct.pack('<I', 99); open(p, 'wb').write(b)
+PY
+expect "wrong format version" 1 "snapshot format version 99; this lazyvm reads version 1" "$LAZYVM" restore "$bad"
+reset_bad; head -c 4096 "$snap/state" >"$bad/state"
+expect "truncated state file" 1 "truncated or damaged" "$LAZYVM" restore "$bad"
+reset_bad; head -c 8192 /dev/urandom >"$bad/state"
+expect "foreign state file" 1 "not a lazyvm snapshot" "$LAZYVM" restore "$bad"
+expect "missing directory" 1 "cannot open .*/nonexistent/state" "$LAZYVM" restore "$T/nonexistent"
+# A corrupt page of memory: eager refuses before running; lazy stops the VM at
+# the fetch; neither lets the guest see the page.
+reset_bad; python3 - "$bad/memory" <<'PY'
+import sys; p = sys.argv[1]; b = bytearray(open(p, 'rb').read()); b[0x200000 + 100] ^= 0xff; open(p, 'wb').write(b)
+PY
+expect "corrupt memory page refused by eager restore" 1 "page 512 \(offset 0x200000\) fails its checksum" \
+    "$LAZYVM" restore "$bad" --load eager
+expect "corrupt memory page stops a lazy restore" 1 "serving guest memory: .*source offset 0x200000" \
+    "$LAZYVM" restore "$bad" --load lazy
+
+echo "# usage"
+expect "restore without a directory is a usage error" 2 "exactly one snapshot directory" "$LAZYVM" restore
+expect "bad --load" 2 "not eager, mmap or lazy" "$LAZYVM" restore "$snap" --load sometimes
+expect "--mem too small" 1 "16 MiB" "$LAZYVM" run --mem 8M
+expect "run --help" 0 "Usage: lazyvm run" "$LAZYVM" run --help
+expect "restore --help" 0 "Usage: lazyvm restore" "$LAZYVM" restore --help
+
+echo "vm: $failures failure(s)"
+[ "$failures" -eq 0 ]
