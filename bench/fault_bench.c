@@ -488,6 +488,9 @@ static void lazyvm_argv(const struct variant *v, const char **argv)
 		argv[n++] = "--busy-idle";
 		argv[n++] = "0";
 	}
+	/* The floor installs exactly the faulting page: so must lazyvm here. */
+	argv[n++] = "--fault-around";
+	argv[n++] = "1";
 	/* A refusal must reach us as an error, not as SIGKILL. */
 	argv[n++] = "--on-fatal";
 	argv[n++] = "report";

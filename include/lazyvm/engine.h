@@ -32,6 +32,11 @@ struct engine_config {
 	uint64_t busy_idle_ns; /* BUSY: after this long without a message, block in
 	                        * poll until the next one (0: spin for ever) */
 	const char *name;      /* for messages, e.g. "vm pid 1234" */
+	/* Install up to this many pages per fault: the faulting page and the
+	 * missing ones right after it, read from the source in one piece and
+	 * installed in one UFFDIO_COPY (Linux's fault-around for file mappings
+	 * does 16). 0 or 1: the faulting page only. Small pages only; <= 64. */
+	unsigned fault_around;
 };
 
 /* One registered range of the address space and where its bytes live. */

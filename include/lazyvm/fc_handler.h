@@ -28,6 +28,7 @@ struct fc_handler_config {
 	enum engine_intake intake;
 	uint64_t busy_idle_ns;
 	int io_uring;               /* batch source reads through io_uring */
+	unsigned fault_around;      /* pages per fault, see engine_config */
 	uint64_t source_latency_ns; /* 0: none */
 	enum fc_on_fatal on_fatal;
 	uint64_t handshake_timeout_ns;

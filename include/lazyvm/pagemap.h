@@ -42,6 +42,10 @@ enum page_state pagemap_get(const struct pagemap *pm, uint64_t idx);
  * the caller owns the page (and must finish it) iff that is MISSING or REMOVED. */
 enum page_state pagemap_claim(struct pagemap *pm, uint64_t idx);
 
+/* MISSING -> INFLIGHT only (never a REMOVED page: those must read zeros, and
+ * fault-around only reads ahead from the source). True when won. */
+bool pagemap_claim_missing(struct pagemap *pm, uint64_t idx);
+
 /* INFLIGHT -> to. Returns false, changing nothing, when the page is no longer
  * INFLIGHT (a remove overtook the install). */
 bool pagemap_finish(struct pagemap *pm, uint64_t idx, enum page_state to);

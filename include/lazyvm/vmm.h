@@ -35,6 +35,7 @@ struct vmm_restore_config {
 	uint64_t source_latency_ns; /* lazy: every page read takes this long */
 	unsigned handler_threads;   /* lazy: engine threads */
 	enum engine_intake intake;  /* lazy */
+	unsigned fault_around;      /* lazy: pages per fault (engine_config) */
 	bool console_to_stderr;
 };
 

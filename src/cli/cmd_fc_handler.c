@@ -61,6 +61,7 @@ int cmd_fc_handler(int argc, char **argv)
 	    {"threads", required_argument, 0, 't'},
 	    {"intake", required_argument, 0, 'i'},
 	    {"busy-idle", required_argument, 0, 'b'},
+	    {"fault-around", required_argument, 0, 'A'},
 	    {"io-uring", no_argument, 0, 'u'},
 	    {"source-latency", required_argument, 0, 'l'},
 	    {"on-fatal", required_argument, 0, 'f'},
@@ -77,6 +78,7 @@ int cmd_fc_handler(int argc, char **argv)
 	    .on_fatal = FC_ON_FATAL_KILL,
 	    .handshake_timeout_ns = 5ull * 1000 * 1000 * 1000,
 	    .max_vms = 256,
+	    .fault_around = 16,
 	    .signal_fd = -1,
 	    .metrics_out = stdout,
 	};
@@ -114,6 +116,10 @@ int cmd_fc_handler(int argc, char **argv)
 			cfg.busy_idle_ns = v;
 			break;
 		case 'u': cfg.io_uring = 1; break;
+		case 'A':
+			if (cli_uint(cmd, "--fault-around", optarg, 1, 64, &cfg.fault_around) < 0)
+				return 2;
+			break;
 		case 'l':
 			if (cli_duration(cmd, "--source-latency", optarg, &v) < 0)
 				return 2;

@@ -206,13 +206,16 @@ int cmd_restore(int argc, char **argv)
 	    {"load", required_argument, 0, 'l'},
 	    {"source-latency", required_argument, 0, 'L'},
 	    {"handler-threads", required_argument, 0, 'T'},
+	    {"fault-around", required_argument, 0, 'A'},
 	    {"intake", required_argument, 0, 'i'},
 	    {"json", no_argument, 0, 'j'},
 	    {"help", no_argument, 0, 'h'},
 	    {0, 0, 0, 0},
 	};
-	struct vmm_restore_config cfg = {
-	    .load = VMM_LOAD_LAZY, .handler_threads = 1, .intake = ENGINE_INTAKE_BLOCK};
+	struct vmm_restore_config cfg = {.fault_around = 16,
+	                                 .load = VMM_LOAD_LAZY,
+	                                 .handler_threads = 1,
+	                                 .intake = ENGINE_INTAKE_BLOCK};
 	const char *cmd = "restore";
 	uint64_t t0 = lv_now_ns();
 	unsigned long long v;
@@ -259,6 +262,10 @@ int cmd_restore(int argc, char **argv)
 				    optarg);
 				return 2;
 			}
+			break;
+		case 'A':
+			if (cli_uint(cmd, "--fault-around", optarg, 1, 64, &cfg.fault_around) < 0)
+				return 2;
 			break;
 		case 'j': json = true; break;
 		case 'h': fputs(restore_help, stdout); return 0;

@@ -13,8 +13,8 @@ static const struct {
 	int (*fn)(int argc, char **argv);
 	const char *summary;
 } commands[] = {
-	{"run", cmd_run, "boot the bundled guest in lazyvm's KVM VMM; optionally snapshot it"},
-	{"restore", cmd_restore, "restore a snapshot: eager, mmap, or lazy (pages on first touch)"},
+    {"run", cmd_run, "boot the bundled guest in lazyvm's KVM VMM; optionally snapshot it"},
+    {"restore", cmd_restore, "restore a snapshot: eager, mmap, or lazy (pages on first touch)"},
     {"fc-handler", cmd_fc_handler, "serve Firecracker's page faults from a snapshot memory file"},
     {"fc-client", cmd_fc_client,
      "play Firecracker's part of the UFFD hand-off against a handler, verify every byte"},

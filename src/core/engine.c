@@ -54,10 +54,11 @@ struct worker {
 /* One page a batch will install. */
 struct todo {
 	struct region *reg;
-	uint64_t idx;
-	bool zero;   /* install zeros: the range was removed */
-	char *data;  /* source bytes in the worker's buffer */
-	uint64_t t0; /* when its fault message was read */
+	uint64_t idx;    /* the faulting page */
+	uint32_t npages; /* claimed run [idx, idx + npages): fault-around */
+	bool zero;       /* install zeros: the range was removed (npages == 1) */
+	char *data;      /* source bytes in the worker's buffer */
+	uint64_t t0;     /* when its fault message was read */
 };
 
 struct engine {
@@ -202,6 +203,18 @@ static int handle_event(struct worker *w, const struct uffd_msg *msg)
 	}
 }
 
+static int install_one(struct worker *w, struct todo *t);
+
+/* Gives claimed pages back uninstalled (the map stays true when a worker
+ * stops or must retry). */
+static void release_todos(struct todo *t, unsigned n)
+{
+	for (unsigned i = 0; i < n; i++)
+		for (uint32_t j = 0; j < t[i].npages; j++)
+			pagemap_finish(t[i].reg->pm, t[i].idx + j,
+			               t[i].zero ? PAGE_REMOVED : PAGE_MISSING);
+}
+
 /* Reads one batch of messages under the write lock, handles events there and
  * turns faults into todos. Returns the number of todos (>= 0) or -errno;
  * *nmsgs gets the number of messages read. */
@@ -248,20 +261,29 @@ static int intake_batch(struct worker *w, struct todo *todo, int *nmsgs)
 			ctr_add(&w->m.faults_stale, 1);
 			uffd_wake(eng->cfg.uffd, page_addr(reg, idx), reg->r.page_size);
 		} else {
+			uint32_t run = 1;
+
+			/* Fault-around: the missing pages right after this one come in
+			 * the same read and the same install. */
+			if (prev == PAGE_MISSING && reg->r.page_size == 4096)
+				while (run < eng->cfg.fault_around &&
+				       idx + run < pagemap_pages(reg->pm) &&
+				       buf_used + (run + 1) * 4096 <= WORKER_BUF_BYTES &&
+				       pagemap_claim_missing(reg->pm, idx + run))
+					run++;
 			todo[ntodo++] = (struct todo){.reg = reg,
 			                              .idx = idx,
+			                              .npages = run,
 			                              .zero = prev == PAGE_REMOVED,
 			                              .data = w->buf + buf_used,
 			                              .t0 = now};
 			if (prev != PAGE_REMOVED)
-				buf_used += reg->r.page_size;
+				buf_used += run * reg->r.page_size;
 		}
 	}
 	pthread_rwlock_unlock(&eng->install_lock);
 	if (n < 0) {
-		for (unsigned i = 0; i < ntodo; i++)
-			pagemap_finish(todo[i].reg->pm, todo[i].idx,
-			               todo[i].zero ? PAGE_REMOVED : PAGE_MISSING);
+		release_todos(todo, ntodo);
 		return n;
 	}
 	if (n > 0)
@@ -274,38 +296,76 @@ static int intake_batch(struct worker *w, struct todo *todo, int *nmsgs)
  * refuse the install has been read. */
 static void release_and_wake(struct engine *eng, struct todo *t)
 {
-	pagemap_finish(t->reg->pm, t->idx, t->zero ? PAGE_REMOVED : PAGE_MISSING);
-	uffd_wake(eng->cfg.uffd, page_addr(t->reg, t->idx), t->reg->r.page_size);
+	release_todos(t, 1);
+	uffd_wake(eng->cfg.uffd, page_addr(t->reg, t->idx), t->npages * t->reg->r.page_size);
 }
 
-/* Installs one claimed page. Returns 0 (installed, or released for a retry) or
- * -errno after the engine recorded why it stops. */
+/* Installs a fault-around run page by page: after a remove overlapped it, or
+ * when part of it turned out to exist. Each page is re-checked on its own. */
+static int install_split(struct worker *w, struct todo *t)
+{
+	for (uint32_t j = 0; j < t->npages; j++) {
+		struct todo one = {.reg = t->reg,
+		                   .idx = t->idx + j,
+		                   .npages = 1,
+		                   .data = t->data + j * t->reg->r.page_size,
+		                   .t0 = t->t0};
+		int r = install_one(w, &one);
+
+		if (r < 0) {
+			struct todo rest = *t;
+			rest.idx += j + 1;
+			rest.npages -= j + 1;
+			release_todos(&rest, 1);
+			return r;
+		}
+		if (j)
+			ctr_add(&w->m.pages_around, 1);
+	}
+	return 0;
+}
+
+/* Installs one claimed page, or a claimed fault-around run in one
+ * UFFDIO_COPY. Returns 0 (installed, or released for a retry) or -errno after
+ * the engine recorded why it stops. */
 static int install_one(struct worker *w, struct todo *t)
 {
 	struct engine *eng = w->eng;
 	struct region *reg = t->reg;
-	uint64_t ps = reg->r.page_size, addr;
-	bool zero;
+	uint64_t ps = reg->r.page_size, len = t->npages * ps, addr;
+	bool zero, removed = false;
 	int r;
 
 	pthread_rwlock_rdlock(&eng->install_lock);
 	addr = page_addr(reg, t->idx); /* under the lock: a remap may move regions */
 	/* A remove that overtook this install turns it into a zero install. */
-	zero = t->zero || pagemap_get(reg->pm, t->idx) == PAGE_REMOVED;
+	for (uint32_t j = 0; j < t->npages; j++)
+		removed |= pagemap_get(reg->pm, t->idx + j) == PAGE_REMOVED;
+	if (removed && t->npages > 1) {
+		pthread_rwlock_unlock(&eng->install_lock);
+		return install_split(w, t);
+	}
+	zero = t->zero || removed;
 	if (!zero)
-		r = uffd_copy(eng->cfg.uffd, addr, t->data, ps);
+		r = uffd_copy(eng->cfg.uffd, addr, t->data, len);
 	else if (ps > 4096) /* hugetlbfs has no UFFDIO_ZEROPAGE */
 		r = uffd_copy(eng->cfg.uffd, addr, eng->zeros, ps);
 	else
 		r = uffd_zeropage(eng->cfg.uffd, addr, ps);
 
 	enum uffd_outcome o = uffd_classify(r);
+	if (o == UFFD_EXISTS && t->npages > 1) {
+		/* Part of the run may be in: settle each page on its own. */
+		pthread_rwlock_unlock(&eng->install_lock);
+		return install_split(w, t);
+	}
 	if (o == UFFD_DONE || o == UFFD_EXISTS) {
 		/* Not INFLIGHT any more only if a remove made it REMOVED and a later
 		 * fault claimed it again: both of us installed zeros, either way the
 		 * page is now present. */
-		if (!pagemap_finish(reg->pm, t->idx, PAGE_PRESENT))
-			pagemap_set_range(reg->pm, t->idx, 1, PAGE_PRESENT);
+		for (uint32_t j = 0; j < t->npages; j++)
+			if (!pagemap_finish(reg->pm, t->idx + j, PAGE_PRESENT))
+				pagemap_set_range(reg->pm, t->idx + j, 1, PAGE_PRESENT);
 	}
 	pthread_rwlock_unlock(&eng->install_lock);
 
@@ -315,7 +375,8 @@ static int install_one(struct worker *w, struct todo *t)
 		uffd_wake(eng->cfg.uffd, addr, ps);
 		/* fall through */
 	case UFFD_DONE:
-		ctr_add(zero ? &w->m.pages_zeroed : &w->m.pages_copied, 1);
+		ctr_add(zero ? &w->m.pages_zeroed : &w->m.pages_copied, t->npages);
+		ctr_add(&w->m.pages_around, t->npages - 1);
 		hist_record(&w->m.latency, lv_now_ns() - t->t0);
 		return 0;
 	case UFFD_RETRY:
@@ -352,7 +413,7 @@ static void serve_batch(struct worker *w, struct todo *todo, unsigned n)
 		reqs[nreq] =
 		    (struct source_req){.buf = todo[i].data,
 		                        .off = reg->r.src_off + (todo[i].idx << reg->shift),
-		                        .len = reg->r.page_size};
+		                        .len = todo[i].npages * reg->r.page_size};
 		map[nreq++] = i;
 	}
 	if (nreq == 1)
@@ -373,19 +434,14 @@ static void serve_batch(struct worker *w, struct todo *todo, unsigned n)
 			              strerror(-reqs[q].result));
 			break;
 		}
-		/* Leave no page claimed by a worker that stops: the map stays true. */
-		for (unsigned i = 0; i < n; i++)
-			pagemap_finish(todo[i].reg->pm, todo[i].idx,
-			               todo[i].zero ? PAGE_REMOVED : PAGE_MISSING);
+		release_todos(todo, n);
 		return;
 	}
 	for (unsigned q = 0; q < nreq; q++)
 		ctr_add(&w->m.bytes_read, reqs[q].len);
 	for (unsigned i = 0; i < n; i++) {
 		if (install_one(w, &todo[i]) < 0) {
-			for (unsigned j = i + 1; j < n; j++)
-				pagemap_finish(todo[j].reg->pm, todo[j].idx,
-				               todo[j].zero ? PAGE_REMOVED : PAGE_MISSING);
+			release_todos(todo + i + 1, n - i - 1);
 			return;
 		}
 	}
@@ -460,7 +516,8 @@ int engine_create(const struct engine_config *cfg, struct engine **out)
 	struct engine *eng;
 	int r;
 
-	if (cfg->uffd < 0 || !cfg->source || cfg->threads < 1 || cfg->threads > 64)
+	if (cfg->uffd < 0 || !cfg->source || cfg->threads < 1 || cfg->threads > 64 ||
+	    cfg->fault_around > 64)
 		return -EINVAL;
 	eng = calloc(1, sizeof(*eng));
 	if (!eng)

@@ -97,6 +97,23 @@ enum page_state pagemap_claim(struct pagemap *pm, uint64_t idx)
 	}
 }
 
+bool pagemap_claim_missing(struct pagemap *pm, uint64_t idx)
+{
+	assert(idx < pm->npages);
+	_Atomic uint64_t *word = &pm->words[idx / PAGES_PER_WORD];
+	unsigned sh = shift_of(idx);
+	uint64_t old = atomic_load_explicit(word, memory_order_acquire);
+
+	for (;;) {
+		if (((old >> sh) & STATE_MASK) != PAGE_MISSING)
+			return false;
+		uint64_t new = old | ((uint64_t)PAGE_INFLIGHT << sh);
+		if (atomic_compare_exchange_weak_explicit(word, &old, new, memory_order_acq_rel,
+		                                          memory_order_acquire))
+			return true;
+	}
+}
+
 bool pagemap_finish(struct pagemap *pm, uint64_t idx, enum page_state to)
 {
 	assert(idx < pm->npages);

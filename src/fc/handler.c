@@ -266,6 +266,7 @@ static void vm_serve(struct fc_handler *h, struct vm *vm, const struct fc_handsh
 	                           .threads = h->cfg.threads_per_vm,
 	                           .intake = h->cfg.intake,
 	                           .busy_idle_ns = h->cfg.busy_idle_ns,
+	                           .fault_around = h->cfg.fault_around,
 	                           .name = vm->name};
 	char why[160];
 	int r;

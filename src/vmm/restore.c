@@ -240,6 +240,7 @@ static int start_lazy(struct restore *rs, struct guest_mem *m)
 	                               rs->cfg->handler_threads ? rs->cfg->handler_threads : 1,
 	                           .intake = rs->cfg->intake,
 	                           .busy_idle_ns = 10 * 1000 * 1000,
+	                           .fault_around = rs->cfg->fault_around,
 	                           .name = "restore"};
 	if ((r = engine_create(&ec, &rs->eng)) < 0) {
 		close(uffd);
@@ -273,7 +274,7 @@ static void *watch_engine(void *arg)
 {
 	struct watch *w = arg;
 	struct pollfd p[2] = {{.fd = engine_event_fd(w->rs->eng), .events = POLLIN},
-			      {.fd = w->stop_efd, .events = POLLIN}};
+	                      {.fd = w->stop_efd, .events = POLLIN}};
 
 	while (poll(p, 2, -1) < 0 && errno == EINTR)
 		;

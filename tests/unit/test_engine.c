@@ -21,6 +21,8 @@ struct rig {
 	uint64_t size, page;
 };
 
+static unsigned rig_fault_around; /* engine_config.fault_around for rig_up */
+
 static unsigned char pattern(uint64_t off)
 {
 	return (unsigned char)(off * 13 + (off >> 12) * 101 + 1);
@@ -67,6 +69,7 @@ static void rig_up(struct rig *rig, uint64_t size, uint64_t page, unsigned threa
 	                            .threads = threads,
 	                            .intake = intake,
 	                            .busy_idle_ns = 5 * 1000 * 1000,
+	                            .fault_around = rig_fault_around,
 	                            .name = "test"};
 	CHECK_OK(engine_create(&cfg, &rig->eng));
 	/* Two regions: the second half of memory is served from the first half of
@@ -330,7 +333,70 @@ static void test_region_validation(void)
 	source_destroy(src);
 }
 
+/* Fault-around: a sequential toucher gets 16 pages a fault, every byte right. */
+static void test_fault_around_sequential(void)
+{
+	struct rig rig;
+	struct metrics m;
+
+	rig_fault_around = 16;
+	rig_up(&rig, 4 * MB, 4096, 1, ENGINE_INTAKE_BLOCK, 0);
+	for (uint64_t i = 0; i < rig.size; i += 4096)
+		CHECK_EQ(rig.mem[i], expected(&rig, i));
+	check_every_byte(&rig);
+	uint64_t pages = rig.size / 4096;
+	for (int i = 0; i < 2000; i++) { /* let the counters catch up */
+		engine_metrics(rig.eng, &m);
+		if (m.pages_copied >= pages)
+			break;
+		usleep(1000);
+	}
+	CHECK_EQ(m.pages_copied, pages);
+	CHECK_EQ(m.bytes_read, rig.size);
+	/* Each region is a whole number of 16-page runs: one fault per run. */
+	CHECK_EQ(m.faults, pages / 16);
+	CHECK_EQ(m.pages_around, pages - pages / 16);
+	rig_down(&rig);
+}
+
+/* Fault-around never reads ahead into removed ranges (those must read zeros)
+ * and stops at pages already present; random touches from four threads. */
+static void test_fault_around_random_and_remove(void)
+{
+	struct rig rig;
+	struct metrics m;
+
+	rig_fault_around = 16;
+	rig_up(&rig, 4 * MB, 4096, 2, ENGINE_INTAKE_BLOCK, 0);
+	for (uint64_t i = 0; i < MB; i += 3 * 4096) /* every third page of the first MiB */
+		CHECK_EQ(rig.mem[i], expected(&rig, i));
+	CHECK_OK(madvise(rig.mem + 100 * 4096, 50 * 4096, MADV_DONTNEED));
+	CHECK_OK(madvise(rig.mem + 2 * MB + 7 * 4096, 3 * 4096, MADV_DONTNEED)); /* never touched */
+	for (uint64_t i = 0; i < rig.size; i++) {
+		uint64_t p = i / 4096;
+		bool removed = (p >= 100 && p < 150) || (p >= 512 + 7 && p < 512 + 10);
+		if (rig.mem[i] != (removed ? 0 : expected(&rig, i))) {
+			fprintf(stderr, "  byte %llu (page %llu): %#x\n", (unsigned long long)i,
+			        (unsigned long long)p, rig.mem[i]);
+			CHECK(0);
+		}
+	}
+	engine_metrics(rig.eng, &m);
+	CHECK(m.pages_around > 0);
+	CHECK(m.pages_zeroed <= 53);
+	rig_down(&rig);
+
+	rig_up(&rig, 8 * MB, 4096, 2, ENGINE_INTAKE_BLOCK, 0);
+	run_touchers(&rig, 4);
+	check_every_byte(&rig);
+	uint64_t counts[4];
+	engine_page_counts(rig.eng, counts);
+	CHECK_EQ(counts[PAGE_PRESENT], rig.size / 4096);
+	rig_down(&rig);
+}
+
 TEST_MAIN(TEST(test_faults_one_handler), TEST(test_faults_two_handlers),
           TEST(test_faults_busy_intake), TEST(test_faults_io_uring), TEST(test_remove_gives_zeros),
           TEST(test_source_failure_is_reported), TEST(test_huge_pages),
-          TEST(test_region_validation))
+          TEST(test_region_validation), TEST(test_fault_around_sequential),
+          TEST(test_fault_around_random_and_remove))

@@ -1,0 +1,98 @@
+#!/usr/bin/env python3
+"""restore_bench: eager vs mmap vs lazy restore of lazyvm snapshots, side by side.
+
+For each guest memory size, one snapshot of a guest whose working set is
+--ws (a scan task: written before the snapshot point, read back and verified
+after it). Then, per repetition, every (size, load mode) pair is restored once
+in a shuffled order; each cell of the report is the median over repetitions.
+restore_ms = command start to first guest instruction, run_ms = the run phase,
+total_ms = command start to the guest's DONE, max_rss = peak RSS of the
+restoring process. With --cold, the page cache is dropped before every restore
+(root only), so the memory file is read from the disk.
+"""
+import argparse, json, os, platform, random, shutil, statistics, subprocess, sys, tempfile, time
+
+def sh(cmd, **kw):
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, **kw)
+
+def machine():
+    model = "?"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{os.cpu_count()} CPUs, {model}, Linux {platform.release()}"
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--lazyvm", default=os.path.join(os.environ.get("B", "build"), "lazyvm"))
+    ap.add_argument("--sizes", default="256M,1G", help="guest memory sizes (default 256M,1G)")
+    ap.add_argument("--ws", default="16M", help="working set: the scan task's size (default 16M)")
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--cold", action="store_true", help="drop the page cache before every restore")
+    ap.add_argument("--quick", action="store_true", help="32M/64M, 2M working set, 1 rep (smoke test)")
+    a = ap.parse_args()
+    if a.quick:
+        a.sizes, a.ws, a.reps = "32M,64M", "2M", 1
+    sizes = a.sizes.split(",")
+    modes = ["eager", "mmap", "lazy"]
+    tmp = tempfile.mkdtemp(prefix="lazyvm-restore-bench.")
+    t_start = time.time()
+    try:
+        snaps = {}
+        for size in sizes:
+            d = os.path.join(tmp, size)
+            print(f"restore_bench: snapshot of a {size} guest, working set scan:{a.ws}", file=sys.stderr)
+            r = sh([a.lazyvm, "run", "--mem", size, "--workload", f"scan:{a.ws}", "--snapshot-dir", d])
+            if r.returncode != 0:
+                sys.exit(f"restore_bench: snapshot of {size} failed: {r.stdout}{r.stderr}")
+            snaps[size] = d
+        results = {(s, m): [] for s in sizes for m in modes}
+        for rep in range(a.reps):
+            order = [(s, m) for s in sizes for m in modes]
+            random.shuffle(order)
+            for s, m in order:
+                if a.cold:
+                    os.sync()
+                    with open("/proc/sys/vm/drop_caches", "w") as f:
+                        f.write("3\n")
+                r = sh([a.lazyvm, "restore", snaps[s], "--load", m, "--json"])
+                try:
+                    j = json.loads(r.stdout.strip().splitlines()[-1])
+                except (ValueError, IndexError):
+                    sys.exit(f"restore_bench: {s} {m}: no JSON: {r.stdout}{r.stderr}")
+                if r.returncode != 0 or not j["ok"]:
+                    sys.exit(f"restore_bench: {s} {m}: the guest did not verify its data: {j['error']}")
+                results[(s, m)].append(j)
+                print(f"restore_bench: rep {rep + 1}/{a.reps} {s:>5} {m:<5} restore {j['restore_ms']:8.1f} ms"
+                      f"  run {j['run_ms']:8.1f} ms  total {j['total_ms']:8.1f} ms", file=sys.stderr)
+        med = lambda s, m, k: statistics.median(j[k] for j in results[(s, m)])
+        cache = "cold: page cache dropped before each restore" if a.cold else "warm: memory file in the page cache"
+        print(f"## Restore: eager vs mmap vs lazy ({cache})\n")
+        print(f"- Command: `{' '.join(sys.argv)}`")
+        print(f"- Machine: {machine()}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+        print(f"- Guest: 1 vCPU, workload scan:{a.ws} (written before the snapshot point, every byte read back"
+              f" and verified after restore); {a.reps} reps interleaved in shuffled order; cells are medians\n")
+        print("| memory | load | restore_ms | run_ms | total_ms | peak RSS (MiB) | faults | MiB read |")
+        print("|---|---|---:|---:|---:|---:|---:|---:|")
+        for s in sizes:
+            for m in modes:
+                print(f"| {s} | {m} | {med(s, m, 'restore_ms'):.1f} | {med(s, m, 'run_ms'):.1f} | "
+                      f"{med(s, m, 'total_ms'):.1f} | {med(s, m, 'max_rss_kb') / 1024:.0f} | "
+                      f"{med(s, m, 'faults'):.0f} | {med(s, m, 'bytes_read') / 2**20:.1f} |")
+        print()
+        lo, hi = sizes[0], sizes[-1]
+        ratio = med(hi, "lazy", "restore_ms") / med(lo, "lazy", "restore_ms")
+        print(f"- lazy restore_ms, {hi} / {lo}: **{ratio:.2f}x** (target: within 1.2x)")
+        for s in sizes:
+            lt, et = med(s, "lazy", "total_ms"), med(s, "eager", "total_ms")
+            print(f"- {s}: lazy total / eager total: **{lt / et:.2f}x** ({lt:.0f} ms vs {et:.0f} ms; target below 1)")
+        print(f"\nBenchmark wall time: {time.time() - t_start:.1f} s\n")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,9 @@
+#!/bin/bash
+# The benchmarks must keep working: run each in its smoke-test size (numbers
+# from such short runs mean nothing; `make bench` gives the real ones).
+set -eu
+B=${B:-build}
+out=$(BENCH_QUICK=1 B="$B" bench/run 2>&1)
+echo "$out" | grep -E '^\| (lazyvm|floor)-block \| 1 ' || { echo "$out"; echo "fault_bench table missing"; exit 1; }
+echo "$out" | grep -E '^\| 64M \| lazy ' || { echo "$out"; echo "restore_bench table missing"; exit 1; }
+echo "bench smoke: ok"
