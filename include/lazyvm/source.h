@@ -76,7 +76,9 @@ int source_zero_create(uint64_t size, struct source **out);
 int source_latency_wrap(struct source *inner, uint64_t delay_ns, struct source **out);
 
 /* Wraps `inner` (taking ownership) so that every whole page read is checked
- * against `crcs` (CRC-32C of each page_size page of the source, copied):
+ * against `crcs` (CRC-32C of each page_size page of the source; borrowed:
+ * they must outlive the source, and are not copied so that opening costs the
+ * same for any memory size):
  * a mismatch fails the read with -EBADMSG, so a corrupt page is never
  * installed. Reads must be page-aligned whole pages (-EINVAL otherwise). */
 int source_checked_wrap(struct source *inner, const uint32_t *crcs, uint64_t npages,

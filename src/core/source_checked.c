@@ -11,7 +11,7 @@
 struct checked_source {
 	struct source base;
 	struct source *inner;
-	uint32_t *crcs;
+	const uint32_t *crcs; /* borrowed */
 	uint64_t npages;
 	uint32_t page_size;
 };
@@ -60,7 +60,6 @@ static void checked_destroy(struct source *src)
 	struct checked_source *cs = (struct checked_source *)src;
 
 	source_destroy(cs->inner);
-	free(cs->crcs);
 	free(cs);
 }
 
@@ -81,12 +80,7 @@ int source_checked_wrap(struct source *inner, const uint32_t *crcs, uint64_t npa
 	cs = calloc(1, sizeof(*cs));
 	if (!cs)
 		return -ENOMEM;
-	cs->crcs = malloc(npages * sizeof(*crcs));
-	if (!cs->crcs) {
-		free(cs);
-		return -ENOMEM;
-	}
-	memcpy(cs->crcs, crcs, npages * sizeof(*crcs));
+	cs->crcs = crcs;
 	cs->base.ops = &checked_ops;
 	cs->base.size = inner->size;
 	snprintf(cs->base.desc, sizeof(cs->base.desc), "%.220s, checksummed", inner->desc);
