@@ -447,6 +447,16 @@ static void serve_batch(struct worker *w, struct todo *todo, unsigned n)
 	}
 }
 
+/* One empty spin of a busy worker: true when it has been idle long enough to
+ * sleep in poll until the next fault instead of burning the CPU. */
+static bool spin_idle(const struct engine *eng, uint64_t last_msg)
+{
+	if (eng->cfg.busy_idle_ns && lv_now_ns() - last_msg > eng->cfg.busy_idle_ns)
+		return true;
+	cpu_relax();
+	return false;
+}
+
 static void *worker_main(void *arg)
 {
 	struct worker *w = arg;
@@ -484,12 +494,10 @@ static void *worker_main(void *arg)
 			 * not hold up each other's installs. */
 			struct pollfd p = {.fd = eng->cfg.uffd, .events = POLLIN};
 
-			if (poll(&p, 1, 0) == 0) {
-				if (eng->cfg.busy_idle_ns &&
-				    lv_now_ns() - last_msg > eng->cfg.busy_idle_ns)
-					block = true; /* idle: sleep until the next fault */
-				else
-					cpu_relax();
+			/* A lone worker has no one to hold up: it reads straight away
+			 * (one system call a spin, as the minimal handler does). */
+			if (eng->cfg.threads > 1 && poll(&p, 1, 0) == 0) {
+				block = spin_idle(eng, last_msg);
 				continue;
 			}
 		}
@@ -500,8 +508,11 @@ static void *worker_main(void *arg)
 				              eng->name, strerror(-n));
 			break;
 		}
-		if (nmsgs == 0)
-			continue; /* another worker took them */
+		if (nmsgs == 0) {
+			if (!block)
+				block = spin_idle(eng, last_msg);
+			continue; /* nothing there, or another worker took it */
+		}
 		if (eng->cfg.intake == ENGINE_INTAKE_BUSY) {
 			block = false;
 			last_msg = lv_now_ns();

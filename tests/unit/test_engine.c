@@ -395,8 +395,76 @@ static void test_fault_around_random_and_remove(void)
 	rig_down(&rig);
 }
 
+/* UFFD_EVENT_REMAP moves a whole region (its pages keep their source offsets);
+ * UFFD_EVENT_UNMAP marks a range gone. */
+static void test_remap_and_unmap(void)
+{
+	struct source *src;
+	struct engine *eng;
+	struct metrics m;
+	char why[256], path[] = "/tmp/lazyvm-test-remap-XXXXXX";
+	int fd = mkstemp(path), uffd;
+	unsigned char *buf = malloc(2 * MB);
+
+	CHECK(fd >= 0 && buf);
+	for (uint64_t i = 0; i < 2 * MB; i++)
+		buf[i] = pattern(i);
+	CHECK_EQ(write(fd, buf, 2 * MB), 2 * MB);
+	close(fd);
+	CHECK_OK(source_file_open(path, 0, &src));
+	uffd = uffd_open(UFFD_FEATURE_EVENT_REMAP | UFFD_FEATURE_EVENT_UNMAP, NULL, why, sizeof(why));
+	CHECK(uffd >= 0);
+	unsigned char *a = mmap(NULL, MB, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	unsigned char *b = mmap(NULL, MB, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	CHECK(a != MAP_FAILED && b != MAP_FAILED);
+	CHECK_OK(uffd_register(uffd, (uint64_t)(uintptr_t)a, MB, UFFDIO_REGISTER_MODE_MISSING, 0, why,
+	                       sizeof(why)));
+	CHECK_OK(uffd_register(uffd, (uint64_t)(uintptr_t)b, MB, UFFDIO_REGISTER_MODE_MISSING, 0, why,
+	                       sizeof(why)));
+	struct engine_config cfg = {.uffd = uffd, .source = src, .threads = 1, .name = "remap"};
+	CHECK_OK(engine_create(&cfg, &eng));
+	struct engine_region ra = {.host_addr = (uint64_t)(uintptr_t)a, .size = MB, .src_off = 0,
+	                           .page_size = 4096};
+	struct engine_region rb = {.host_addr = (uint64_t)(uintptr_t)b, .size = MB, .src_off = MB,
+	                           .page_size = 4096};
+	CHECK_OK(engine_add_region(eng, &ra));
+	CHECK_OK(engine_add_region(eng, &rb));
+	CHECK_OK(engine_start(eng));
+	CHECK_EQ(a[5], pattern(5));
+	/* Move region a somewhere new: faults there come from a's file range. */
+	unsigned char *moved = mremap(a, MB, MB, MREMAP_MAYMOVE | MREMAP_FIXED,
+	                              b + 64 * MB);
+	CHECK(moved != MAP_FAILED);
+	for (uint64_t i = 0; i < MB; i += 4096)
+		CHECK_EQ(moved[i + 7], pattern(i + 7));
+	CHECK_EQ(b[4096 + 3], pattern(MB + 4096 + 3));
+	/* Unmapping b: its pages are gone for good. */
+	CHECK_OK(munmap(b, MB));
+	for (int i = 0; i < 2000; i++) {
+		engine_metrics(eng, &m);
+		if (m.unmap_events)
+			break;
+		usleep(1000);
+	}
+	CHECK_EQ(m.remap_events, 1);
+	/* The kernel may send more than one UNMAP (e.g. for the mremap's target);
+	 * what matters is that exactly b's pages were marked gone. */
+	CHECK(m.unmap_events >= 1);
+	for (int i = 0; i < 2000 && m.removed_pages < MB / 4096; i++) {
+		usleep(1000);
+		engine_metrics(eng, &m);
+	}
+	CHECK_EQ(m.removed_pages, MB / 4096);
+	CHECK_EQ(engine_status(eng), ENGINE_RUNNING);
+	engine_destroy(eng);
+	munmap(moved, MB);
+	source_destroy(src);
+	unlink(path);
+	free(buf);
+}
+
 TEST_MAIN(TEST(test_faults_one_handler), TEST(test_faults_two_handlers),
           TEST(test_faults_busy_intake), TEST(test_faults_io_uring), TEST(test_remove_gives_zeros),
           TEST(test_source_failure_is_reported), TEST(test_huge_pages),
           TEST(test_region_validation), TEST(test_fault_around_sequential),
-          TEST(test_fault_around_random_and_remove))
+          TEST(test_fault_around_random_and_remove), TEST(test_remap_and_unmap))
