@@ -75,13 +75,24 @@ int source_zero_create(uint64_t size, struct source **out);
  * parallelism. */
 int source_latency_wrap(struct source *inner, uint64_t delay_ns, struct source **out);
 
-/* Wraps `inner` (taking ownership) so that every whole page read is checked
- * against `crcs` (CRC-32C of each page_size page of the source; borrowed:
- * they must outlive the source, and are not copied so that opening costs the
- * same for any memory size):
- * a mismatch fails the read with -EBADMSG, so a corrupt page is never
- * installed. Reads must be page-aligned whole pages (-EINVAL otherwise). */
-int source_checked_wrap(struct source *inner, const uint32_t *crcs, uint64_t npages,
-                        uint32_t page_size, struct source **out);
+/* Page checksums kept beside a memory file: a file of CRC-32C values, one u32
+ * per page, read lazily in chunks of CSUM_CHUNK_PAGES entries, each chunk
+ * itself checked against `chunk_crcs` (CRC-32C of each 4 KiB chunk of the
+ * checksum file, from the snapshot's state file). So opening costs the same
+ * for any memory size; each chunk is read once, when a page it covers is
+ * first fetched. */
+#define CSUM_CHUNK_PAGES 1024u
+
+/* Wraps `inner` (taking ownership) so that every page read is checked: a page
+ * whose CRC-32C differs from its checksum, or whose checksum chunk is damaged,
+ * fails the read with -EBADMSG (and a logged message naming it), so a corrupt
+ * page is never installed. `csum_fd` is duplicated; `chunk_crcs` is borrowed
+ * and must outlive the source. Reads must be page-aligned whole pages. */
+int source_checked_wrap(struct source *inner, int csum_fd, const uint32_t *chunk_crcs,
+                        uint64_t npages, uint32_t page_size, struct source **out);
+
+/* Checks bytes already read at source offset `off` against the checksums of a
+ * source made by source_checked_wrap (eager loading). 0 or -EBADMSG. */
+int source_checked_verify(struct source *src, const void *buf, uint64_t off, size_t len);
 
 #endif

@@ -1,20 +1,71 @@
-/* A source wrapper that verifies every page against the snapshot's checksums. */
+/* A source wrapper that verifies every page against the snapshot's checksums,
+ * loading the checksum table lazily, one verified chunk at a time. */
 #include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "lazyvm/crc32c.h"
 #include "lazyvm/log.h"
 #include "lazyvm/source.h"
 
+#define CHUNK_BYTES (CSUM_CHUNK_PAGES * sizeof(uint32_t))
+
 struct checked_source {
 	struct source base;
 	struct source *inner;
-	const uint32_t *crcs; /* borrowed */
-	uint64_t npages;
+	int csum_fd;
+	const uint32_t *chunk_crcs; /* borrowed */
+	uint64_t npages, nchunks;
 	uint32_t page_size;
+	pthread_mutex_t load_lock; /* loads are rare: one lock is plenty */
+	uint32_t *_Atomic *chunks; /* nchunks pointers, NULL until loaded */
 };
+
+/* The checksum chunk covering `page`, loaded and verified on first use. */
+static const uint32_t *chunk_of(struct checked_source *cs, uint64_t page, int *err)
+{
+	uint64_t c = page / CSUM_CHUNK_PAGES;
+	uint32_t *chunk = atomic_load_explicit(&cs->chunks[c], memory_order_acquire);
+
+	if (chunk)
+		return chunk;
+	pthread_mutex_lock(&cs->load_lock);
+	chunk = atomic_load_explicit(&cs->chunks[c], memory_order_acquire);
+	if (!chunk) {
+		uint64_t entries = cs->npages - c * CSUM_CHUNK_PAGES;
+		size_t len =
+		    (entries < CSUM_CHUNK_PAGES ? entries : CSUM_CHUNK_PAGES) * sizeof(uint32_t);
+		uint32_t *buf = calloc(1, CHUNK_BYTES);
+		ssize_t n = buf ? pread(cs->csum_fd, buf, len, (off_t)(c * CHUNK_BYTES)) : -1;
+
+		if (!buf) {
+			*err = -ENOMEM;
+		} else if (n != (ssize_t)len) {
+			lv_err("%s: checksum chunk %llu: %s", cs->base.desc, (unsigned long long)c,
+			       n < 0 ? strerror(errno) : "the checksum file is short");
+			*err = -EBADMSG;
+		} else if (crc32c(0, buf, len) != cs->chunk_crcs[c]) {
+			lv_err(
+			    "%s: checksum chunk %llu (pages %llu..) is damaged: its CRC-32C is not "
+			    "the one the state file records",
+			    cs->base.desc, (unsigned long long)c,
+			    (unsigned long long)(c * CSUM_CHUNK_PAGES));
+			*err = -EBADMSG;
+		} else {
+			chunk = buf;
+			buf = NULL;
+			atomic_store_explicit(&cs->chunks[c], chunk, memory_order_release);
+		}
+		free(buf);
+	}
+	pthread_mutex_unlock(&cs->load_lock);
+	return chunk;
+}
 
 static int verify(struct checked_source *cs, const void *buf, uint64_t off, size_t len)
 {
@@ -22,18 +73,27 @@ static int verify(struct checked_source *cs, const void *buf, uint64_t off, size
 		return -EINVAL;
 	for (size_t done = 0; done < len; done += cs->page_size) {
 		uint64_t page = (off + done) / cs->page_size;
-		uint32_t got = crc32c(0, (const char *)buf + done, cs->page_size);
+		int err = 0;
+		const uint32_t *chunk = page < cs->npages ? chunk_of(cs, page, &err) : NULL;
 
-		if (page >= cs->npages || got != cs->crcs[page]) {
+		if (!chunk)
+			return err ? err : -ERANGE;
+		uint32_t want = chunk[page % CSUM_CHUNK_PAGES];
+		uint32_t got = crc32c(0, (const char *)buf + done, cs->page_size);
+		if (got != want) {
 			lv_err("%s: page %llu (offset 0x%llx) fails its checksum: crc32c 0x%08x, "
 			       "snapshot says 0x%08x",
 			       cs->base.desc, (unsigned long long)page,
-			       (unsigned long long)(off + done), got,
-			       page < cs->npages ? cs->crcs[page] : 0);
+			       (unsigned long long)(off + done), got, want);
 			return -EBADMSG;
 		}
 	}
 	return 0;
+}
+
+int source_checked_verify(struct source *src, const void *buf, uint64_t off, size_t len)
+{
+	return verify((struct checked_source *)src, buf, off, len);
 }
 
 static int checked_read(struct source *src, void *buf, uint64_t off, size_t len)
@@ -59,6 +119,11 @@ static void checked_destroy(struct source *src)
 {
 	struct checked_source *cs = (struct checked_source *)src;
 
+	for (uint64_t c = 0; c < cs->nchunks; c++)
+		free(atomic_load(&cs->chunks[c]));
+	free(cs->chunks);
+	pthread_mutex_destroy(&cs->load_lock);
+	close(cs->csum_fd);
 	source_destroy(cs->inner);
 	free(cs);
 }
@@ -70,8 +135,8 @@ static const struct source_ops checked_ops = {
     .destroy = checked_destroy,
 };
 
-int source_checked_wrap(struct source *inner, const uint32_t *crcs, uint64_t npages,
-                        uint32_t page_size, struct source **out)
+int source_checked_wrap(struct source *inner, int csum_fd, const uint32_t *chunk_crcs,
+                        uint64_t npages, uint32_t page_size, struct source **out)
 {
 	struct checked_source *cs;
 
@@ -80,11 +145,21 @@ int source_checked_wrap(struct source *inner, const uint32_t *crcs, uint64_t npa
 	cs = calloc(1, sizeof(*cs));
 	if (!cs)
 		return -ENOMEM;
-	cs->crcs = crcs;
+	cs->nchunks = (npages + CSUM_CHUNK_PAGES - 1) / CSUM_CHUNK_PAGES;
+	cs->chunks = calloc(cs->nchunks, sizeof(*cs->chunks));
+	cs->csum_fd = fcntl(csum_fd, F_DUPFD_CLOEXEC, 0);
+	if (!cs->chunks || cs->csum_fd < 0) {
+		int err = cs->chunks ? -errno : -ENOMEM;
+		free(cs->chunks);
+		free(cs);
+		return err;
+	}
+	pthread_mutex_init(&cs->load_lock, NULL);
 	cs->base.ops = &checked_ops;
 	cs->base.size = inner->size;
 	snprintf(cs->base.desc, sizeof(cs->base.desc), "%.220s, checksummed", inner->desc);
 	cs->inner = inner;
+	cs->chunk_crcs = chunk_crcs;
 	cs->npages = npages;
 	cs->page_size = page_size;
 	*out = &cs->base;

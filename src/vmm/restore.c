@@ -17,7 +17,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "lazyvm/crc32c.h"
 #include "lazyvm/log.h"
 #include "lazyvm/source.h"
 #include "lazyvm/uffd.h"
@@ -32,8 +31,8 @@ struct restore {
 	uint8_t *state;
 	size_t state_len;
 	struct snap_reader rd;
-	const uint32_t *crcs;
-	int mem_fd;
+	const uint32_t *chunk_crcs; /* of the checksums file, from the state file */
+	int mem_fd, csum_fd;
 	struct source *src;
 	struct engine *eng;
 };
@@ -149,9 +148,21 @@ static int check_layout(struct restore *rs, struct guest_mem *want)
 	if (at != h->mem_size)
 		return fail(rs, -EINVAL, "snapshot: regions cover %llu bytes, header says %llu",
 		            (unsigned long long)at, (unsigned long long)h->mem_size);
-	rs->crcs = snap_find(&rs->rd, SNAP_PAGE_CRC, 0, &len);
-	if (!rs->crcs || len != h->mem_size / SNAP_PAGE_SIZE * sizeof(uint32_t))
-		return fail(rs, -EINVAL, "snapshot: page checksums missing or of the wrong length");
+	uint64_t npages = h->mem_size / SNAP_PAGE_SIZE;
+	uint64_t nchunks = (npages + CSUM_CHUNK_PAGES - 1) / CSUM_CHUNK_PAGES;
+	rs->chunk_crcs = snap_find(&rs->rd, SNAP_CSUM_CHUNKS, 0, &len);
+	if (!rs->chunk_crcs || len != nchunks * sizeof(uint32_t))
+		return fail(rs, -EINVAL,
+		            "snapshot: checksum chunk table missing or of the wrong length");
+	snprintf(path, sizeof(path), "%s/checksums", rs->cfg->dir);
+	rs->csum_fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (rs->csum_fd < 0 || fstat(rs->csum_fd, &st) < 0)
+		return fail(rs, -errno, "cannot open %s: %s", path, strerror(errno));
+	if ((uint64_t)st.st_size != npages * sizeof(uint32_t))
+		return fail(rs, -EINVAL,
+		            "%s is %lld bytes; the snapshot's %llu pages need exactly %llu", path,
+		            (long long)st.st_size, (unsigned long long)npages,
+		            (unsigned long long)(npages * sizeof(uint32_t)));
 	snprintf(path, sizeof(path), "%s/memory", rs->cfg->dir);
 	rs->mem_fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (rs->mem_fd < 0 || fstat(rs->mem_fd, &st) < 0)
@@ -184,8 +195,38 @@ static int map_memory(struct restore *rs, struct guest_mem *m, const struct gues
 	return 0;
 }
 
+/* The memory file as a checked source: every page it gives is verified
+ * against the snapshot's checksums (and delayed by --source-latency). */
+static int open_source(struct restore *rs, uint64_t mem_size)
+{
+	char path[4096];
+	struct source *file, *src;
+	int r;
+
+	snprintf(path, sizeof(path), "%s/memory", rs->cfg->dir);
+	if ((r = source_file_open(path, 0, &file)) < 0)
+		return fail(rs, r, "opening %s: %s", path, strerror(-r));
+	src = file;
+	if (rs->cfg->source_latency_ns &&
+	    (r = source_latency_wrap(file, rs->cfg->source_latency_ns, &src)) < 0) {
+		source_destroy(file);
+		return fail(rs, r, "latency source: %s", strerror(-r));
+	}
+	r = source_checked_wrap(src, rs->csum_fd, rs->chunk_crcs, mem_size / SNAP_PAGE_SIZE,
+	                        SNAP_PAGE_SIZE, &rs->src);
+	if (r < 0) {
+		source_destroy(src);
+		return fail(rs, r, "checksummed source: %s", strerror(-r));
+	}
+	return 0;
+}
+
 static int load_eager(struct restore *rs, struct guest_mem *m)
 {
+	int r;
+
+	if ((r = open_source(rs, m->size)) < 0)
+		return r;
 	for (unsigned i = 0; i < m->nslots; i++) {
 		struct mem_slot *s = &m->slots[i];
 
@@ -199,18 +240,11 @@ static int load_eager(struct restore *rs, struct guest_mem *m)
 				            n < 0 ? strerror(errno) : "unexpected end of file");
 			off += (uint64_t)n;
 		}
-		for (uint64_t off = 0; off < s->size; off += SNAP_PAGE_SIZE) {
-			uint64_t page = (s->file_off + off) / SNAP_PAGE_SIZE;
-			uint32_t crc = crc32c(0, s->host + off, SNAP_PAGE_SIZE);
-			if (crc != rs->crcs[page])
-				return fail(
-				    rs, -EBADMSG,
-				    "memory file page %llu (offset 0x%llx) fails its checksum "
-				    "(crc32c 0x%08x, snapshot says 0x%08x)",
-				    (unsigned long long)page,
-				    (unsigned long long)(page * SNAP_PAGE_SIZE), crc,
-				    rs->crcs[page]);
-		}
+		r = source_checked_verify(rs->src, s->host, s->file_off, s->size);
+		if (r < 0)
+			return fail(rs, r,
+			            "the memory file does not match the snapshot's checksums "
+			            "(the page is named above); nothing was run");
 		rs->out->bytes_read += s->size;
 		rs->out->pages_installed += s->size / SNAP_PAGE_SIZE;
 	}
@@ -219,24 +253,11 @@ static int load_eager(struct restore *rs, struct guest_mem *m)
 
 static int start_lazy(struct restore *rs, struct guest_mem *m)
 {
-	char path[4096], why[256] = "";
-	struct source *file, *src;
+	char why[256] = "";
 	int uffd, r;
 
-	snprintf(path, sizeof(path), "%s/memory", rs->cfg->dir);
-	if ((r = source_file_open(path, 0, &file)) < 0)
-		return fail(rs, r, "opening %s: %s", path, strerror(-r));
-	src = file;
-	if (rs->cfg->source_latency_ns &&
-	    (r = source_latency_wrap(file, rs->cfg->source_latency_ns, &src)) < 0) {
-		source_destroy(file);
-		return fail(rs, r, "latency source: %s", strerror(-r));
-	}
-	r = source_checked_wrap(src, rs->crcs, m->size / SNAP_PAGE_SIZE, SNAP_PAGE_SIZE, &rs->src);
-	if (r < 0) {
-		source_destroy(src);
-		return fail(rs, r, "checksummed source: %s", strerror(-r));
-	}
+	if ((r = open_source(rs, m->size)) < 0)
+		return r;
 	uffd = uffd_open(0, NULL, why, sizeof(why));
 	if (uffd < 0)
 		return fail(rs, uffd, "userfaultfd: %s %s", strerror(-uffd), why);
@@ -360,7 +381,7 @@ static int load_vm_state(struct restore *rs, struct vm *vm)
 
 int vmm_restore(const struct vmm_restore_config *cfg, struct vmm_outcome *out)
 {
-	struct restore rs = {.cfg = cfg, .out = out, .mem_fd = -1};
+	struct restore rs = {.cfg = cfg, .out = out, .mem_fd = -1, .csum_fd = -1};
 	struct guest_mem want;
 	struct kvm_sys sys = {.fd = -1};
 	struct vm *vm = NULL;
@@ -442,6 +463,8 @@ out:
 	source_destroy(rs.src);
 	if (rs.mem_fd >= 0)
 		close(rs.mem_fd);
+	if (rs.csum_fd >= 0)
+		close(rs.csum_fd);
 	if (rs.state)
 		munmap(rs.state, rs.state_len);
 	if (sys.fd >= 0)

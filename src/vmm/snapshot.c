@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "lazyvm/crc32c.h"
+#include "lazyvm/source.h"
 #include "vcpu.h"
 #include "vmm.h"
 
@@ -154,6 +155,24 @@ static int write_all(int fd, const void *buf, size_t len)
 	return 0;
 }
 
+static int write_file(const char *path, const void *buf, size_t len, char *why, size_t whylen)
+{
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	int r;
+
+	if (fd < 0) {
+		snprintf(why, whylen, "cannot create %s: %s", path, strerror(errno));
+		return -errno;
+	}
+	r = write_all(fd, buf, len);
+	if (!r && fsync(fd) < 0)
+		r = -errno;
+	if (r)
+		snprintf(why, whylen, "writing %s: %s", path, strerror(-r));
+	close(fd);
+	return r;
+}
+
 /* Writes guest RAM to dir/memory and fills crcs[] (one per page). */
 static int save_memory(struct vm *vm, const char *path, uint32_t *crcs, char *why, size_t whylen)
 {
@@ -237,7 +256,27 @@ int snapshot_save(struct vm *vm, char *why, size_t whylen)
 	r = save_memory(vm, path, crcs, why, whylen);
 	if (r < 0)
 		goto out;
-	snap_put(&w, SNAP_PAGE_CRC, 0, crcs, npages * sizeof(*crcs));
+	/* The page checksums go to their own file, read lazily on restore; the
+	 * state file keeps one CRC per chunk of it, so it stays small. */
+	snprintf(path, sizeof(path), "%s/checksums", dir);
+	r = write_file(path, crcs, npages * sizeof(*crcs), why, whylen);
+	if (r < 0)
+		goto out;
+	uint64_t nchunks = (npages + CSUM_CHUNK_PAGES - 1) / CSUM_CHUNK_PAGES;
+	uint32_t *chunk_crcs = malloc(nchunks * sizeof(*chunk_crcs));
+	if (!chunk_crcs) {
+		r = -ENOMEM;
+		snprintf(why, whylen, "out of memory");
+		goto out;
+	}
+	for (uint64_t c = 0; c < nchunks; c++) {
+		uint64_t n = npages - c * CSUM_CHUNK_PAGES;
+		chunk_crcs[c] =
+		    crc32c(0, crcs + c * CSUM_CHUNK_PAGES,
+		           (n < CSUM_CHUNK_PAGES ? n : CSUM_CHUNK_PAGES) * sizeof(*crcs));
+	}
+	snap_put(&w, SNAP_CSUM_CHUNKS, 0, chunk_crcs, nchunks * sizeof(*chunk_crcs));
+	free(chunk_crcs);
 	snap_seal(&w);
 	if (w.error) {
 		r = w.error;

@@ -3,6 +3,8 @@
  *           checksums), trailer with a CRC-32C of everything before it
  *   memory  raw guest memory, regions concatenated in gpa order (Firecracker's
  *           layout, so `lazyvm fc-handler` can serve it too)
+ *   checksums  uint32_t CRC-32C of every 4 KiB page of memory, in order; read
+ *           lazily in chunks, each chunk checked against the state file
  */
 #ifndef LAZYVM_SNAPSHOT_H
 #define LAZYVM_SNAPSHOT_H
@@ -37,20 +39,20 @@ struct snap_section {
 };
 
 enum snap_section_type {
-	SNAP_REGION = 1,     /* struct snap_region */
-	SNAP_REGS = 10,      /* struct kvm_regs */
-	SNAP_SREGS = 11,     /* struct kvm_sregs */
-	SNAP_FPU = 12,       /* struct kvm_fpu */
-	SNAP_XSAVE = 13,     /* struct kvm_xsave region (4096 bytes or KVM_CAP_XSAVE2) */
-	SNAP_XCRS = 14,      /* struct kvm_xcrs */
-	SNAP_MSRS = 15,      /* struct snap_msr[] */
-	SNAP_LAPIC = 16,     /* struct kvm_lapic_state */
-	SNAP_EVENTS = 17,    /* struct kvm_vcpu_events */
-	SNAP_MP_STATE = 18,  /* struct kvm_mp_state */
-	SNAP_DEBUGREGS = 19, /* struct kvm_debugregs */
-	SNAP_IRQCHIP = 30,   /* struct kvm_irqchip, index = chip id (PIC master, slave, IOAPIC) */
-	SNAP_CLOCK = 31,     /* struct kvm_clock_data */
-	SNAP_PAGE_CRC = 40,  /* uint32_t CRC-32C of each page of the memory file */
+	SNAP_REGION = 1,       /* struct snap_region */
+	SNAP_REGS = 10,        /* struct kvm_regs */
+	SNAP_SREGS = 11,       /* struct kvm_sregs */
+	SNAP_FPU = 12,         /* struct kvm_fpu */
+	SNAP_XSAVE = 13,       /* struct kvm_xsave region (4096 bytes or KVM_CAP_XSAVE2) */
+	SNAP_XCRS = 14,        /* struct kvm_xcrs */
+	SNAP_MSRS = 15,        /* struct snap_msr[] */
+	SNAP_LAPIC = 16,       /* struct kvm_lapic_state */
+	SNAP_EVENTS = 17,      /* struct kvm_vcpu_events */
+	SNAP_MP_STATE = 18,    /* struct kvm_mp_state */
+	SNAP_DEBUGREGS = 19,   /* struct kvm_debugregs */
+	SNAP_IRQCHIP = 30,     /* struct kvm_irqchip, index = chip id (PIC master, slave, IOAPIC) */
+	SNAP_CLOCK = 31,       /* struct kvm_clock_data */
+	SNAP_CSUM_CHUNKS = 40, /* u32 CRC-32C of each 4 KiB chunk of the checksums file */
 };
 
 struct snap_region {

@@ -103,6 +103,16 @@ expect "corrupt memory page refused by eager restore" 1 "page 512 \(offset 0x200
 expect "corrupt memory page stops a lazy restore" 1 "serving guest memory: .*source offset 0x200000" \
     "$LAZYVM" restore "$bad" --load lazy
 
+reset_bad; rm "$bad/checksums"
+expect "missing checksums file" 1 "cannot open .*/checksums" "$LAZYVM" restore "$bad"
+reset_bad; python3 - "$bad/checksums" <<'PY'
+import sys; p = sys.argv[1]; b = bytearray(open(p, 'rb').read()); b[2048 + 1] ^= 0x40; open(p, 'wb').write(b)
+PY
+expect "damaged checksum chunk stops an eager restore" 1 "checksum chunk 0 \(pages 0\.\.\) is damaged" \
+    "$LAZYVM" restore "$bad" --load eager
+expect "damaged checksum chunk stops a lazy restore" 1 "checksum chunk 0 \(pages 0\.\.\) is damaged" \
+    "$LAZYVM" restore "$bad" --load lazy
+
 echo "# usage"
 expect "restore without a directory is a usage error" 2 "exactly one snapshot directory" "$LAZYVM" restore
 expect "bad --load" 2 "not eager, mmap or lazy" "$LAZYVM" restore "$snap" --load sometimes

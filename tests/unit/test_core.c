@@ -2,6 +2,7 @@
 #include <fcntl.h>
 #include <sys/stat.h>
 
+#include "lazyvm/crc32c.h"
 #include "lazyvm/metrics.h"
 #include "lazyvm/source.h"
 #include "lazyvm/units.h"
@@ -113,9 +114,54 @@ static void test_zero_and_latency_sources(void)
 	source_destroy(slow); /* also destroys zero */
 }
 
+/* Page checksums read lazily from their own file, chunk by chunk. */
+static void test_checked_source(void)
+{
+	const uint64_t pages = CSUM_CHUNK_PAGES + 10; /* two chunks, the last partial */
+	char *path = make_file(pages * 4096);
+	char csum_path[] = "/tmp/lazyvm-test-csum-XXXXXX";
+	uint32_t *crcs = malloc(pages * 4), chunks[2];
+	unsigned char *buf = malloc(pages * 4096);
+	struct source *file, *src;
+	int fd = open(path, O_RDONLY), cfd = mkstemp(csum_path);
+
+	CHECK(fd >= 0 && cfd >= 0 && crcs && buf);
+	CHECK_EQ(read(fd, buf, pages * 4096), (long long)(pages * 4096));
+	close(fd);
+	for (uint64_t p = 0; p < pages; p++)
+		crcs[p] = crc32c(0, buf + p * 4096, 4096);
+	chunks[0] = crc32c(0, crcs, CSUM_CHUNK_PAGES * 4);
+	chunks[1] = crc32c(0, crcs + CSUM_CHUNK_PAGES, 10 * 4);
+	CHECK_EQ(write(cfd, crcs, pages * 4), (long long)(pages * 4));
+	CHECK_OK(source_file_open(path, 0, &file));
+	CHECK_OK(source_checked_wrap(file, cfd, chunks, pages, 4096, &src));
+	CHECK_OK(source_read(src, buf, 4096 * (CSUM_CHUNK_PAGES + 3), 3 * 4096)); /* chunk 1 */
+	CHECK_OK(source_read(src, buf, 0, 8 * 4096));                             /* chunk 0 */
+	CHECK_OK(source_checked_verify(src, buf, 0, 8 * 4096));
+	buf[4096 + 17] ^= 1;
+	CHECK_EQ(source_checked_verify(src, buf, 0, 8 * 4096), -EBADMSG);
+	CHECK_EQ(source_read(src, buf, 100, 4096), -EINVAL); /* not page-aligned */
+	source_destroy(src);
+	/* A damaged chunk of the checksum file fails every page it covers. */
+	crcs[5] ^= 1;
+	CHECK_EQ(pwrite(cfd, crcs, pages * 4, 0), (long long)(pages * 4));
+	CHECK_OK(source_file_open(path, 0, &file));
+	CHECK_OK(source_checked_wrap(file, cfd, chunks, pages, 4096, &src));
+	CHECK_EQ(source_read(src, buf, 4096 * 100, 4096), -EBADMSG);
+	CHECK_OK(source_read(src, buf, 4096 * (CSUM_CHUNK_PAGES + 1), 4096)); /* chunk 1 is fine */
+	source_destroy(src);
+	close(cfd);
+	unlink(csum_path);
+	unlink(path);
+	free(crcs);
+	free(buf);
+}
+
 static void test_units(void)
 {
 	uint64_t v;
+
+	CHECK_EQ(crc32c(0, "123456789", 9), 0xe3069283); /* the CRC-32C check value */
 
 	CHECK_OK(lv_parse_size("4096", &v));
 	CHECK_EQ(v, 4096);
@@ -179,5 +225,5 @@ static void test_histogram(void)
 }
 
 TEST_MAIN(TEST(test_file_source_pread), TEST(test_file_source_io_uring),
-          TEST(test_file_source_errors), TEST(test_zero_and_latency_sources), TEST(test_units),
-          TEST(test_histogram))
+          TEST(test_file_source_errors), TEST(test_zero_and_latency_sources),
+          TEST(test_checked_source), TEST(test_units), TEST(test_histogram))
