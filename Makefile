@@ -46,6 +46,10 @@ BENCH_BINS := $(BENCH_SRCS:bench/%.c=$(B)/bench/%)
 
 # The bundled guest kernel (guest/guest.mk defines GUEST_BIN and its rules).
 -include guest/guest.mk
+# The hardware-model KVM test host under QEMU (make hwtest; tests/hw/hw.mk).
+ifneq ($(NO_HW),1)
+-include tests/hw/hw.mk
+endif
 
 all: $(B)/lazyvm $(UNIT_BINS) $(BENCH_BINS) $(GUEST_BIN)
 
@@ -109,4 +113,4 @@ clean:
 .PHONY: all test demo bench deps deps-check fuzz format-check clean
 .SECONDARY:
 
--include $(shell find $(B) -name '*.d' 2>/dev/null)
+-include $(shell find $(B)/src $(B)/tests $(B)/bench $(B)/guest -name '*.d' -type f 2>/dev/null)

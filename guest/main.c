@@ -195,6 +195,8 @@ void guest_main(uint64_t vcpu, const struct guest_boot_info *bi)
 
 	if (vcpu == 0) {
 		check_boot_info(bi);
+		/* See guest_abi.h: tell the VMM where our core ends. */
+		((struct guest_boot_info *)bi)->core_end = ((uintptr_t)_end + 4095) & ~4095ull;
 		idt_build();
 		__atomic_store_n(&boot_state, BOOT_OK, __ATOMIC_RELEASE);
 	} else {

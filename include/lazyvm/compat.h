@@ -37,6 +37,48 @@
 #define SO_PEERPIDFD 77
 #endif
 
+/* KVM after 6.1: memslots v2 (6.8) and the KVM userfault series (J. Houghton,
+ * v1 Dec 2024 .. v3 Jun 2025, not upstream; values from the series). */
+#include <linux/kvm.h>
+#ifndef KVM_CAP_USER_MEMORY2
+#define KVM_CAP_USER_MEMORY2 231
+struct kvm_userspace_memory_region2 {
+	__u32 slot;
+	__u32 flags;
+	__u64 guest_phys_addr;
+	__u64 memory_size;
+	__u64 userspace_addr;
+	__u64 guest_memfd_offset;
+	__u32 guest_memfd;
+	__u32 pad1;
+	__u64 userfault_bitmap; /* the userfault series; pad2[0] upstream */
+	__u64 pad2[13];
+};
+#define KVM_SET_USER_MEMORY_REGION2 _IOW(KVMIO, 0x49, struct kvm_userspace_memory_region2)
+#endif
+#ifndef KVM_CAP_MEMORY_FAULT_INFO
+#define KVM_CAP_MEMORY_FAULT_INFO 232
+#endif
+#ifndef KVM_EXIT_MEMORY_FAULT
+#define KVM_EXIT_MEMORY_FAULT 39
+#endif
+#ifndef KVM_MEM_USERFAULT
+#define KVM_MEM_USERFAULT (1u << 3)
+#endif
+/* kvm_run's memory_fault member (6.8+), at the start of the exit union. */
+struct lv_kvm_memory_fault {
+	__u64 flags;
+	__u64 gpa;
+	__u64 size;
+};
+static inline const struct lv_kvm_memory_fault *kvm_run_memory_fault(const struct kvm_run *run)
+{
+	return (const struct lv_kvm_memory_fault *)(const void *)&run->hw;
+}
+#ifndef KVM_MEMORY_EXIT_FLAG_USERFAULT
+#define KVM_MEMORY_EXIT_FLAG_USERFAULT (1ull << 4)
+#endif
+
 /* A spin-wait hint. */
 static inline void cpu_relax(void)
 {

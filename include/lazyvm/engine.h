@@ -27,7 +27,10 @@ enum engine_intake {
 struct engine_config {
 	int uffd;              /* the engine takes ownership and closes it */
 	struct source *source; /* borrowed; must outlive the engine */
-	unsigned threads;      /* handler threads, >= 1 */
+	unsigned threads;      /* handler threads, threads + resolvers >= 1 */
+	unsigned resolvers;    /* slots for synchronous engine_resolve callers (one per
+	                        * vCPU for exit-based intake), each with its own
+	                        * buffer and metrics; 0 when only UFFD messages come */
 	enum engine_intake intake;
 	uint64_t busy_idle_ns; /* BUSY: after this long without a message, block in
 	                        * poll until the next one (0: spin for ever) */
@@ -84,6 +87,18 @@ const char *engine_error(const struct engine *eng);
 
 /* Merged metrics of all threads into *out (zeroed first). Safe while running. */
 void engine_metrics(const struct engine *eng, struct metrics *out);
+
+/* Resolves the fault at host address `addr` synchronously, from the calling
+ * thread (exit-based intake: a vCPU thread that left KVM_RUN on a missing page).
+ * `slot` < cfg.resolvers, one per concurrent caller. Returns 0 once the page is
+ * present (installed here, with fault-around, or by someone else meanwhile),
+ * -EAGAIN when the kernel refused the install for now (retry), -EFAULT outside
+ * every region, -EIO when the engine has stopped (engine_error says why). */
+struct engine_run {
+	uint64_t addr;   /* first page this call installed */
+	uint32_t npages; /* how many (fault-around); 0 when someone else did it */
+};
+int engine_resolve(struct engine *eng, unsigned slot, uint64_t addr, struct engine_run *done);
 
 /* UFFDIO_WAKE over [addr, addr + len): lets threads blocked on faults there
  * retry their access (used to release vCPUs after the VMM has made the memory

@@ -70,7 +70,12 @@ struct guest_boot_info {
 	uint32_t apic_ns_per_tick; /* LAPIC timer: ns per count at divide-by-1 */
 	uint32_t flags;            /* GUEST_BOOT_* */
 	uint32_t reserved0;
-	uint64_t reserved[4];
+	/* Written by the guest at boot: the end of its core (kernel image, bss
+	 * with stacks, IDT and GDT), the memory KVM itself touches when it
+	 * delivers an event; a VMM whose exit intake cannot serve such accesses
+	 * installs [0, core_end) before the guest runs. 0: not told. */
+	uint64_t core_end;
+	uint64_t reserved[3];
 	/* Tasks joined with '+', e.g. "scan:16M+random:8M:1000+compute:100000";
 	 * NUL-terminated. Sizes take k/M/G suffixes (binary). */
 	char workload[GUEST_WORKLOAD_MAX];

@@ -35,6 +35,8 @@ struct vmm_restore_config {
 	uint64_t source_latency_ns; /* lazy: every page read takes this long */
 	unsigned handler_threads;   /* lazy: engine threads */
 	enum engine_intake intake;  /* lazy */
+	bool exit_intake;           /* lazy: faults as vCPU exits (userfault exits)
+	                             * instead of UFFD messages; `intake` unused */
 	unsigned fault_around;      /* lazy: pages per fault (engine_config) */
 	bool console_to_stderr;
 };
@@ -53,9 +55,15 @@ struct vmm_outcome {
 	uint64_t bytes_read;      /* from the memory file by lazyvm */
 	uint64_t fault_p50_ns, fault_p99_ns;
 	uint64_t max_rss_kb;
+	char exit_backend[16]; /* exit intake: the backend in use, else "" */
 };
 
 const char *vmm_load_name(enum vmm_load l);
+
+/* Probes which userfault exit backends work on this host (tiny probe VMs) and
+ * writes one line each plus the choice into buf. `all` also probes the slow
+ * ones. Returns 0, or -errno when KVM itself is unusable. */
+int vmm_probe_exits(bool all, char *buf, size_t len);
 
 /* Both return 0 when the VM did what was asked (outcome->ok), else -errno
  * with outcome->error saying why. Neither exits the process. */

@@ -89,13 +89,14 @@ static void report(const char *what, const char *load, uint64_t t0, const struct
 		       "ms\":%.3f,"
 		       "\"faults\":%llu,\"pages_installed\":%llu,\"bytes_read\":%llu,"
 		       "\"fault_p50_us\":%.1f,\"fault_p99_us\":%.1f,\"max_rss_kb\":%llu,"
-		       "\"results\":%u,\"results_failed\":%u,\"snapshot_written\":%s,\"error\":",
+		       "\"results\":%u,\"results_failed\":%u,\"snapshot_written\":%s,"
+		       "\"exit_backend\":\"%s\",\"error\":",
 		       o->ok ? "true" : "false", load, ms(t0, o->t_first_entry_ns),
 		       ms(o->t_run_start_ns, o->t_done_ns), ms(t0, end),
 		       (unsigned long long)o->faults, (unsigned long long)o->pages_installed,
 		       (unsigned long long)o->bytes_read, (double)o->fault_p50_ns / 1e3,
 		       (double)o->fault_p99_ns / 1e3, (unsigned long long)o->max_rss_kb, o->results,
-		       o->results_failed, o->snapshot_written ? "true" : "false");
+		       o->results_failed, o->snapshot_written ? "true" : "false", o->exit_backend);
 		print_json_string(o->error);
 		printf("}\n");
 		return;
@@ -112,6 +113,9 @@ static void report(const char *what, const char *load, uint64_t t0, const struct
 	printf("lazyvm %s: ok: %u task(s) verified; first guest instruction after %.1f ms, run "
 	       "phase %.1f ms\n",
 	       what, o->results, ms(t0, o->t_first_entry_ns), ms(o->t_run_start_ns, o->t_done_ns));
+	if (o->exit_backend[0])
+		printf("lazyvm %s: faults reach lazyvm as vCPU exits (exit backend: %s)\n", what,
+		       o->exit_backend);
 	if (strcmp(load, "boot") != 0)
 		printf("lazyvm %s: memory (%s): %llu faults, %llu pages installed, %llu MiB read, "
 		       "fault "
@@ -255,10 +259,12 @@ int cmd_restore(int argc, char **argv)
 				cfg.intake = ENGINE_INTAKE_BLOCK;
 			else if (!strcmp(optarg, "busy"))
 				cfg.intake = ENGINE_INTAKE_BUSY;
+			else if (!strcmp(optarg, "exit"))
+				cfg.exit_intake = true;
 			else {
 				fprintf(
 				    stderr,
-				    "lazyvm restore: --intake: '%s' is neither block nor busy\n",
+				    "lazyvm restore: --intake: '%s' is not block, busy or exit\n",
 				    optarg);
 				return 2;
 			}
@@ -282,4 +288,34 @@ int cmd_restore(int argc, char **argv)
 	vmm_restore(&cfg, &o);
 	report(cmd, vmm_load_name(cfg.load), t0, &o, json);
 	return o.ok ? 0 : 1;
+}
+
+static const char probe_help[] =
+    "Usage: lazyvm probe [--all]\n"
+    "\n"
+    "Say which userfault exit backends work on this host, using tiny probe VMs:\n"
+    "native (KVM_MEM_USERFAULT memslots), sigbus (UFFD_FEATURE_SIGBUS: KVM exits\n"
+    "with the gpa), kick (blocking UFFD + a signal to the vCPU). --all also probes\n"
+    "kick when sigbus works (it takes ~50 ms). Exit status 0, or 1 when KVM is\n"
+    "unusable.\n";
+
+int cmd_probe(int argc, char **argv)
+{
+	bool all = false;
+	char buf[2048];
+
+	for (int i = 1; i < argc; i++) {
+		if (!strcmp(argv[i], "--all"))
+			all = true;
+		else if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+			fputs(probe_help, stdout);
+			return 0;
+		} else {
+			fprintf(stderr, "lazyvm probe: unknown argument '%s'\n", argv[i]);
+			return 2;
+		}
+	}
+	int r = vmm_probe_exits(all, buf, sizeof(buf));
+	fputs(buf, r < 0 ? stderr : stdout);
+	return r < 0 ? 1 : 0;
 }

@@ -14,6 +14,8 @@ static const struct {
 	const char *summary;
 } commands[] = {
     {"run", cmd_run, "boot the bundled guest in lazyvm's KVM VMM; optionally snapshot it"},
+    {"probe", cmd_probe, "say which userfault exit backends work on this host"},
+    {"probe", cmd_probe, "say which userfault exit backends work on this host"},
     {"restore", cmd_restore, "restore a snapshot: eager, mmap, or lazy (pages on first touch)"},
     {"fc-handler", cmd_fc_handler, "serve Firecracker's page faults from a snapshot memory file"},
     {"fc-client", cmd_fc_client,

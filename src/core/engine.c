@@ -15,6 +15,7 @@
 #include <inttypes.h>
 #include <poll.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -76,6 +77,7 @@ struct engine {
 	char error[512];
 	void *zeros;        /* HUGE_PAGE_MAX zero bytes, for huge pages (no ZEROPAGE there) */
 	unsigned batch_max; /* messages per read: every fault of a batch fits in a buffer */
+	unsigned nworkers;  /* threads + resolvers */
 };
 
 static void engine_finish(struct engine *eng, enum engine_status st, const char *fmt, ...)
@@ -215,6 +217,21 @@ static void release_todos(struct todo *t, unsigned n)
 			               t[i].zero ? PAGE_REMOVED : PAGE_MISSING);
 }
 
+/* Fault-around: after the faulting page (already claimed, previously `prev`),
+ * claims the missing pages right after it so they come in the same read and
+ * the same install. Returns the run's length in pages (>= 1). */
+static uint32_t claim_run(struct engine *eng, struct region *reg, uint64_t idx,
+                          enum page_state prev, size_t room)
+{
+	uint32_t run = 1;
+
+	if (prev == PAGE_MISSING && reg->r.page_size == 4096)
+		while (run < eng->cfg.fault_around && idx + run < pagemap_pages(reg->pm) &&
+		       (run + 1) * 4096 <= room && pagemap_claim_missing(reg->pm, idx + run))
+			run++;
+	return run;
+}
+
 /* Reads one batch of messages under the write lock, handles events there and
  * turns faults into todos. Returns the number of todos (>= 0) or -errno;
  * *nmsgs gets the number of messages read. */
@@ -261,16 +278,7 @@ static int intake_batch(struct worker *w, struct todo *todo, int *nmsgs)
 			ctr_add(&w->m.faults_stale, 1);
 			uffd_wake(eng->cfg.uffd, page_addr(reg, idx), reg->r.page_size);
 		} else {
-			uint32_t run = 1;
-
-			/* Fault-around: the missing pages right after this one come in
-			 * the same read and the same install. */
-			if (prev == PAGE_MISSING && reg->r.page_size == 4096)
-				while (run < eng->cfg.fault_around &&
-				       idx + run < pagemap_pages(reg->pm) &&
-				       buf_used + (run + 1) * 4096 <= WORKER_BUF_BYTES &&
-				       pagemap_claim_missing(reg->pm, idx + run))
-					run++;
+			uint32_t run = claim_run(eng, reg, idx, prev, WORKER_BUF_BYTES - buf_used);
 			todo[ntodo++] = (struct todo){.reg = reg,
 			                              .idx = idx,
 			                              .npages = run,
@@ -527,8 +535,8 @@ int engine_create(const struct engine_config *cfg, struct engine **out)
 	struct engine *eng;
 	int r;
 
-	if (cfg->uffd < 0 || !cfg->source || cfg->threads < 1 || cfg->threads > 64 ||
-	    cfg->fault_around > 64)
+	if (cfg->uffd < 0 || !cfg->source || cfg->threads + cfg->resolvers < 1 ||
+	    cfg->threads > 64 || cfg->resolvers > 64 || cfg->fault_around > 64)
 		return -EINVAL;
 	eng = calloc(1, sizeof(*eng));
 	if (!eng)
@@ -616,10 +624,11 @@ int engine_start(struct engine *eng)
 			return -ENOMEM;
 		}
 	}
-	eng->workers = calloc(eng->cfg.threads, sizeof(*eng->workers));
+	eng->nworkers = eng->cfg.threads + eng->cfg.resolvers;
+	eng->workers = calloc(eng->nworkers, sizeof(*eng->workers));
 	if (!eng->workers)
 		return -ENOMEM;
-	for (unsigned i = 0; i < eng->cfg.threads; i++) {
+	for (unsigned i = 0; i < eng->nworkers; i++) {
 		struct worker *w = &eng->workers[i];
 
 		w->eng = eng;
@@ -630,6 +639,8 @@ int engine_start(struct engine *eng)
 			r = -ENOMEM;
 			goto err_stop;
 		}
+		if (i >= eng->cfg.threads)
+			continue; /* a resolver: driven by engine_resolve, no thread */
 		r = -pthread_create(&w->thread, NULL, worker_main, w);
 		if (r < 0)
 			goto err_stop;
@@ -650,7 +661,7 @@ int engine_stop(struct engine *eng)
 	atomic_store(&eng->stopping, true);
 	if (write(eng->stop_efd, &one, sizeof(one)) < 0)
 		(void)0; /* already signalled to the limit: still stops */
-	for (unsigned i = 0; eng->workers && i < eng->cfg.threads; i++) {
+	for (unsigned i = 0; eng->workers && i < eng->nworkers; i++) {
 		if (eng->workers[i].started)
 			pthread_join(eng->workers[i].thread, NULL);
 		eng->workers[i].started = false;
@@ -664,7 +675,7 @@ void engine_destroy(struct engine *eng)
 	if (!eng)
 		return;
 	engine_stop(eng);
-	for (unsigned i = 0; eng->workers && i < eng->cfg.threads; i++)
+	for (unsigned i = 0; eng->workers && i < eng->nworkers; i++)
 		if (eng->workers[i].buf)
 			munmap(eng->workers[i].buf, WORKER_BUF_BYTES);
 	free(eng->workers);
@@ -679,6 +690,57 @@ void engine_destroy(struct engine *eng)
 	pthread_rwlock_destroy(&eng->install_lock);
 	pthread_mutex_destroy(&eng->error_lock);
 	free(eng);
+}
+
+int engine_resolve(struct engine *eng, unsigned slot, uint64_t addr, struct engine_run *done)
+{
+	struct worker *w;
+	struct region *reg;
+	enum page_state prev;
+	uint64_t t0 = lv_now_ns(), idx;
+
+	done->addr = addr;
+	done->npages = 0;
+	if (!eng->workers || slot >= eng->cfg.resolvers)
+		return -EINVAL;
+	w = &eng->workers[eng->cfg.threads + slot];
+	pthread_rwlock_rdlock(&eng->install_lock);
+	reg = region_find(eng, addr);
+	pthread_rwlock_unlock(&eng->install_lock);
+	if (!reg)
+		return -EFAULT;
+	idx = (addr - reg->r.host_addr) >> reg->shift;
+	ctr_add(&w->m.faults, 1);
+	for (;;) {
+		if (engine_status(eng) != ENGINE_RUNNING)
+			return -EIO;
+		prev = pagemap_claim(reg->pm, idx);
+		if (prev == PAGE_PRESENT) {
+			ctr_add(&w->m.faults_stale, 1);
+			return 0;
+		}
+		if (prev != PAGE_INFLIGHT)
+			break;
+		/* Another vCPU or worker is installing it: wait for the outcome. */
+		ctr_add(&w->m.faults_shared, 1);
+		while (pagemap_get(reg->pm, idx) == PAGE_INFLIGHT &&
+		       engine_status(eng) == ENGINE_RUNNING)
+			sched_yield();
+	}
+	struct todo t = {.reg = reg,
+	                 .idx = idx,
+	                 .npages = claim_run(eng, reg, idx, prev, WORKER_BUF_BYTES),
+	                 .zero = prev == PAGE_REMOVED,
+	                 .data = w->buf,
+	                 .t0 = t0};
+	serve_batch(w, &t, 1);
+	if (engine_status(eng) != ENGINE_RUNNING)
+		return -EIO;
+	if (pagemap_get(reg->pm, idx) != PAGE_PRESENT)
+		return -EAGAIN;
+	done->addr = page_addr(reg, idx);
+	done->npages = t.npages;
+	return 0;
 }
 
 int engine_wake(struct engine *eng, uint64_t addr, uint64_t len)
@@ -712,7 +774,7 @@ const char *engine_error(const struct engine *eng)
 void engine_metrics(const struct engine *eng, struct metrics *out)
 {
 	memset(out, 0, sizeof(*out));
-	for (unsigned i = 0; eng->workers && i < eng->cfg.threads; i++)
+	for (unsigned i = 0; eng->workers && i < eng->nworkers; i++)
 		metrics_add(out, &eng->workers[i].m);
 }
 

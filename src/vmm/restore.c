@@ -23,6 +23,7 @@
 #include "lazyvm/units.h"
 #include "snapshot.h"
 #include "vcpu.h"
+#include "userfault.h"
 #include "vmm.h"
 
 struct restore {
@@ -35,6 +36,9 @@ struct restore {
 	int mem_fd, csum_fd;
 	struct source *src;
 	struct engine *eng;
+	struct userfault uf;
+	bool have_uf;
+	struct kvm_sys *sys;
 };
 
 /* Records why the restore fails (the first reason wins) and returns err. */
@@ -258,7 +262,25 @@ static int start_lazy(struct restore *rs, struct guest_mem *m)
 
 	if ((r = open_source(rs, m->size)) < 0)
 		return r;
-	uffd = uffd_open(0, NULL, why, sizeof(why));
+	if (rs->cfg->exit_intake) {
+		struct exit_probe probe;
+		enum exit_backend best;
+
+		exit_backends_probe(rs->sys, false, &probe, &best);
+		if (best != EXIT_BACKEND_SIGBUS)
+			return fail(
+			    rs, -EOPNOTSUPP,
+			    "--intake exit: no usable exit backend on this host (sigbus: %s; "
+			    "kick: %s; native: %s)",
+			    probe.sigbus_why, probe.kick_why, probe.native_why);
+		rs->uf.backend = best;
+		if ((r = uf_bitmap_create(&rs->uf.bm, m->size / 4096)) < 0)
+			return fail(rs, r, "userfault bitmap: %s", strerror(-r));
+		rs->have_uf = true;
+	}
+	/* Exit intake: SIGBUS mode, so KVM cannot fault a missing page in and
+	 * exits instead; no UFFD messages are read at all. */
+	uffd = uffd_open(rs->cfg->exit_intake ? UFFD_FEATURE_SIGBUS : 0, NULL, why, sizeof(why));
 	if (uffd < 0)
 		return fail(rs, uffd, "userfaultfd: %s %s", strerror(-uffd), why);
 	for (unsigned i = 0; i < m->nslots; i++) {
@@ -274,8 +296,10 @@ static int start_lazy(struct restore *rs, struct guest_mem *m)
 	}
 	struct engine_config ec = {.uffd = uffd,
 	                           .source = rs->src,
-	                           .threads =
-	                               rs->cfg->handler_threads ? rs->cfg->handler_threads : 1,
+	                           .threads = rs->cfg->exit_intake       ? 0
+	                                      : rs->cfg->handler_threads ? rs->cfg->handler_threads
+	                                                                 : 1,
+	                           .resolvers = rs->cfg->exit_intake ? rs->rd.hdr.nr_vcpus : 0,
 	                           .intake = rs->cfg->intake,
 	                           .busy_idle_ns = 10 * 1000 * 1000,
 	                           .fault_around = rs->cfg->fault_around,
@@ -353,6 +377,51 @@ static int run_watched(struct restore *rs, struct vm *vm)
 	return r;
 }
 
+/* The sigbus exit backend serves what the guest's instructions touch, but not
+ * what KVM itself touches around them: delivering an interrupt or exception
+ * reads the IDT and GDT and pushes a frame on the stack, and when one of those
+ * pages is missing KVM escalates to a triple fault instead of exiting
+ * (measured: SHUTDOWN at the first instruction of a restore). So the guest's
+ * core (page tables, boot info and the kernel image with its stacks, IDT and
+ * GDT: [0, GUEST_IMAGE_GPA + GUEST_IMAGE_MAX) by the guest ABI) is installed
+ * before the first entry; everything else stays lazy. */
+static int prefetch_range(struct restore *rs, struct vm *vm, uint64_t start, uint64_t end)
+{
+	for (uint64_t gpa = start; gpa < end; gpa += 4096) {
+		uint8_t *host = guest_mem_ptr(&vm->mem, gpa, 4096);
+		struct engine_run run;
+		int r;
+
+		if (!host || !uf_bitmap_test(&rs->uf.bm, gpa / 4096))
+			continue;
+		r = engine_resolve(rs->eng, 0, (uint64_t)(uintptr_t)host, &run);
+		if (r < 0)
+			return fail(rs, r, "installing the guest's core page 0x%llx: %s",
+			            (unsigned long long)gpa,
+			            r == -EIO ? engine_error(rs->eng) : strerror(-r));
+		uf_bitmap_clear(&rs->uf.bm,
+		                gpa / 4096 + (run.addr - (uint64_t)(uintptr_t)host) / 4096,
+		                run.npages ? run.npages : 1);
+	}
+	return 0;
+}
+
+static int prefetch_core(struct restore *rs, struct vm *vm)
+{
+	const struct guest_boot_info *bi;
+	uint64_t end = GUEST_IMAGE_GPA + GUEST_IMAGE_MAX;
+	int r = prefetch_range(rs, vm, GUEST_BOOT_INFO_GPA, GUEST_BOOT_INFO_GPA + 4096);
+
+	if (r < 0)
+		return r;
+	bi = guest_mem_ptr(&vm->mem, GUEST_BOOT_INFO_GPA, sizeof(*bi));
+	/* The guest says where its core ends; a value outside the image area is
+	 * ignored (guest-written, so untrusted) and the whole area is used. */
+	if (bi && bi->core_end > GUEST_IMAGE_GPA && bi->core_end <= end)
+		end = bi->core_end;
+	return prefetch_range(rs, vm, 0, end);
+}
+
 static int load_vm_state(struct restore *rs, struct vm *vm)
 {
 	char why[256];
@@ -384,6 +453,8 @@ int vmm_restore(const struct vmm_restore_config *cfg, struct vmm_outcome *out)
 	struct restore rs = {.cfg = cfg, .out = out, .mem_fd = -1, .csum_fd = -1};
 	struct guest_mem want;
 	struct kvm_sys sys = {.fd = -1};
+
+	rs.sys = &sys;
 	struct vm *vm = NULL;
 	struct rusage ru0, ru1;
 	int r;
@@ -428,13 +499,21 @@ int vmm_restore(const struct vmm_restore_config *cfg, struct vmm_outcome *out)
 	}
 	if ((r = load_vm_state(&rs, vm)) < 0)
 		goto out_vm;
+	if (rs.have_uf) {
+		rs.uf.eng = rs.eng;
+		vm->uf = &rs.uf;
+		if ((r = prefetch_core(&rs, vm)) < 0)
+			goto out_vm;
+		snprintf(out->exit_backend, sizeof(out->exit_backend), "%s",
+		         exit_backend_name(rs.uf.backend));
+	}
 	r = run_watched(&rs, vm);
 	fill_vm_outcome(vm, r, out);
 	if (rs.eng) {
 		struct metrics m;
 
 		engine_metrics(rs.eng, &m);
-		out->faults = m.faults;
+		out->faults = rs.have_uf ? rs.uf.exits_data + rs.uf.exits_fetch : m.faults;
 		out->pages_installed = m.pages_copied + m.pages_zeroed;
 		out->bytes_read = m.bytes_read;
 		out->fault_p50_ns = hist_percentile(&m.latency, 0.5);
@@ -461,6 +540,8 @@ out:
 		free(vm);
 	}
 	source_destroy(rs.src);
+	if (rs.have_uf)
+		uf_bitmap_destroy(&rs.uf.bm);
 	if (rs.mem_fd >= 0)
 		close(rs.mem_fd);
 	if (rs.csum_fd >= 0)

@@ -11,6 +11,7 @@
 #include "lazyvm/guest_compute.h"
 #include "lazyvm/log.h"
 #include "lazyvm/units.h"
+#include "userfault.h"
 
 static uint64_t vcpu_rip(struct vcpu *v)
 {
@@ -234,13 +235,17 @@ static int handle_exit(struct vcpu *v)
 	switch (run->exit_reason) {
 	case KVM_EXIT_IO: return handle_io(v);
 	case KVM_EXIT_INTR: return 0;
-	case KVM_EXIT_MMIO:
+	case KVM_EXIT_MMIO: {
+		int r = userfault_mmio_exit(v);
+		if (r)
+			return r > 0 ? 0 : -EFAULT;
 		vm_fail(
 		    vm,
 		    "vCPU %u: guest %s %u bytes at gpa 0x%llx, which is not RAM, at RIP 0x%" PRIx64,
 		    v->index, run->mmio.is_write ? "wrote" : "read", run->mmio.len,
 		    (unsigned long long)run->mmio.phys_addr, vcpu_rip(v));
 		return -EFAULT;
+	}
 	case KVM_EXIT_SHUTDOWN:
 		vm_fail(vm, "vCPU %u: shutdown (triple fault) at RIP 0x%" PRIx64, v->index,
 		        vcpu_rip(v));
@@ -249,10 +254,14 @@ static int handle_exit(struct vcpu *v)
 		vm_fail(vm, "vCPU %u: VM entry failed, hardware reason 0x%llx", v->index,
 		        (unsigned long long)run->fail_entry.hardware_entry_failure_reason);
 		return -EFAULT;
-	case KVM_EXIT_INTERNAL_ERROR:
+	case KVM_EXIT_INTERNAL_ERROR: {
+		int r = userfault_internal_exit(v);
+		if (r)
+			return r > 0 ? 0 : -EFAULT;
 		vm_fail(vm, "vCPU %u: KVM internal error, suberror %u, at RIP 0x%" PRIx64, v->index,
 		        run->internal.suberror, vcpu_rip(v));
 		return -EFAULT;
+	}
 	case KVM_EXIT_SYSTEM_EVENT:
 		vm_fail(vm, "vCPU %u: system event %u (shutdown, reset or crash)", v->index,
 		        run->system_event.type);

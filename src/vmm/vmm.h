@@ -123,6 +123,7 @@ struct vm {
 	struct vm_report report;
 	pthread_mutex_t console_lock;
 	int kick_signal;
+	struct userfault *uf; /* exit-based intake, NULL otherwise */
 };
 
 /* Creates the VM: memslots for `mem` (already mapped), in-kernel irqchip, vCPUs

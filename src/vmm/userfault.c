@@ -1,0 +1,222 @@
+/* Userfault exits (see userfault.h): the bitmap, and the vCPU side of the
+ * sigbus backend, which resolves a missing page synchronously and completes
+ * the access that exited. */
+#include "userfault.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "lazyvm/log.h"
+#include "lazyvm/units.h"
+#include "vcpu.h"
+
+#define BITS_PER_WORD (8 * sizeof(unsigned long))
+#define PAGE_SHIFT    12
+#define PAGE_MASK_4K  (~(uint64_t)4095)
+#define PTE_P         (1ull << 0)
+#define PTE_PS        (1ull << 7)
+#define PTE_ADDR      0x000ffffffffff000ull
+#define RETRIES       1000
+
+const char *exit_backend_name(enum exit_backend b)
+{
+	static const char *const names[] = {"none", "native", "sigbus", "kick"};
+
+	return names[b];
+}
+
+int uf_bitmap_create(struct uf_bitmap *bm, uint64_t nbits)
+{
+	memset(bm, 0, sizeof(*bm));
+	bm->nbits = nbits;
+	bm->bytes = (size_t)((nbits + BITS_PER_WORD - 1) / BITS_PER_WORD * sizeof(unsigned long));
+	bm->bytes = (bm->bytes + 4095) & ~(size_t)4095;
+	/* A memfd so that a handler process can map the same bitmap. */
+	bm->memfd = memfd_create("lazyvm-userfault-bitmap", MFD_CLOEXEC);
+	if (bm->memfd < 0)
+		return -errno;
+	if (ftruncate(bm->memfd, (off_t)bm->bytes) < 0)
+		goto err;
+	bm->bits = mmap(NULL, bm->bytes, PROT_READ | PROT_WRITE, MAP_SHARED, bm->memfd, 0);
+	if (bm->bits == MAP_FAILED)
+		goto err;
+	memset((void *)bm->bits, 0xff, bm->bytes);
+	return 0;
+err:;
+	int r = -errno;
+	close(bm->memfd);
+	bm->memfd = -1;
+	bm->bits = NULL;
+	return r;
+}
+
+void uf_bitmap_destroy(struct uf_bitmap *bm)
+{
+	if (bm->bits)
+		munmap((void *)bm->bits, bm->bytes);
+	if (bm->memfd >= 0)
+		close(bm->memfd);
+	bm->bits = NULL;
+	bm->memfd = -1;
+}
+
+bool uf_bitmap_test(const struct uf_bitmap *bm, uint64_t bit)
+{
+	unsigned long w =
+	    atomic_load_explicit(&bm->bits[bit / BITS_PER_WORD], memory_order_acquire);
+
+	return bit < bm->nbits && (w >> (bit % BITS_PER_WORD)) & 1;
+}
+
+void uf_bitmap_clear(struct uf_bitmap *bm, uint64_t first, uint64_t n)
+{
+	for (uint64_t b = first; b < first + n && b < bm->nbits; b++)
+		atomic_fetch_and_explicit(&bm->bits[b / BITS_PER_WORD],
+		                          ~(1ul << (b % BITS_PER_WORD)), memory_order_release);
+}
+
+uint64_t uf_bitmap_count(const struct uf_bitmap *bm)
+{
+	uint64_t n = 0;
+
+	for (uint64_t b = 0; b < bm->nbits; b++)
+		n += uf_bitmap_test(bm, b);
+	return n;
+}
+
+/* Makes the page holding gpa present. Returns 1 when it was missing and is now
+ * installed, 0 when it was there already, < 0 after vm_fail. */
+static int resolve_gpa(struct vcpu *v, uint64_t gpa)
+{
+	struct vm *vm = v->vm;
+	struct userfault *uf = vm->uf;
+	uint64_t gfn = gpa >> PAGE_SHIFT;
+	struct engine_run run;
+	uint8_t *host;
+	int r, tries = 0;
+
+	if (gfn >= uf->bm.nbits || !uf_bitmap_test(&uf->bm, gfn))
+		return 0;
+	host = guest_mem_ptr(&vm->mem, gpa & PAGE_MASK_4K, 4096);
+	if (!host)
+		return 0;
+	do
+		r = engine_resolve(uf->eng, v->index, (uint64_t)(uintptr_t)host, &run);
+	while (r == -EAGAIN && ++tries < RETRIES);
+	if (r < 0) {
+		vm_fail(vm, "vCPU %u: fetching guest page 0x%" PRIx64 ": %s", v->index,
+		        gpa & PAGE_MASK_4K, r == -EIO ? engine_error(uf->eng) : strerror(-r));
+		return r;
+	}
+	/* The run may start before or after this page within its slot; the
+	 * bits follow the host addresses one for one. */
+	if (run.npages)
+		uf_bitmap_clear(&uf->bm, gfn + (run.addr - (uint64_t)(uintptr_t)host) / 4096,
+		                run.npages);
+	else
+		uf_bitmap_clear(&uf->bm, gfn, 1);
+	return 1;
+}
+
+int userfault_mmio_exit(struct vcpu *v)
+{
+	struct vm *vm = v->vm;
+	struct kvm_run *run = v->run;
+	uint64_t gpa = run->mmio.phys_addr, t0 = lv_now_ns();
+	uint32_t len = run->mmio.len;
+	int a, b;
+
+	if (!vm->uf || len == 0 || len > sizeof(run->mmio.data) ||
+	    !guest_mem_ptr(&vm->mem, gpa, len))
+		return 0;
+	a = resolve_gpa(v, gpa);
+	b = a < 0 ? a : resolve_gpa(v, gpa + len - 1); /* an access may straddle two pages */
+	if (a < 0 || b < 0)
+		return -1;
+	if (!a && !b)
+		atomic_fetch_add(&vm->uf->exits_spurious, 1); /* another vCPU got there first */
+	/* Complete the access exactly: a read gets its bytes; a write has retired
+	 * (RIP is past it) and is applied here. */
+	uint8_t *p = guest_mem_ptr(&vm->mem, gpa, len);
+	if (run->mmio.is_write)
+		memcpy(p, run->mmio.data, len);
+	else
+		memcpy(run->mmio.data, p, len);
+	atomic_fetch_add(&vm->uf->exits_data, 1);
+	atomic_fetch_add(&vm->uf->resolve_ns, lv_now_ns() - t0);
+	return 1;
+}
+
+/* Translates a guest virtual address through the guest's own page tables,
+ * fetching every missing table page on the way. Returns 0 with *gpa, -ENOENT
+ * when the guest has no mapping (its own #PF, not ours), < 0 after vm_fail. */
+static int walk(struct vcpu *v, uint64_t cr3, uint64_t va, uint64_t *gpa, int *fetched)
+{
+	uint64_t table = cr3 & PTE_ADDR;
+
+	for (int level = 4; level >= 1; level--) {
+		unsigned shift = PAGE_SHIFT + 9 * (unsigned)(level - 1);
+		uint64_t idx = (va >> shift) & 511, entry;
+		int r = resolve_gpa(v, table);
+		const uint64_t *e;
+
+		if (r < 0)
+			return r;
+		*fetched += r;
+		e = guest_mem_ptr(&v->vm->mem, table + idx * 8, 8);
+		if (!e)
+			return -ENOENT;
+		entry = *e;
+		if (!(entry & PTE_P))
+			return -ENOENT;
+		if ((level == 2 || level == 3) && (entry & PTE_PS)) {
+			uint64_t size = 1ull << shift;
+			*gpa = ((entry & PTE_ADDR) & ~(size - 1)) | (va & (size - 1));
+			return 0;
+		}
+		table = entry & PTE_ADDR;
+	}
+	*gpa = table | (va & 4095);
+	return 0;
+}
+
+int userfault_internal_exit(struct vcpu *v)
+{
+	struct vm *vm = v->vm;
+	struct kvm_regs regs;
+	struct kvm_sregs sregs;
+	uint64_t t0 = lv_now_ns();
+	int fetched = 0;
+
+	if (!vm->uf || v->run->internal.suberror != KVM_INTERNAL_ERROR_EMULATION)
+		return 0;
+	if (ioctl(v->fd, KVM_GET_REGS, &regs) < 0 || ioctl(v->fd, KVM_GET_SREGS, &sregs) < 0)
+		return 0;
+	/* The emulator could not fetch (or walk to) the instruction: fetch the
+	 * pages under it (an instruction may straddle two) and the top of the
+	 * stack (an interrupt frame pushed on delivery), then run it again. */
+	const uint64_t vas[] = {sregs.cs.base + regs.rip, sregs.cs.base + regs.rip + 15,
+	                        regs.rsp - 8, regs.rsp - 64};
+	for (size_t i = 0; i < sizeof(vas) / sizeof(vas[0]); i++) {
+		uint64_t gpa;
+		int r = walk(v, sregs.cr3, vas[i], &gpa, &fetched);
+
+		if (r == -ENOENT)
+			continue;
+		if (r < 0)
+			return -1;
+		r = resolve_gpa(v, gpa);
+		if (r < 0)
+			return -1;
+		fetched += r;
+	}
+	if (!fetched)
+		return 0; /* nothing was missing: a genuine emulation failure */
+	atomic_fetch_add(&vm->uf->exits_fetch, 1);
+	atomic_fetch_add(&vm->uf->resolve_ns, lv_now_ns() - t0);
+	return 1;
+}

@@ -1,0 +1,77 @@
+/* Userfault exits: the seed's KVM userfault on a stock kernel.
+ *
+ * The VMM keeps the userfault bitmap (one bit per guest frame, set = "not here
+ * yet", memfd-backed so another process can share it). An *exit backend* turns
+ * a vCPU's access to a missing page into a return from KVM_RUN with the guest
+ * address; the vCPU thread then fetches and installs the page (the fault
+ * engine's resolver), clears the bit, completes the access exactly and
+ * re-enters. Backends, probed at start-up:
+ *   native  KVM_MEM_USERFAULT memslots (KVM userfault series; not upstream):
+ *           probed, absent on our kernels
+ *   sigbus  UFFD_FEATURE_SIGBUS: KVM cannot fault the page in. On the PVM host
+ *           data accesses exit as KVM_EXIT_MMIO with the gpa and instruction
+ *           fetches as KVM_EXIT_INTERNAL_ERROR; on hardware KVM as -EFAULT
+ *           without a gpa (unusable there)
+ *   kick    blocking UFFD plus a signal to the vCPU thread (KVM >= 6.2 lets a
+ *           signal interrupt a slow fault): probed; not implemented as an
+ *           intake yet
+ */
+#ifndef LAZYVM_USERFAULT_H
+#define LAZYVM_USERFAULT_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "lazyvm/engine.h"
+#include "vmm.h"
+
+enum exit_backend {
+	EXIT_BACKEND_NONE,
+	EXIT_BACKEND_NATIVE,
+	EXIT_BACKEND_SIGBUS,
+	EXIT_BACKEND_KICK
+};
+
+const char *exit_backend_name(enum exit_backend b);
+
+struct exit_probe {
+	bool native, sigbus, kick;
+	bool kick_probed; /* kick is only probed when sigbus is unusable (it costs ~50 ms) */
+	char native_why[160], sigbus_why[160], kick_why[160];
+};
+
+/* Runs tiny probe VMs and says which backends work here; *best is the one to
+ * use (native, else sigbus, else kick), EXIT_BACKEND_NONE when none does. */
+int exit_backends_probe(struct kvm_sys *sys, bool probe_all, struct exit_probe *p,
+                        enum exit_backend *best);
+
+struct uf_bitmap {
+	int memfd;
+	_Atomic unsigned long *bits;
+	uint64_t nbits;
+	size_t bytes;
+};
+
+int uf_bitmap_create(struct uf_bitmap *bm, uint64_t nbits); /* every bit set */
+void uf_bitmap_destroy(struct uf_bitmap *bm);
+bool uf_bitmap_test(const struct uf_bitmap *bm, uint64_t bit);
+/* Clears [first, first + n) with release ordering: whoever sees a clear bit
+ * also sees the page's contents. */
+void uf_bitmap_clear(struct uf_bitmap *bm, uint64_t first, uint64_t n);
+uint64_t uf_bitmap_count(const struct uf_bitmap *bm);
+
+/* The exit-intake state of one VM. */
+struct userfault {
+	enum exit_backend backend;
+	struct uf_bitmap bm;
+	struct engine *eng; /* resolvers: one slot per vCPU */
+	_Atomic uint64_t exits_data, exits_fetch, exits_spurious, resolve_ns;
+};
+
+/* A vCPU's exit that may be a userfault. Returns 1 when it was one and has been
+ * resolved and completed (re-enter), 0 when it was not a userfault (the caller
+ * reports the exit as usual), < 0 after vm_fail. */
+int userfault_mmio_exit(struct vcpu *v);
+int userfault_internal_exit(struct vcpu *v);
+
+#endif
