@@ -1,5 +1,7 @@
 #!/usr/bin/env python3
-"""restore_bench: eager vs mmap vs lazy restore of lazyvm snapshots, side by side.
+"""restore_bench: lazyvm restores side by side.
+
+--experiment load (default): eager vs mmap vs lazy.
 
 For each guest memory size, one snapshot of a guest whose working set is
 --ws (a scan task: written before the snapshot point, read back and verified
@@ -9,6 +11,12 @@ restore_ms = command start to first guest instruction, run_ms = the run phase,
 total_ms = command start to the guest's DONE, max_rss = peak RSS of the
 restoring process. With --cold, the page cache is dropped before every restore
 (root only), so the memory file is read from the disk.
+
+--experiment intake: how faults reach lazyvm, lazy restores with fault-around
+off: a blocking UFFD handler thread, a busy-polling one, and userfault exits
+(--intake exit), for 1 and 2 vCPUs; each vCPU runs a scan and a random task.
+Reports run_ms, faults, faults per second of run phase, and the engine's median
+resolve time (UFFD: message read -> installed; exits: resolve in the vCPU).
 """
 import argparse, json, os, platform, random, shutil, statistics, subprocess, sys, tempfile, time
 
@@ -34,7 +42,10 @@ def main():
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--cold", action="store_true", help="drop the page cache before every restore")
     ap.add_argument("--quick", action="store_true", help="32M/64M, 2M working set, 1 rep (smoke test)")
+    ap.add_argument("--experiment", choices=["load", "intake"], default="load")
     a = ap.parse_args()
+    if a.experiment == "intake":
+        return intake_experiment(a)
     if a.quick:
         a.sizes, a.ws, a.reps = "32M,64M", "2M", 1
     sizes = a.sizes.split(",")
@@ -90,6 +101,70 @@ def main():
         for s in sizes:
             lt, et = med(s, "lazy", "total_ms"), med(s, "eager", "total_ms")
             print(f"- {s}: lazy total / eager total: **{lt / et:.2f}x** ({lt:.0f} ms vs {et:.0f} ms; target below 1)")
+        print(f"\nBenchmark wall time: {time.time() - t_start:.1f} s\n")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+def restore_json(lazyvm, snap, args):
+    r = sh([lazyvm, "restore", snap, "--json"] + args)
+    try:
+        j = json.loads(r.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        sys.exit(f"restore_bench: {snap} {args}: no JSON: {r.stdout}{r.stderr}")
+    if r.returncode != 0 or not j["ok"]:
+        sys.exit(f"restore_bench: {snap} {args}: the guest did not verify its data: {j['error']}")
+    return j
+
+def intake_experiment(a):
+    ws = "2M" if a.quick else "4M"
+    count = 100 if a.quick else 400
+    reps = 1 if a.quick else a.reps
+    intakes = {"uffd-block": ["--intake", "block"], "uffd-busy": ["--intake", "busy"],
+               "exit": ["--intake", "exit"]}
+    tmp = tempfile.mkdtemp(prefix="lazyvm-intake-bench.")
+    t_start = time.time()
+    try:
+        snaps = {}
+        for vcpus in (1, 2):
+            work = "+".join([f"scan:{ws}+random:{ws}:{count}"] * vcpus)
+            d = os.path.join(tmp, f"v{vcpus}")
+            print(f"restore_bench: snapshot, {vcpus} vCPU(s), workload {work}", file=sys.stderr)
+            r = sh([a.lazyvm, "run", "--mem", "64M", "--vcpus", str(vcpus), "--workload", work,
+                    "--snapshot-dir", d])
+            if r.returncode != 0:
+                sys.exit(f"restore_bench: snapshot failed: {r.stdout}{r.stderr}")
+            snaps[vcpus] = (d, work)
+        results = {(v, i): [] for v in snaps for i in intakes}
+        for rep in range(reps):
+            order = list(results)
+            random.shuffle(order)
+            for v, i in order:
+                j = restore_json(a.lazyvm, snaps[v][0], ["--fault-around", "1"] + intakes[i])
+                results[(v, i)].append(j)
+                print(f"restore_bench: rep {rep + 1}/{reps} {v} vCPU {i:<10} run {j['run_ms']:8.1f} ms"
+                      f"  faults {j['faults']}", file=sys.stderr)
+        med = lambda v, i, f: statistics.median(f(j) for j in results[(v, i)])
+        print("## Fault intake: UFFD handler thread vs userfault exits\n")
+        print(f"- Command: `{' '.join(sys.argv)}`")
+        print(f"- Machine: {machine()}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+        print(f"- Guest: 64 MiB, per vCPU scan:{ws} + random:{ws}:{count}; lazy restore, --fault-around 1;"
+              f" {reps} reps interleaved; cells are medians\n")
+        print("| vCPUs | intake | run_ms | faults | faults/s of run | median resolve (us) | exit backend |")
+        print("|---:|---|---:|---:|---:|---:|---|")
+        for v in snaps:
+            for i in intakes:
+                print(f"| {v} | {i} | {med(v, i, lambda j: j['run_ms']):.1f} | "
+                      f"{med(v, i, lambda j: j['faults']):.0f} | "
+                      f"{med(v, i, lambda j: j['faults'] / (j['run_ms'] / 1000)):.0f} | "
+                      f"{med(v, i, lambda j: j['fault_p50_us']):.1f} | "
+                      f"{results[(v, i)][0]['exit_backend'] or '-'} |")
+        print()
+        for v in snaps:
+            b = med(v, "uffd-block", lambda j: j["run_ms"])
+            e = med(v, "exit", lambda j: j["run_ms"])
+            bz = med(v, "uffd-busy", lambda j: j["run_ms"])
+            print(f"- {v} vCPU(s): run phase, exit / uffd-block: **{e / b:.2f}x**, exit / uffd-busy: "
+                  f"**{e / bz:.2f}x**")
         print(f"\nBenchmark wall time: {time.time() - t_start:.1f} s\n")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
