@@ -66,31 +66,36 @@ static int ep_add(struct fc_handler *h, int fd, struct watch *w)
 	return epoll_ctl(h->epfd, EPOLL_CTL_ADD, fd, &ev) < 0 ? -errno : 0;
 }
 
+/* Listens on `path`. The socket is bound and listening under a temporary name
+ * and renamed into place, so that whoever sees the path can connect at once
+ * (a client that connects between bind and listen would be refused). */
 static int bind_socket(const char *path)
 {
 	struct sockaddr_un sa = {.sun_family = AF_UNIX};
+	char tmp[sizeof(sa.sun_path)];
 	struct stat st;
 	int fd, r;
 
-	if (strlen(path) >= sizeof(sa.sun_path)) {
-		lv_err("socket path %s is longer than %zu bytes", path, sizeof(sa.sun_path) - 1);
+	if (snprintf(tmp, sizeof(tmp), "%s.%d.tmp", path, (int)getpid()) >= (int)sizeof(tmp)) {
+		lv_err("socket path %s is too long (at most %zu bytes, with room for a temporary name)",
+		       path, sizeof(sa.sun_path) - 16);
 		return -ENAMETOOLONG;
 	}
-	strcpy(sa.sun_path, path);
 	/* Replace a stale socket left by a previous run, never a regular file. */
-	if (lstat(path, &st) == 0) {
-		if (!S_ISSOCK(st.st_mode)) {
-			lv_err("%s exists and is not a socket; refusing to replace it", path);
-			return -EEXIST;
-		}
-		unlink(path);
+	if (lstat(path, &st) == 0 && !S_ISSOCK(st.st_mode)) {
+		lv_err("%s exists and is not a socket; refusing to replace it", path);
+		return -EEXIST;
 	}
+	strcpy(sa.sun_path, tmp);
+	unlink(tmp);
 	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
 	if (fd < 0)
 		return -errno;
-	if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || listen(fd, 64) < 0) {
+	if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || listen(fd, 64) < 0 ||
+	    rename(tmp, path) < 0) {
 		r = -errno;
 		lv_err("cannot listen on %s: %s", path, strerror(-r));
+		unlink(tmp);
 		close(fd);
 		return r;
 	}
