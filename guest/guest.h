@@ -58,8 +58,10 @@ struct task {
 	const char *name; /* for panics */
 };
 
-/* Keys below 2^32 are free for async page fault tokens; internal ones above. */
-#define WAIT_KEY_PHASE (1ull << 32)
+/* Keys below 2^32 are async page fault tokens (apf.c), and nothing else
+ * may use them; internal ones are above. */
+#define WAIT_KEY_APF_LAST 0xffffffffull
+#define WAIT_KEY_PHASE    (1ull << 32)
 
 /* Creates a runnable task on vCPU `vcpu`'s run queue; vCPU 0 only (creation
  * is not locked against itself). NULL when GUEST_MAX_TASKS are in use. */
@@ -79,11 +81,14 @@ __attribute__((noreturn)) void task_exit(void);
 /* Trap context (interrupts off): mark the current task blocked on `key`; the
  * caller then returns sched_switch(frame). For async page faults. */
 void sched_block_current(uint64_t key);
-/* Any context: make the tasks blocked on `key` (or all blocked tasks)
- * runnable; returns how many. A vCPU that is idle notices at its next timer
- * tick. */
+/* Any context: make the tasks blocked on `key` (or all blocked tasks, those
+ * parked on async page faults included) runnable; returns how many. A vCPU
+ * that is idle notices at its next timer tick. */
 unsigned sched_wake(uint64_t key);
 unsigned sched_wake_all(void);
+/* Any context: make vCPU `vcpu`'s tasks blocked on a key in [first, last]
+ * runnable; returns how many. */
+unsigned sched_wake_cpu(uint32_t vcpu, uint64_t first, uint64_t last);
 
 /* ---- per-vCPU data ---- */
 

@@ -16,6 +16,7 @@
  * Everything that lasts across the snapshot is in memory, registers or the
  * LAPIC, which the snapshot restores: nothing here asks the host anything.
  */
+#include "apf.h"
 #include "workload.h"
 
 #define MSR_GS_BASE      0xc0000101
@@ -131,8 +132,10 @@ static bool coordinate(void)
 
 	if (phase == PHASE_PREPARE)
 		check_booted();
+	/* No task parked on an async page fault: its token would not survive
+	 * into the restored VM, and nothing would ever wake it there. */
 	if (phase == PHASE_PREPARE && counter(&prepared) == ntasks &&
-	    counter(&parked) == boot.nr_vcpus - 1) {
+	    counter(&parked) == boot.nr_vcpus - 1 && apf_parked() == 0) {
 		bool snap = boot.flags & GUEST_BOOT_SNAPSHOT;
 
 		fmt_format(text, sizeof(text), "%u tasks prepared", ntasks);
@@ -143,9 +146,11 @@ static bool coordinate(void)
 	}
 	if (phase == PHASE_RUN && counter(&done) == ntasks) {
 		uint32_t bad = counter(&failed);
+		uint64_t not_present, ready;
 
+		apf_report(&not_present, &ready); /* LOG lines: before DONE stops the VM */
 		fmt_format(text, sizeof(text), "%u tasks, %u failed", ntasks, bad);
-		msg_send(GUEST_MSG_DONE, bad ? 1 : 0, ntasks, bad, 0, 0, text);
+		msg_send(GUEST_MSG_DONE, bad ? 1 : 0, ntasks, bad, not_present, ready, text);
 		__atomic_store_n(&phase, PHASE_FINISHED, __ATOMIC_RELEASE);
 		halt_forever();
 	}
@@ -216,6 +221,7 @@ void guest_main(uint64_t vcpu, const struct guest_boot_info *bi)
 	msg_send(GUEST_MSG_BOOTED, 0, vcpu, timer_count, 0, 0, text);
 	__atomic_or_fetch(&booted_mask, 1u << vcpu, __ATOMIC_ACQ_REL);
 	sched_start_cpu();
+	apf_init(); /* after the IDT, and with a current task for its events */
 
 	if (vcpu == 0) {
 		uint64_t heap = ((uintptr_t)_end + HEAP_ALIGN - 1) & ~(HEAP_ALIGN - 1);

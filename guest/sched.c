@@ -153,35 +153,48 @@ void task_exit(void)
 	halt_forever(); /* not reached: a done task is never picked again */
 }
 
-static unsigned wake(bool all, uint64_t key)
+/* Keys in [first, last], inclusive so that the whole key space is a range. */
+static unsigned wake_cpu(struct cpu *c, uint64_t first, uint64_t last)
+{
+	uint64_t flags = irq_save();
+	unsigned n = 0;
+
+	spin_lock(&c->lock);
+	for (uint32_t i = 0; i < c->ntasks; i++) {
+		struct task *t = c->tasks[i];
+
+		if (t->state == TASK_BLOCKED && t->wait_key >= first && t->wait_key <= last) {
+			t->state = TASK_RUNNABLE;
+			n++;
+		}
+	}
+	spin_unlock(&c->lock);
+	irq_restore(flags);
+	return n;
+}
+
+static unsigned wake(uint64_t first, uint64_t last)
 {
 	unsigned n = 0;
 
-	for (unsigned v = 0; v < GUEST_MAX_VCPUS; v++) {
-		struct cpu *c = &cpus[v];
-		uint64_t flags = irq_save();
-
-		spin_lock(&c->lock);
-		for (uint32_t i = 0; i < c->ntasks; i++) {
-			struct task *t = c->tasks[i];
-
-			if (t->state == TASK_BLOCKED && (all || t->wait_key == key)) {
-				t->state = TASK_RUNNABLE;
-				n++;
-			}
-		}
-		spin_unlock(&c->lock);
-		irq_restore(flags);
-	}
+	for (unsigned v = 0; v < GUEST_MAX_VCPUS; v++)
+		n += wake_cpu(&cpus[v], first, last);
 	return n;
 }
 
 unsigned sched_wake(uint64_t key)
 {
-	return wake(false, key);
+	return wake(key, key);
 }
 
 unsigned sched_wake_all(void)
 {
-	return wake(true, 0);
+	return wake(0, UINT64_MAX);
+}
+
+unsigned sched_wake_cpu(uint32_t vcpu, uint64_t first, uint64_t last)
+{
+	if (vcpu >= GUEST_MAX_VCPUS)
+		return 0;
+	return wake_cpu(&cpus[vcpu], first, last);
 }

@@ -6,8 +6,9 @@
  * frame. All gates are interrupt gates (IF cleared on entry), so C handlers
  * run with interrupts off and nest only for exceptions they cause.
  */
-#include "guest.h"
+#include "apf.h"
 
+#define VEC_PF         14
 #define GATE_INTERRUPT 0x8e /* present, DPL 0, 64-bit interrupt gate */
 
 struct idt_entry {
@@ -79,11 +80,10 @@ void idt_load(void)
 	asm volatile("lidt %0" : : "m"(p));
 }
 
-/* An exception is a guest bug or a crash:KIND workload: report and stop this
- * vCPU. The async page fault work hooks #PF here before this point. */
-static __attribute__((noreturn)) void exception(struct trap_frame *f)
+/* An exception is a guest bug or a crash:KIND workload (or an async page
+ * fault, which page_fault() takes first): report and stop this vCPU. */
+static __attribute__((noreturn)) void exception(struct trap_frame *f, uint64_t cr2)
 {
-	uint64_t cr2 = read_cr2();
 	const char *name = exception_names[f->vector];
 	struct task *t = this_cpu()->current;
 	char text[MSG_TEXT_MAX];
@@ -96,17 +96,34 @@ static __attribute__((noreturn)) void exception(struct trap_frame *f)
 	msg_panic(f->vector, f->error, f->rip, cr2, text);
 }
 
+static struct trap_frame *page_fault(struct trap_frame *f)
+{
+	/* First: for an async fault CR2 is the token, and any fault on the way
+	 * here would overwrite it. */
+	uint64_t cr2 = read_cr2();
+	struct trap_frame *next = apf_page_fault(f, cr2);
+
+	if (next)
+		return next;
+	exception(f, cr2);
+}
+
 struct trap_frame *trap_dispatch(struct trap_frame *f)
 {
 	char text[MSG_TEXT_MAX];
 
 	switch (f->vector) {
+	case VEC_PF: return page_fault(f);
 	case VEC_TIMER: apic_eoi(); return sched_switch(f);
 	case VEC_YIELD: return sched_switch(f);
 	case VEC_SPURIOUS: return f; /* no EOI for a spurious interrupt */
+	case GUEST_APF_VECTOR:
+		if (apf_enabled())
+			return apf_page_ready(f);
+		break;
 	}
 	if (f->vector < 32)
-		exception(f);
+		exception(f, read_cr2());
 	/* Nothing else is programmed to fire: a stray vector is a VMM bug
 	 * worth stopping on rather than a silent EOI. */
 	fmt_format(text, sizeof(text), "unexpected interrupt vector %lu at rip 0x%lx", f->vector,

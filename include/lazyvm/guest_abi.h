@@ -85,6 +85,11 @@ struct guest_boot_info {
  * (GUEST_MSG_SNAPSHOT); without it the guest reports GUEST_MSG_PREPARED and
  * goes straight on to the run phases. */
 #define GUEST_BOOT_SNAPSHOT (1u << 0)
+/* Enable the PV async PF protocol if the host advertises it (the Linux PV
+ * async PF ABI below): every vCPU probes CPUID and, when both feature bits
+ * are there, enables it at boot. Without this flag the guest never writes
+ * the async PF MSRs. */
+#define GUEST_BOOT_APF (1u << 1)
 
 enum guest_msg_type {
 	GUEST_MSG_BOOTED = 1,   /* vCPU arg0 is up; text: "lazyvm guest v<abi>" */
@@ -95,7 +100,13 @@ enum guest_msg_type {
 	GUEST_MSG_RESULT = 4,   /* one task's run phase: status 0 pass, else fail;
 	                         * arg0 = task index, arg1 = bytes verified,
 	                         * arg2 = checkable value (compute), text = task spec */
-	GUEST_MSG_DONE = 5,     /* all tasks finished: status 0 = every one passed */
+	GUEST_MSG_DONE = 5,     /* all tasks finished: status 0 = every one passed;
+	                         * arg0 = tasks, arg1 = tasks that failed,
+	                         * arg2 = async PF "page not present" events and
+	                         * arg3 = "page ready" events (wake-all included)
+	                         * the guest took, summed over its vCPUs (0 with
+	                         * async PF off); one LOG line per vCPU with async
+	                         * PF on, sent just before, has the details */
 	GUEST_MSG_PANIC = 6,    /* an exception: arg0 = vector, arg1 = error code,
 	                         * arg2 = RIP, arg3 = CR2; the vCPU halts for ever */
 	GUEST_MSG_LOG = 7,      /* text is a line for the VMM's log */
@@ -112,6 +123,75 @@ struct guest_msg {
 	uint64_t arg[4];
 	char text[88]; /* NUL-terminated */
 };
+
+/* ---- Linux PV async PF ABI ----
+ *
+ * What a stock Linux guest speaks (Linux Documentation/virt/kvm/x86/msr.rst
+ * and cpuid.rst). KVM implements it itself; lazyvm's VMM implements the same
+ * MSRs and injects the same events. The names and values are Linux's: the
+ * macros are spelled token for token as in <asm/kvm_para.h>, so a file may
+ * include both; the struct, however, clashes with that header's (which has a
+ * guest-internal field after the 64 bytes): include one or the other.
+ *
+ * Discovery: CPUID KVM_CPUID_SIGNATURE gives "KVMKVMKVM\0\0\0" in EBX, ECX,
+ * EDX; CPUID KVM_CPUID_FEATURES EAX has KVM_FEATURE_ASYNC_PF and
+ * KVM_FEATURE_ASYNC_PF_INT. Set-up, per vCPU, in this order:
+ *   MSR_KVM_ASYNC_PF_INT = the "page ready" vector (bits 7:0)
+ *   MSR_KVM_ASYNC_PF_EN  = GPA of the vCPU's struct kvm_vcpu_pv_apf_data
+ *                          (64-byte aligned: bits 63:6) | ENABLED |
+ *                          SEND_ALWAYS | DELIVERY_AS_INT
+ * SEND_ALWAYS: this guest runs every task at CPL0, and without it a host only
+ * makes a fault asynchronous at CPL3. A host makes a fault asynchronous only
+ * when the vCPU has interrupts enabled and is not delivering an event;
+ * otherwise it resolves it synchronously and the guest sees nothing.
+ *
+ * "Page not present": the host writes flags = KVM_PV_REASON_PAGE_NOT_PRESENT
+ * and injects #PF with CR2 = the token (32 bits). The guest reads CR2, clears
+ * flags, and parks the task that faulted until that token is ready.
+ * "Page ready": only while token == 0 (the slot is free) and no earlier one
+ * is unacknowledged, the host writes the token and raises the vector (a fixed
+ * LAPIC interrupt). The guest reads token, writes 0 to it, wakes the token's
+ * tasks (KVM_ASYNC_PF_READY_ALL_TOKEN: every parked task), writes 1 to
+ * MSR_KVM_ASYNC_PF_ACK, and EOIs. KVM sends a "ready all" when the protocol is
+ * enabled (also by a restore that sets MSR_KVM_ASYNC_PF_EN). */
+#define KVM_CPUID_SIGNATURE 0x40000000
+#define KVM_SIGNATURE       "KVMKVMKVM\0\0\0"
+#define KVM_CPUID_FEATURES  0x40000001
+
+#define KVM_FEATURE_ASYNC_PF     4  /* bit of KVM_CPUID_FEATURES EAX */
+#define KVM_FEATURE_ASYNC_PF_INT 14 /* bit of KVM_CPUID_FEATURES EAX */
+
+#define MSR_KVM_ASYNC_PF_EN  0x4b564d02
+#define MSR_KVM_ASYNC_PF_INT 0x4b564d06 /* bits 7:0: the "page ready" vector */
+#define MSR_KVM_ASYNC_PF_ACK 0x4b564d07 /* write 1: "page ready" consumed */
+
+/* MSR_KVM_ASYNC_PF_EN bits; bits 63:6 are the area's GPA */
+#define KVM_ASYNC_PF_ENABLED         (1 << 0)
+#define KVM_ASYNC_PF_SEND_ALWAYS     (1 << 1) /* also at CPL0 */
+#define KVM_ASYNC_PF_DELIVERY_AS_INT (1 << 3) /* "page ready" as an interrupt */
+#define KVM_ASYNC_PF_GPA_MASK        (~0x3full)
+
+/* kvm_vcpu_pv_apf_data.flags */
+#define KVM_PV_REASON_PAGE_NOT_PRESENT 1
+/* kvm_vcpu_pv_apf_data.token of a "page ready": wake every parked task */
+#define KVM_ASYNC_PF_READY_ALL_TOKEN 0xffffffffu
+
+/* One per vCPU, 64-byte aligned, in guest RAM; written by the host, read and
+ * cleared by the guest. The guest keeps its areas inside its core (below
+ * guest_boot_info.core_end). */
+struct kvm_vcpu_pv_apf_data {
+	uint32_t flags; /* "page not present": KVM_PV_REASON_PAGE_NOT_PRESENT */
+	uint32_t token; /* "page ready": the token; 0 = slot free */
+	uint8_t pad[56];
+};
+
+/* The "page ready" vector the bundled guest programs into
+ * MSR_KVM_ASYNC_PF_INT (a host must take whatever the guest writes there). */
+#define GUEST_APF_VECTOR 0xecu
+
+_Static_assert(sizeof(struct kvm_vcpu_pv_apf_data) == 64, "async PF area layout");
+_Static_assert(__builtin_offsetof(struct kvm_vcpu_pv_apf_data, token) == 4,
+               "async PF area layout");
 
 _Static_assert(sizeof(struct guest_boot_info) == 336, "boot info layout");
 _Static_assert(sizeof(struct guest_msg) == 136, "guest_msg layout");

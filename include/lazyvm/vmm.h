@@ -10,6 +10,14 @@
 
 #include "lazyvm/engine.h"
 
+/* Async page faults (docs/USERFAULT.md). */
+enum vmm_apf {
+	VMM_APF_OFF,    /* every fault synchronous */
+	VMM_APF_USER,   /* the VMM injects "not present"/"page ready" (needs exit intake) */
+	VMM_APF_KERNEL, /* KVM's own async PF; probed: unavailable on emulating KVMs */
+};
+enum vmm_apf_policy { VMM_POLICY_SYNC, VMM_POLICY_ASYNC, VMM_POLICY_HYBRID };
+
 struct vmm_run_config {
 	uint64_t mem_size;
 	unsigned mem_slots;
@@ -20,6 +28,7 @@ struct vmm_run_config {
 	const char *snapshot_dir; /* NULL: run prepare and run phases straight through */
 	bool console_to_stderr;
 	const void *image; /* the guest image, loaded flat at GUEST_IMAGE_GPA */
+	enum vmm_apf apf;  /* != OFF: the guest enables the PV async PF protocol */
 	size_t image_len;
 };
 
@@ -37,7 +46,9 @@ struct vmm_restore_config {
 	enum engine_intake intake;  /* lazy */
 	bool exit_intake;           /* lazy: faults as vCPU exits (userfault exits)
 	                             * instead of UFFD messages; `intake` unused */
-	unsigned fault_around;      /* lazy: pages per fault (engine_config) */
+	enum vmm_apf apf;
+	enum vmm_apf_policy policy;
+	unsigned fault_around; /* lazy: pages per fault (engine_config) */
 	bool console_to_stderr;
 };
 
@@ -56,6 +67,11 @@ struct vmm_outcome {
 	uint64_t fault_p50_ns, fault_p99_ns;
 	uint64_t max_rss_kb;
 	char exit_backend[16]; /* exit intake: the backend in use, else "" */
+	/* async page faults: what the VMM did, and what the guest says it took */
+	uint64_t apf_not_present, apf_ready, apf_spurious, apf_sync;
+	uint64_t apf_refused_unsafe, apf_refused_state;
+	uint64_t guest_apf_not_present, guest_apf_ready;
+	char apf_note[160]; /* e.g. why kernel async PF is unavailable */
 };
 
 const char *vmm_load_name(enum vmm_load l);

@@ -85,18 +85,28 @@ static void report(const char *what, const char *load, uint64_t t0, const struct
 	uint64_t end = o->t_done_ns ? o->t_done_ns : lv_now_ns();
 
 	if (json) {
-		printf("{\"ok\":%s,\"load\":\"%s\",\"restore_ms\":%.3f,\"run_ms\":%.3f,\"total_"
-		       "ms\":%.3f,"
-		       "\"faults\":%llu,\"pages_installed\":%llu,\"bytes_read\":%llu,"
-		       "\"fault_p50_us\":%.1f,\"fault_p99_us\":%.1f,\"max_rss_kb\":%llu,"
-		       "\"results\":%u,\"results_failed\":%u,\"snapshot_written\":%s,"
-		       "\"exit_backend\":\"%s\",\"error\":",
-		       o->ok ? "true" : "false", load, ms(t0, o->t_first_entry_ns),
-		       ms(o->t_run_start_ns, o->t_done_ns), ms(t0, end),
-		       (unsigned long long)o->faults, (unsigned long long)o->pages_installed,
-		       (unsigned long long)o->bytes_read, (double)o->fault_p50_ns / 1e3,
-		       (double)o->fault_p99_ns / 1e3, (unsigned long long)o->max_rss_kb, o->results,
-		       o->results_failed, o->snapshot_written ? "true" : "false", o->exit_backend);
+		printf(
+		    "{\"ok\":%s,\"load\":\"%s\",\"restore_ms\":%.3f,\"run_ms\":%.3f,\"total_"
+		    "ms\":%.3f,"
+		    "\"faults\":%llu,\"pages_installed\":%llu,\"bytes_read\":%llu,"
+		    "\"fault_p50_us\":%.1f,\"fault_p99_us\":%.1f,\"max_rss_kb\":%llu,"
+		    "\"results\":%u,\"results_failed\":%u,\"snapshot_written\":%s,"
+		    "\"exit_backend\":\"%s\",\"apf_not_present\":%llu,\"apf_ready\":%llu,"
+		    "\"apf_spurious\":%llu,\"apf_refused_unsafe\":%llu,\"apf_refused_state\":%llu,"
+		    "\"guest_apf_not_present\":%llu,\"guest_apf_ready\":%llu,\"apf_note\":",
+		    o->ok ? "true" : "false", load, ms(t0, o->t_first_entry_ns),
+		    ms(o->t_run_start_ns, o->t_done_ns), ms(t0, end), (unsigned long long)o->faults,
+		    (unsigned long long)o->pages_installed, (unsigned long long)o->bytes_read,
+		    (double)o->fault_p50_ns / 1e3, (double)o->fault_p99_ns / 1e3,
+		    (unsigned long long)o->max_rss_kb, o->results, o->results_failed,
+		    o->snapshot_written ? "true" : "false", o->exit_backend,
+		    (unsigned long long)o->apf_not_present, (unsigned long long)o->apf_ready,
+		    (unsigned long long)o->apf_spurious, (unsigned long long)o->apf_refused_unsafe,
+		    (unsigned long long)o->apf_refused_state,
+		    (unsigned long long)o->guest_apf_not_present,
+		    (unsigned long long)o->guest_apf_ready);
+		print_json_string(o->apf_note);
+		printf(",\"error\":");
 		print_json_string(o->error);
 		printf("}\n");
 		return;
@@ -116,6 +126,16 @@ static void report(const char *what, const char *load, uint64_t t0, const struct
 	if (o->exit_backend[0])
 		printf("lazyvm %s: faults reach lazyvm as vCPU exits (exit backend: %s)\n", what,
 		       o->exit_backend);
+	if (o->apf_not_present || o->guest_apf_not_present)
+		printf("lazyvm %s: async page faults: %llu injected, %llu page-ready, %llu "
+		       "spurious; the "
+		       "guest took %llu not-present and %llu ready\n",
+		       what, (unsigned long long)o->apf_not_present,
+		       (unsigned long long)o->apf_ready, (unsigned long long)o->apf_spurious,
+		       (unsigned long long)o->guest_apf_not_present,
+		       (unsigned long long)o->guest_apf_ready);
+	if (o->apf_note[0])
+		printf("lazyvm %s: %s\n", what, o->apf_note);
 	if (strcmp(load, "boot") != 0)
 		printf("lazyvm %s: memory (%s): %llu faults, %llu pages installed, %llu MiB read, "
 		       "fault "
@@ -136,11 +156,13 @@ int cmd_run(int argc, char **argv)
 	    {"seed", required_argument, 0, 's'},
 	    {"timeslice", required_argument, 0, 't'},
 	    {"snapshot-dir", required_argument, 0, 'd'},
+	    {"apf", required_argument, 0, 'P'},
 	    {"json", no_argument, 0, 'j'},
 	    {"help", no_argument, 0, 'h'},
 	    {0, 0, 0, 0},
 	};
-	struct vmm_run_config cfg = {.mem_size = 64ull << 20,
+	struct vmm_run_config cfg = {.apf = VMM_APF_USER,
+	                             .mem_size = 64ull << 20,
 	                             .mem_slots = 1,
 	                             .vcpus = 1,
 	                             .timeslice_us = 2000,
@@ -189,6 +211,17 @@ int cmd_run(int argc, char **argv)
 			cfg.timeslice_us = (uint32_t)(v / 1000);
 			break;
 		case 'd': cfg.snapshot_dir = optarg; break;
+		case 'P':
+			if (!strcmp(optarg, "on"))
+				cfg.apf = VMM_APF_USER;
+			else if (!strcmp(optarg, "off"))
+				cfg.apf = VMM_APF_OFF;
+			else {
+				fprintf(stderr, "lazyvm run: --apf: '%s' is neither on nor off\n",
+				        optarg);
+				return 2;
+			}
+			break;
 		case 'j': json = true; break;
 		case 'h': fputs(run_help, stdout); return 0;
 		default: fputs("Run 'lazyvm run --help' for the options.\n", stderr); return 2;
@@ -212,11 +245,15 @@ int cmd_restore(int argc, char **argv)
 	    {"handler-threads", required_argument, 0, 'T'},
 	    {"fault-around", required_argument, 0, 'A'},
 	    {"intake", required_argument, 0, 'i'},
+	    {"apf", required_argument, 0, 'P'},
+	    {"policy", required_argument, 0, 'O'},
 	    {"json", no_argument, 0, 'j'},
 	    {"help", no_argument, 0, 'h'},
 	    {0, 0, 0, 0},
 	};
 	struct vmm_restore_config cfg = {.fault_around = 16,
+	                                 .apf = VMM_APF_OFF,
+	                                 .policy = VMM_POLICY_HYBRID,
 	                                 .load = VMM_LOAD_LAZY,
 	                                 .handler_threads = 1,
 	                                 .intake = ENGINE_INTAKE_BLOCK};
@@ -272,6 +309,35 @@ int cmd_restore(int argc, char **argv)
 		case 'A':
 			if (cli_uint(cmd, "--fault-around", optarg, 1, 64, &cfg.fault_around) < 0)
 				return 2;
+			break;
+		case 'P':
+			if (!strcmp(optarg, "off"))
+				cfg.apf = VMM_APF_OFF;
+			else if (!strcmp(optarg, "user"))
+				cfg.apf = VMM_APF_USER;
+			else if (!strcmp(optarg, "kernel"))
+				cfg.apf = VMM_APF_KERNEL;
+			else {
+				fprintf(stderr,
+				        "lazyvm restore: --apf: '%s' is not off, user or kernel\n",
+				        optarg);
+				return 2;
+			}
+			break;
+		case 'O':
+			if (!strcmp(optarg, "sync"))
+				cfg.policy = VMM_POLICY_SYNC;
+			else if (!strcmp(optarg, "async"))
+				cfg.policy = VMM_POLICY_ASYNC;
+			else if (!strcmp(optarg, "hybrid"))
+				cfg.policy = VMM_POLICY_HYBRID;
+			else {
+				fprintf(
+				    stderr,
+				    "lazyvm restore: --policy: '%s' is not sync, async or hybrid\n",
+				    optarg);
+				return 2;
+			}
 			break;
 		case 'j': json = true; break;
 		case 'h': fputs(restore_help, stdout); return 0;

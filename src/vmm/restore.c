@@ -23,6 +23,7 @@
 #include "lazyvm/units.h"
 #include "snapshot.h"
 #include "vcpu.h"
+#include "apf.h"
 #include "userfault.h"
 #include "vmm.h"
 
@@ -39,6 +40,8 @@ struct restore {
 	struct userfault uf;
 	bool have_uf;
 	struct kvm_sys *sys;
+	struct apf apf;
+	bool have_apf;
 };
 
 /* Records why the restore fails (the first reason wins) and returns err. */
@@ -262,6 +265,10 @@ static int start_lazy(struct restore *rs, struct guest_mem *m)
 
 	if ((r = open_source(rs, m->size)) < 0)
 		return r;
+	if (rs->cfg->apf == VMM_APF_USER && !rs->cfg->exit_intake)
+		return fail(rs, -EINVAL,
+		            "--apf user needs --intake exit: the VMM injects async page "
+		            "faults when a vCPU exits on a missing page");
 	if (rs->cfg->exit_intake) {
 		struct exit_probe probe;
 		enum exit_backend best;
@@ -294,16 +301,17 @@ static int start_lazy(struct restore *rs, struct guest_mem *m)
 			            i, strerror(-r), why);
 		}
 	}
-	struct engine_config ec = {.uffd = uffd,
-	                           .source = rs->src,
-	                           .threads = rs->cfg->exit_intake       ? 0
-	                                      : rs->cfg->handler_threads ? rs->cfg->handler_threads
-	                                                                 : 1,
-	                           .resolvers = rs->cfg->exit_intake ? rs->rd.hdr.nr_vcpus : 0,
-	                           .intake = rs->cfg->intake,
-	                           .busy_idle_ns = 10 * 1000 * 1000,
-	                           .fault_around = rs->cfg->fault_around,
-	                           .name = "restore"};
+	struct engine_config ec = {
+	    .uffd = uffd,
+	    .source = rs->src,
+	    .threads = rs->cfg->exit_intake       ? 0
+	               : rs->cfg->handler_threads ? rs->cfg->handler_threads
+	                                          : 1,
+	    .resolvers = rs->cfg->exit_intake ? rs->rd.hdr.nr_vcpus + APF_IO_WORKERS : 0,
+	    .intake = rs->cfg->intake,
+	    .busy_idle_ns = 10 * 1000 * 1000,
+	    .fault_around = rs->cfg->fault_around,
+	    .name = "restore"};
 	if ((r = engine_create(&ec, &rs->eng)) < 0) {
 		close(uffd);
 		return fail(rs, r, "fault engine: %s", strerror(-r));
@@ -422,6 +430,62 @@ static int prefetch_core(struct restore *rs, struct vm *vm)
 	return prefetch_range(rs, vm, 0, end);
 }
 
+/* The guest's async PF set-up (SNAP_APF) goes where the mode wants it: to the
+ * VMM (user: it injects; off: it keeps KVM out and injects nothing) or to KVM
+ * (kernel: KVM's own async PF). */
+static int setup_apf(struct restore *rs, struct vm *vm)
+{
+	static const enum apf_mode modes[] = {
+	    [VMM_APF_OFF] = APF_OFF, [VMM_APF_USER] = APF_USER, [VMM_APF_KERNEL] = APF_KERNEL};
+	static const enum apf_policy policies[] = {[VMM_POLICY_SYNC] = APF_POLICY_SYNC,
+	                                           [VMM_POLICY_ASYNC] = APF_POLICY_ASYNC,
+	                                           [VMM_POLICY_HYBRID] = APF_POLICY_HYBRID};
+	char why[160];
+	uint64_t len;
+	int r;
+
+	if (!snap_find(&rs->rd, SNAP_APF, 0, &len)) {
+		if (rs->cfg->apf != VMM_APF_OFF)
+			snprintf(
+			    rs->out->apf_note, sizeof(rs->out->apf_note),
+			    "the snapshot's guest never enabled async page faults (run --apf off)");
+		return 0;
+	}
+	r = apf_init(&rs->apf, vm, modes[rs->cfg->apf], policies[rs->cfg->policy],
+	             rs->cfg->source_latency_ns, why, sizeof(why));
+	if (r == 0 && rs->cfg->apf != VMM_APF_KERNEL)
+		r = apf_capture_msrs(&rs->apf, why, sizeof(why));
+	if (r < 0)
+		return fail(rs, r, "async page faults: %s", why);
+	rs->have_apf = true;
+	for (unsigned i = 0; i < vm->nvcpus; i++) {
+		const struct snap_apf *sa = snap_find(&rs->rd, SNAP_APF, i, &len);
+
+		if (!sa || len != sizeof(*sa))
+			return fail(rs, -EINVAL, "snapshot: vCPU %u's async PF state is missing",
+			            i);
+		if (rs->cfg->apf == VMM_APF_KERNEL) {
+			struct {
+				struct kvm_msrs hdr;
+				struct kvm_msr_entry e[2];
+			} m = {.hdr.nmsrs = 2,
+			       .e = {{.index = MSR_KVM_ASYNC_PF_INT, .data = sa->vector},
+			             {.index = MSR_KVM_ASYNC_PF_EN, .data = sa->msr_en}}};
+			if (ioctl(vm->vcpus[i].fd, KVM_SET_MSRS, &m) != 2)
+				return fail(rs, -EINVAL, "vCPU %u: KVM refused the async PF MSRs",
+				            i);
+		} else {
+			rs->apf.vcpus[i].msr_en = sa->msr_en;
+			rs->apf.vcpus[i].vector = (uint8_t)sa->vector;
+		}
+	}
+	if (rs->cfg->apf != VMM_APF_KERNEL)
+		vm->apf = &rs->apf;
+	if ((r = apf_start(&rs->apf)) < 0)
+		return fail(rs, r, "async page fault workers: %s", strerror(-r));
+	return 0;
+}
+
 static int load_vm_state(struct restore *rs, struct vm *vm)
 {
 	char why[256];
@@ -499,6 +563,8 @@ int vmm_restore(const struct vmm_restore_config *cfg, struct vmm_outcome *out)
 	}
 	if ((r = load_vm_state(&rs, vm)) < 0)
 		goto out_vm;
+	if ((r = setup_apf(&rs, vm)) < 0)
+		goto out_vm;
 	if (rs.have_uf) {
 		rs.uf.eng = rs.eng;
 		vm->uf = &rs.uf;
@@ -509,11 +575,26 @@ int vmm_restore(const struct vmm_restore_config *cfg, struct vmm_outcome *out)
 	}
 	r = run_watched(&rs, vm);
 	fill_vm_outcome(vm, r, out);
+	if (rs.have_apf) {
+		apf_stop(&rs.apf);
+		out->apf_not_present = rs.apf.st.not_present;
+		out->apf_ready = rs.apf.st.ready;
+		out->apf_spurious = rs.apf.st.spurious;
+		out->apf_refused_unsafe = rs.apf.st.refused_unsafe;
+		out->apf_refused_state = rs.apf.st.refused_state;
+		if (cfg->apf == VMM_APF_KERNEL && out->ok && out->guest_apf_not_present == 0)
+			snprintf(out->apf_note, sizeof(out->apf_note),
+			         "kernel async PF unavailable: KVM delivered none (this KVM blocks "
+			         "on the "
+			         "userfaultfd instead)");
+	}
 	if (rs.eng) {
 		struct metrics m;
 
 		engine_metrics(rs.eng, &m);
-		out->faults = rs.have_uf ? rs.uf.exits_data + rs.uf.exits_fetch : m.faults;
+		out->faults = rs.have_uf
+		                  ? rs.uf.exits_data + rs.uf.exits_fetch + rs.apf.st.not_present
+		                  : m.faults;
 		out->pages_installed = m.pages_copied + m.pages_zeroed;
 		out->bytes_read = m.bytes_read;
 		out->fault_p50_ns = hist_percentile(&m.latency, 0.5);
@@ -530,6 +611,8 @@ int vmm_restore(const struct vmm_restore_config *cfg, struct vmm_outcome *out)
 	}
 	r = out->ok ? 0 : -EIO;
 out_vm:
+	if (rs.have_apf)
+		apf_destroy(&rs.apf);
 	vm_destroy(vm);
 out:
 	/* The engine goes after the vCPUs (they may wait on it) and before the memory. */

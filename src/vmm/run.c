@@ -17,6 +17,7 @@
 #include "lazyvm/uffd.h"
 #include "lazyvm/units.h"
 #include "snapshot.h"
+#include "apf.h"
 #include "vcpu.h"
 #include "vmm.h"
 
@@ -39,6 +40,8 @@ void fill_vm_outcome(struct vm *vm, int r, struct vmm_outcome *out)
 	out->t_run_start_ns = rep->t_resume_ns ? rep->t_resume_ns : rep->t_first_entry_ns;
 	out->t_done_ns = rep->t_done_ns;
 	out->snapshot_written = vm->snapshot_taken;
+	out->guest_apf_not_present = rep->guest_apf_not_present;
+	out->guest_apf_ready = rep->guest_apf_ready;
 	if (getrusage(RUSAGE_SELF, &ru) == 0)
 		out->max_rss_kb = (uint64_t)ru.ru_maxrss;
 	if (rep->error[0])
@@ -90,6 +93,20 @@ int vmm_run(const struct vmm_run_config *cfg, struct vmm_outcome *out)
 		snprintf(out->error, sizeof(out->error), "creating the VM: %s", strerror(-r));
 		goto out_vm;
 	}
+	/* With async PF on, the VMM holds the guest's APF MSRs from boot (they go
+	 * into the snapshot), so KVM's own async PF never sees them. */
+	struct apf apf;
+	bool have_apf = false;
+	if (cfg->apf != VMM_APF_OFF) {
+		char why[160];
+		if ((r = apf_init(&apf, vm, APF_OFF, APF_POLICY_SYNC, 0, why, sizeof(why))) < 0 ||
+		    (r = apf_capture_msrs(&apf, why, sizeof(why))) < 0) {
+			snprintf(out->error, sizeof(out->error), "async page faults: %s", why);
+			goto out_vm;
+		}
+		vm->apf = &apf;
+		have_apf = true;
+	}
 	r = arch_load_guest(vm, cfg->image, cfg->image_len);
 	if (r < 0) {
 		snprintf(out->error, sizeof(out->error), "loading the guest image (%zu bytes): %s",
@@ -105,6 +122,8 @@ int vmm_run(const struct vmm_run_config *cfg, struct vmm_outcome *out)
 	r = vm_run(vm);
 	fill_vm_outcome(vm, r, out);
 	r = out->ok ? 0 : -EIO;
+	if (have_apf)
+		apf_destroy(&apf);
 out_vm:
 	vm_destroy(vm);
 	guest_mem_unmap(&vm->mem);

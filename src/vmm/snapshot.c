@@ -13,6 +13,7 @@
 
 #include "lazyvm/crc32c.h"
 #include "lazyvm/source.h"
+#include "apf.h"
 #include "vcpu.h"
 #include "vmm.h"
 
@@ -239,6 +240,11 @@ int snapshot_save(struct vm *vm, char *why, size_t whylen)
 			snprintf(why, whylen, "saving vCPU %u: %s", i, strerror(-r));
 			goto out;
 		}
+	}
+	for (unsigned i = 0; vm->apf && i < vm->nvcpus; i++) {
+		struct snap_apf sa = {.msr_en = vm->apf->vcpus[i].msr_en,
+		                      .vector = vm->apf->vcpus[i].vector};
+		snap_put(&w, SNAP_APF, i, &sa, sizeof(sa));
 	}
 	for (uint32_t chip = 0; chip < 3; chip++) {
 		struct kvm_irqchip ic = {.chip_id = chip};

@@ -39,19 +39,20 @@ struct snap_section {
 };
 
 enum snap_section_type {
-	SNAP_REGION = 1,       /* struct snap_region */
-	SNAP_REGS = 10,        /* struct kvm_regs */
-	SNAP_SREGS = 11,       /* struct kvm_sregs */
-	SNAP_FPU = 12,         /* struct kvm_fpu */
-	SNAP_XSAVE = 13,       /* struct kvm_xsave region (4096 bytes or KVM_CAP_XSAVE2) */
-	SNAP_XCRS = 14,        /* struct kvm_xcrs */
-	SNAP_MSRS = 15,        /* struct snap_msr[] */
-	SNAP_LAPIC = 16,       /* struct kvm_lapic_state */
-	SNAP_EVENTS = 17,      /* struct kvm_vcpu_events */
-	SNAP_MP_STATE = 18,    /* struct kvm_mp_state */
-	SNAP_DEBUGREGS = 19,   /* struct kvm_debugregs */
-	SNAP_IRQCHIP = 30,     /* struct kvm_irqchip, index = chip id (PIC master, slave, IOAPIC) */
-	SNAP_CLOCK = 31,       /* struct kvm_clock_data */
+	SNAP_REGION = 1,     /* struct snap_region */
+	SNAP_REGS = 10,      /* struct kvm_regs */
+	SNAP_SREGS = 11,     /* struct kvm_sregs */
+	SNAP_FPU = 12,       /* struct kvm_fpu */
+	SNAP_XSAVE = 13,     /* struct kvm_xsave region (4096 bytes or KVM_CAP_XSAVE2) */
+	SNAP_XCRS = 14,      /* struct kvm_xcrs */
+	SNAP_MSRS = 15,      /* struct snap_msr[] */
+	SNAP_LAPIC = 16,     /* struct kvm_lapic_state */
+	SNAP_EVENTS = 17,    /* struct kvm_vcpu_events */
+	SNAP_MP_STATE = 18,  /* struct kvm_mp_state */
+	SNAP_DEBUGREGS = 19, /* struct kvm_debugregs */
+	SNAP_APF = 20,       /* struct snap_apf: the guest's async PF MSRs as the VMM holds them */
+	SNAP_IRQCHIP = 30,   /* struct kvm_irqchip, index = chip id (PIC master, slave, IOAPIC) */
+	SNAP_CLOCK = 31,     /* struct kvm_clock_data */
 	SNAP_CSUM_CHUNKS = 40, /* u32 CRC-32C of each 4 KiB chunk of the checksums file */
 };
 
@@ -65,6 +66,11 @@ struct snap_msr {
 	uint32_t index;
 	uint32_t reserved;
 	uint64_t data;
+};
+
+struct snap_apf {
+	uint64_t msr_en; /* MSR_KVM_ASYNC_PF_EN */
+	uint64_t vector; /* MSR_KVM_ASYNC_PF_INT */
 };
 
 struct snap_trailer {

@@ -12,6 +12,7 @@
 
 #include "lazyvm/log.h"
 #include "lazyvm/units.h"
+#include "apf.h"
 #include "vcpu.h"
 
 #define BITS_PER_WORD (8 * sizeof(unsigned long))
@@ -88,11 +89,8 @@ uint64_t uf_bitmap_count(const struct uf_bitmap *bm)
 	return n;
 }
 
-/* Makes the page holding gpa present. Returns 1 when it was missing and is now
- * installed, 0 when it was there already, < 0 after vm_fail. */
-static int resolve_gpa(struct vcpu *v, uint64_t gpa)
+int userfault_resolve_gpa(struct vm *vm, unsigned slot, uint64_t gpa)
 {
-	struct vm *vm = v->vm;
 	struct userfault *uf = vm->uf;
 	uint64_t gfn = gpa >> PAGE_SHIFT;
 	struct engine_run run;
@@ -105,10 +103,10 @@ static int resolve_gpa(struct vcpu *v, uint64_t gpa)
 	if (!host)
 		return 0;
 	do
-		r = engine_resolve(uf->eng, v->index, (uint64_t)(uintptr_t)host, &run);
+		r = engine_resolve(uf->eng, slot, (uint64_t)(uintptr_t)host, &run);
 	while (r == -EAGAIN && ++tries < RETRIES);
 	if (r < 0) {
-		vm_fail(vm, "vCPU %u: fetching guest page 0x%" PRIx64 ": %s", v->index,
+		vm_fail(vm, "resolver %u: fetching guest page 0x%" PRIx64 ": %s", slot,
 		        gpa & PAGE_MASK_4K, r == -EIO ? engine_error(uf->eng) : strerror(-r));
 		return r;
 	}
@@ -122,6 +120,11 @@ static int resolve_gpa(struct vcpu *v, uint64_t gpa)
 	return 1;
 }
 
+static int resolve_gpa(struct vcpu *v, uint64_t gpa)
+{
+	return userfault_resolve_gpa(v->vm, v->index, gpa);
+}
+
 int userfault_mmio_exit(struct vcpu *v)
 {
 	struct vm *vm = v->vm;
@@ -133,6 +136,16 @@ int userfault_mmio_exit(struct vcpu *v)
 	if (!vm->uf || len == 0 || len > sizeof(run->mmio.data) ||
 	    !guest_mem_ptr(&vm->mem, gpa, len))
 		return 0;
+	/* A slow page the guest can wait for elsewhere: an async page fault. */
+	uint64_t missing = uf_bitmap_test(&vm->uf->bm, gpa >> PAGE_SHIFT) ? gpa
+	                   : uf_bitmap_test(&vm->uf->bm, (gpa + len - 1) >> PAGE_SHIFT)
+	                       ? gpa + len - 1
+	                       : UINT64_MAX;
+	if (missing != UINT64_MAX) {
+		int r = apf_try_async(v, missing);
+		if (r)
+			return r > 0 ? 1 : -1;
+	}
 	a = resolve_gpa(v, gpa);
 	b = a < 0 ? a : resolve_gpa(v, gpa + len - 1); /* an access may straddle two pages */
 	if (a < 0 || b < 0)
@@ -182,6 +195,13 @@ static int walk(struct vcpu *v, uint64_t cr3, uint64_t va, uint64_t *gpa, int *f
 	}
 	*gpa = table | (va & 4095);
 	return 0;
+}
+
+int userfault_translate(struct vcpu *v, uint64_t cr3, uint64_t va, uint64_t *gpa)
+{
+	int fetched = 0;
+
+	return walk(v, cr3, va, gpa, &fetched);
 }
 
 int userfault_internal_exit(struct vcpu *v)

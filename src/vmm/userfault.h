@@ -72,6 +72,15 @@ struct userfault {
  * resolved and completed (re-enter), 0 when it was not a userfault (the caller
  * reports the exit as usual), < 0 after vm_fail. */
 int userfault_mmio_exit(struct vcpu *v);
+
+/* Makes the page holding gpa present through resolver `slot` (a vCPU index, or
+ * an I/O worker's slot after them). 1 installed now, 0 already there, < 0
+ * after vm_fail. */
+int userfault_resolve_gpa(struct vm *vm, unsigned slot, uint64_t gpa);
+
+/* Guest virtual -> physical through the guest's page tables (missing table
+ * pages are fetched). 0, -ENOENT when unmapped, < 0 after vm_fail. */
+int userfault_translate(struct vcpu *v, uint64_t cr3, uint64_t va, uint64_t *gpa);
 int userfault_internal_exit(struct vcpu *v);
 
 #endif

@@ -11,6 +11,7 @@
 #include "lazyvm/guest_compute.h"
 #include "lazyvm/log.h"
 #include "lazyvm/units.h"
+#include "apf.h"
 #include "userfault.h"
 
 static uint64_t vcpu_rip(struct vcpu *v)
@@ -154,6 +155,8 @@ static int handle_msg(struct vcpu *v, uint32_t gpa)
 		        msg.status == 0 ? "pass" : "FAIL", msg.arg[1], msg.arg[2]);
 		return 0;
 	case GUEST_MSG_DONE:
+		vm->report.guest_apf_not_present = msg.arg[2];
+		vm->report.guest_apf_ready = msg.arg[3];
 		vm->report.done = true;
 		vm->report.done_status = msg.status;
 		vm->report.t_done_ns = lv_now_ns();
@@ -266,6 +269,15 @@ static int handle_exit(struct vcpu *v)
 		vm_fail(vm, "vCPU %u: system event %u (shutdown, reset or crash)", v->index,
 		        run->system_event.type);
 		return -EFAULT;
+	case KVM_EXIT_X86_RDMSR:
+	case KVM_EXIT_X86_WRMSR:
+		if (apf_msr_exit(v))
+			return 0;
+		vm_fail(vm,
+		        "vCPU %u: unexpected userspace MSR %s exit for MSR 0x%x at RIP 0x%" PRIx64,
+		        v->index, run->exit_reason == KVM_EXIT_X86_WRMSR ? "write" : "read",
+		        run->msr.index, vcpu_rip(v));
+		return -EPROTO;
 	case KVM_EXIT_HLT:
 		/* The in-kernel LAPIC handles HLT; one reaching us means it did not. */
 		vm_fail(vm, "vCPU %u: unexpected HLT exit at RIP 0x%" PRIx64, v->index,
@@ -312,6 +324,7 @@ void *vcpu_thread(void *arg)
 		}
 		if (v->index == 0 && !vm->report.t_first_entry_ns)
 			vm->report.t_first_entry_ns = lv_now_ns();
+		apf_entering(v);
 		if (ioctl(v->fd, KVM_RUN, 0) < 0) {
 			if (errno == EINTR || errno == EAGAIN) {
 				v->run->immediate_exit = 0;

@@ -61,6 +61,15 @@ int vm_create(struct vm *vm, struct kvm_sys *sys, const struct vm_config *cfg)
 			return r;
 		}
 	}
+	/* Exception payloads on every VM: async page faults inject #PF with CR2
+	 * through it (without it a pending #PF's CR2 is silently dropped,
+	 * measured), and vCPU events saved with it must be loaded with it. */
+	struct kvm_enable_cap cap = {.cap = KVM_CAP_EXCEPTION_PAYLOAD, .args = {1}};
+	if (ioctl(vm->fd, KVM_ENABLE_CAP, &cap) < 0) {
+		r = -errno;
+		lv_err("KVM_CAP_EXCEPTION_PAYLOAD: %s", strerror(errno));
+		return r;
+	}
 	if (ioctl(vm->fd, KVM_CREATE_IRQCHIP, 0) < 0) {
 		r = -errno;
 		lv_err("KVM_CREATE_IRQCHIP: %s", strerror(errno));

@@ -95,6 +95,7 @@ struct vm_report {
 	uint64_t t_first_entry_ns; /* first KVM_RUN of this process */
 	uint64_t t_resume_ns;      /* run phase start: after PREPARED/SNAPSHOT, or restore */
 	uint64_t t_done_ns;
+	uint64_t guest_apf_not_present, guest_apf_ready; /* from DONE */
 };
 
 struct vm_config {
@@ -124,6 +125,7 @@ struct vm {
 	pthread_mutex_t console_lock;
 	int kick_signal;
 	struct userfault *uf; /* exit-based intake, NULL otherwise */
+	struct apf *apf;      /* async page faults, NULL when off */
 };
 
 /* Creates the VM: memslots for `mem` (already mapped), in-kernel irqchip, vCPUs

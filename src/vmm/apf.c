@@ -1,0 +1,369 @@
+/* User async page faults: see apf.h. */
+#include "apf.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/ioctl.h>
+
+#include "lazyvm/log.h"
+#include "lazyvm/units.h"
+#include "userfault.h"
+#include "vcpu.h"
+#include "x86_64/decode.h"
+
+#ifndef KVM_MSR_FILTER_DEFAULT_ALLOW
+#define KVM_MSR_FILTER_DEFAULT_ALLOW (0 << 0)
+#endif
+
+const char *apf_mode_name(enum apf_mode m)
+{
+	static const char *const names[] = {"off", "user", "kernel"};
+
+	return names[m];
+}
+
+const char *apf_policy_name(enum apf_policy p)
+{
+	static const char *const names[] = {"sync", "async", "hybrid"};
+
+	return names[p];
+}
+
+/* Guest accesses to the three APF MSRs exit to us; every other MSR stays with
+ * KVM (bits set = allowed). */
+static int install_msr_filter(struct vm *vm, char *why, size_t whylen)
+{
+	static uint8_t bitmap[1] = {0x0e}; /* 0x..02 EN deny, 03-05 allow, 06 INT, 07 ACK deny */
+	struct kvm_enable_cap cap = {.cap = KVM_CAP_X86_USER_SPACE_MSR,
+	                             .args = {KVM_MSR_EXIT_REASON_FILTER}};
+	struct kvm_msr_filter f = {.flags = KVM_MSR_FILTER_DEFAULT_ALLOW};
+
+	f.ranges[0] =
+	    (struct kvm_msr_filter_range){.flags = KVM_MSR_FILTER_READ | KVM_MSR_FILTER_WRITE,
+	                                  .nmsrs = 6,
+	                                  .base = MSR_KVM_ASYNC_PF_EN,
+	                                  .bitmap = bitmap};
+	if (ioctl(vm->fd, KVM_ENABLE_CAP, &cap) < 0) {
+		snprintf(why, whylen, "KVM_CAP_X86_USER_SPACE_MSR: %s", strerror(errno));
+		return -errno;
+	}
+	if (ioctl(vm->fd, KVM_X86_SET_MSR_FILTER, &f) < 0) {
+		snprintf(why, whylen, "KVM_X86_SET_MSR_FILTER: %s", strerror(errno));
+		return -errno;
+	}
+	return 0;
+}
+
+int apf_init(struct apf *a, struct vm *vm, enum apf_mode mode, enum apf_policy policy,
+             uint64_t source_latency_ns, char *why, size_t whylen)
+{
+	memset(a, 0, sizeof(*a));
+	a->mode = mode;
+	a->policy = policy;
+	a->slow_ns = 100 * 1000;
+	a->source_latency_ns = source_latency_ns;
+	a->vm = vm;
+	pthread_mutex_init(&a->token_lock, NULL);
+	pthread_mutex_init(&a->work_lock, NULL);
+	pthread_cond_init(&a->work_cond, NULL);
+	for (unsigned i = 0; i < VMM_MAX_VCPUS; i++)
+		pthread_mutex_init(&a->vcpus[i].lock, NULL);
+	/* Tokens 1..APF_MAX_TOKENS: never 0, never the wake-all token. */
+	for (unsigned i = 0; i < APF_MAX_TOKENS; i++)
+		a->free_tokens[a->nfree++] = APF_MAX_TOKENS - i;
+	return 0;
+}
+
+int apf_capture_msrs(struct apf *a, char *why, size_t whylen)
+{
+	return install_msr_filter(a->vm, why, whylen);
+}
+
+void apf_destroy(struct apf *a)
+{
+	apf_stop(a);
+	if (a->vm && a->vm->apf == a)
+		a->vm->apf = NULL;
+	for (unsigned i = 0; i < VMM_MAX_VCPUS; i++)
+		pthread_mutex_destroy(&a->vcpus[i].lock);
+	pthread_mutex_destroy(&a->token_lock);
+	pthread_mutex_destroy(&a->work_lock);
+	pthread_cond_destroy(&a->work_cond);
+}
+
+static uint32_t token_get(struct apf *a)
+{
+	uint32_t t = 0;
+
+	pthread_mutex_lock(&a->token_lock);
+	if (a->nfree)
+		t = a->free_tokens[--a->nfree];
+	pthread_mutex_unlock(&a->token_lock);
+	return t;
+}
+
+static void token_put(struct apf *a, uint32_t t)
+{
+	pthread_mutex_lock(&a->token_lock);
+	a->free_tokens[a->nfree++] = t;
+	pthread_mutex_unlock(&a->token_lock);
+}
+
+static uint8_t *area_of(struct vm *vm, struct apf_vcpu *av)
+{
+	return guest_mem_ptr(&vm->mem, av->msr_en & KVM_ASYNC_PF_GPA_MASK, 64);
+}
+
+/* Injects "page ready" for `token` into vCPU i: the token goes in the shared
+ * area, then the guest's vector as a fixed MSI to its APIC. Caller holds the
+ * vCPU's apf lock and has checked that no earlier ready awaits its ACK. */
+static void inject_ready(struct apf *a, unsigned i, uint32_t token)
+{
+	struct apf_vcpu *av = &a->vcpus[i];
+	uint8_t *area = area_of(a->vm, av);
+	struct kvm_msi msi = {.address_lo = 0xfee00000u | (i << 12), .data = av->vector};
+
+	if (!area)
+		return;
+	__atomic_store_n((uint32_t *)(area + 4), token, __ATOMIC_RELEASE);
+	av->ready_in_flight = true;
+	av->ready_token = token;
+	if (ioctl(a->vm->fd, KVM_SIGNAL_MSI, &msi) < 0)
+		lv_warn("vCPU %u: KVM_SIGNAL_MSI for page ready (vector 0x%x): %s", i, av->vector,
+		        strerror(errno));
+	atomic_fetch_add(&a->st.ready, 1);
+}
+
+static void page_is_in(struct apf *a, unsigned i, uint32_t token)
+{
+	struct apf_vcpu *av = &a->vcpus[i];
+
+	if (!atomic_load(&av->reentered))
+		atomic_fetch_add(&a->st.spurious, 1); /* ready before the guest even resumed */
+	pthread_mutex_lock(&av->lock);
+	if (!av->ready_in_flight)
+		inject_ready(a, i, token);
+	else if (av->qlen < APF_READY_QUEUE)
+		av->queue[(av->qhead + av->qlen++) % APF_READY_QUEUE] = token;
+	else
+		vm_fail(a->vm, "vCPU %u: more than %u page-ready events wait for the guest's ACK",
+		        i, APF_READY_QUEUE);
+	pthread_mutex_unlock(&av->lock);
+}
+
+static void *io_worker(void *arg)
+{
+	struct apf *a = arg;
+	unsigned slot;
+
+	pthread_mutex_lock(&a->work_lock);
+	slot = a->vm->nvcpus + a->nworkers++; /* resolver slots after the vCPUs' */
+	for (;;) {
+		while (!a->jlen && !a->stopping)
+			pthread_cond_wait(&a->work_cond, &a->work_lock);
+		if (a->stopping)
+			break;
+		struct apf_job job = a->jobs[a->jhead];
+		a->jhead = (a->jhead + 1) % APF_MAX_TOKENS;
+		a->jlen--;
+		pthread_mutex_unlock(&a->work_lock);
+		if (userfault_resolve_gpa(a->vm, slot, job.gpa) >= 0)
+			page_is_in(a, job.vcpu, job.token);
+		pthread_mutex_lock(&a->work_lock);
+	}
+	pthread_mutex_unlock(&a->work_lock);
+	return NULL;
+}
+
+int apf_start(struct apf *a)
+{
+	if (a->mode != APF_USER)
+		return 0;
+	for (unsigned i = 0; i < APF_IO_WORKERS; i++) {
+		int r = -pthread_create(&a->workers[i], NULL, io_worker, a);
+		if (r < 0) {
+			apf_stop(a);
+			return r;
+		}
+		a->started++;
+	}
+	return 0;
+}
+
+void apf_stop(struct apf *a)
+{
+	pthread_mutex_lock(&a->work_lock);
+	a->stopping = true;
+	pthread_cond_broadcast(&a->work_cond);
+	pthread_mutex_unlock(&a->work_lock);
+	for (unsigned i = 0; i < a->started; i++)
+		pthread_join(a->workers[i], NULL);
+	a->started = 0;
+}
+
+int apf_msr_exit(struct vcpu *v)
+{
+	struct vm *vm = v->vm;
+	struct apf *a = vm->apf;
+	struct kvm_run *run = v->run;
+	bool wr = run->exit_reason == KVM_EXIT_X86_WRMSR;
+
+	if (!a)
+		return 0;
+	struct apf_vcpu *av = &a->vcpus[v->index];
+	pthread_mutex_lock(&av->lock);
+	run->msr.error = 0;
+	switch (run->msr.index) {
+	case MSR_KVM_ASYNC_PF_EN:
+		if (!wr) {
+			run->msr.data = av->msr_en;
+		} else if ((run->msr.data & KVM_ASYNC_PF_ENABLED) &&
+		           !guest_mem_ptr(&vm->mem, run->msr.data & KVM_ASYNC_PF_GPA_MASK, 64)) {
+			run->msr.error = 1; /* an area outside RAM: #GP, as KVM does */
+		} else {
+			av->msr_en = run->msr.data;
+		}
+		break;
+	case MSR_KVM_ASYNC_PF_INT:
+		if (!wr)
+			run->msr.data = av->vector;
+		else if (run->msr.data < 32 || run->msr.data > 255)
+			run->msr.error = 1;
+		else
+			av->vector = (uint8_t)run->msr.data;
+		break;
+	case MSR_KVM_ASYNC_PF_ACK:
+		if (!wr) {
+			run->msr.data = 0;
+		} else if (run->msr.data & 1) {
+			/* The guest consumed the last "page ready": recycle its token and
+			 * deliver the next one. */
+			if (av->ready_in_flight) {
+				av->ready_in_flight = false;
+				if (av->ready_token != KVM_ASYNC_PF_READY_ALL_TOKEN)
+					token_put(a, av->ready_token);
+			}
+			if (av->qlen) {
+				uint32_t t = av->queue[av->qhead];
+				av->qhead = (av->qhead + 1) % APF_READY_QUEUE;
+				av->qlen--;
+				inject_ready(a, v->index, t);
+			}
+		}
+		break;
+	default: pthread_mutex_unlock(&av->lock); return 0;
+	}
+	pthread_mutex_unlock(&av->lock);
+	return 1;
+}
+
+void apf_entering(struct vcpu *v)
+{
+	if (v->vm->apf)
+		atomic_store(&v->vm->apf->vcpus[v->index].reentered, true);
+}
+
+/* Up to 15 instruction bytes at the guest's RIP (through its page tables). */
+static size_t fetch_insn(struct vcpu *v, const struct kvm_regs *regs, const struct kvm_sregs *sregs,
+                         uint8_t *out)
+{
+	size_t got = 0;
+
+	while (got < 15) {
+		uint64_t va = sregs->cs.base + regs->rip + got, gpa;
+		size_t chunk = 4096 - (va & 4095);
+		const uint8_t *p;
+
+		if (userfault_translate(v, sregs->cr3, va, &gpa) < 0)
+			break;
+		if (chunk > 15 - got)
+			chunk = 15 - got;
+		p = guest_mem_ptr(&v->vm->mem, gpa, chunk);
+		if (!p)
+			break;
+		memcpy(out + got, p, chunk);
+		got += chunk;
+	}
+	return got;
+}
+
+int apf_try_async(struct vcpu *v, uint64_t gpa)
+{
+	struct vm *vm = v->vm;
+	struct apf *a = vm->apf;
+	struct kvm_run *run = v->run;
+	struct kvm_regs regs;
+	struct kvm_sregs sregs;
+	struct kvm_vcpu_events ev;
+	uint8_t insn[15], *area;
+	uint32_t token;
+	int r;
+
+	if (!a || a->mode != APF_USER || a->policy == APF_POLICY_SYNC)
+		return 0;
+	struct apf_vcpu *av = &a->vcpus[v->index];
+	if (a->policy == APF_POLICY_HYBRID && a->source_latency_ns < a->slow_ns)
+		return 0; /* the page is local and quick: an APF pair would cost more */
+	if (!(av->msr_en & KVM_ASYNC_PF_ENABLED) || !(av->msr_en & KVM_ASYNC_PF_DELIVERY_AS_INT) ||
+	    !av->vector || run->exit_reason != KVM_EXIT_MMIO || run->mmio.is_write)
+		return 0;
+	if (ioctl(v->fd, KVM_GET_REGS, &regs) < 0 || ioctl(v->fd, KVM_GET_SREGS, &sregs) < 0 ||
+	    ioctl(v->fd, KVM_GET_VCPU_EVENTS, &ev) < 0)
+		return 0;
+	/* Only where the guest can take it now: interrupts on, nothing being
+	 * delivered, and CPL 3 unless the guest asked for SEND_ALWAYS. */
+	if (!(regs.rflags & (1u << 9)) || ev.exception.pending || ev.exception.injected ||
+	    ev.interrupt.injected || ev.nmi.injected || ev.nmi.pending ||
+	    (!(av->msr_en & KVM_ASYNC_PF_SEND_ALWAYS) && (sregs.cs.selector & 3) != 3)) {
+		atomic_fetch_add(&a->st.refused_state, 1);
+		return 0;
+	}
+	size_t n = fetch_insn(v, &regs, &sregs, insn);
+	if (!insn_undoable_read(insn, n)) {
+		atomic_fetch_add(&a->st.refused_unsafe, 1);
+		return 0;
+	}
+	area = area_of(vm, av);
+	if (!area || uf_bitmap_test(&vm->uf->bm, (av->msr_en & KVM_ASYNC_PF_GPA_MASK) / 4096))
+		return 0; /* the area itself is not in yet */
+	token = token_get(a);
+	if (!token)
+		return 0;
+	/* The read has not retired: complete it with placeholder bytes, then put
+	 * the registers back, so the instruction is undone exactly (it is one
+	 * that changes only registers and flags: checked above). */
+	memset(run->mmio.data, 0, sizeof(run->mmio.data));
+	r = vcpu_complete_exit(v);
+	if (r < 0 || ioctl(v->fd, KVM_SET_REGS, &regs) < 0) {
+		token_put(a, token);
+		vm_fail(vm, "vCPU %u: undoing a read for an async page fault: %s", v->index,
+		        strerror(r < 0 ? -r : errno));
+		return -1;
+	}
+	__atomic_store_n((uint32_t *)area, KVM_PV_REASON_PAGE_NOT_PRESENT, __ATOMIC_RELEASE);
+	if (ioctl(v->fd, KVM_GET_VCPU_EVENTS, &ev) < 0)
+		goto fail_inject;
+	ev.exception.pending = 1;
+	ev.exception.injected = 0;
+	ev.exception.nr = 14;
+	ev.exception.has_error_code = 1;
+	ev.exception.error_code = 0;
+	ev.exception_has_payload = 1;
+	ev.exception_payload = token;
+	ev.flags |= KVM_VCPUEVENT_VALID_PAYLOAD;
+	if (ioctl(v->fd, KVM_SET_VCPU_EVENTS, &ev) < 0)
+		goto fail_inject;
+	atomic_store(&av->reentered, false);
+	atomic_fetch_add(&a->st.not_present, 1);
+	pthread_mutex_lock(&a->work_lock);
+	a->jobs[(a->jhead + a->jlen++) % APF_MAX_TOKENS] =
+	    (struct apf_job){.vcpu = v->index, .gpa = gpa, .token = token};
+	pthread_cond_signal(&a->work_cond);
+	pthread_mutex_unlock(&a->work_lock);
+	return 1;
+fail_inject:
+	vm_fail(vm, "vCPU %u: injecting an async page fault: %s", v->index, strerror(errno));
+	return -1;
+}
