@@ -55,7 +55,7 @@ for vcpus in 1 2; do
         out=$(timeout 60 "$LAZYVM" restore "$snap" --load "$load" --json 2>"$T/err"); rc=$?
         if [ "$rc" -eq 0 ] && [ "$(json_field ok <<<"$out")" = True ] &&
             [ "$(json_field results <<<"$out")" -eq 3 ]; then
-            ok "restore --load $load ($vcpus vCPU): guest verified all data: $out"
+            ok "restore --load $load ($vcpus vCPU): guest verified all data (restore_ms $(json_field restore_ms <<<"$out"), run_ms $(json_field run_ms <<<"$out"))"
         else
             not_ok "restore --load $load ($vcpus vCPU): status $rc: $out $(tail -5 "$T/err")"
         fi
@@ -90,6 +90,38 @@ for vcpus in 1 2; do
         fi
     done
 done
+
+echo "# async page faults"
+apf="$T/snap-apf"
+expect "snapshot of a guest with async PF on" 0 "snapshot written" \
+    "$LAZYVM" run --mem 32M --vcpus 2 --workload "compute:4000+random:2M:40+scan:1M+random:1M:30" --snapshot-dir "$apf"
+# apf_check NAME ARGS: runs a restore, prints "injected guest_np guest_ready spurious ok"
+apf_run() { timeout 120 "$LAZYVM" restore "$apf" --intake exit --fault-around 1 --json "$@" 2>"$T/err" |
+    python3 -c "import json,sys; j=json.loads(sys.stdin.read().strip().splitlines()[-1]); print(j['apf_not_present'], j['guest_apf_not_present'], j['guest_apf_ready'], j['apf_spurious'], j['ok'], j['apf_note'] or '-')"; }
+read -r inj gnp grd spur okv note <<<"$(apf_run --apf user --policy async --source-latency 2ms)"
+if [ "$okv" = True ] && [ "$inj" -gt 0 ] && [ "$inj" = "$gnp" ] && [ "$grd" -ge "$gnp" ]; then
+    ok "user APF, slow source, 2 vCPUs: $inj not-present injected, the guest took $gnp and $grd ready; data verified"
+else
+    not_ok "user APF, slow source: injected $inj, guest $gnp/$grd, ok $okv $(tail -3 "$T/err")"
+fi
+read -r inj gnp grd spur okv note <<<"$(apf_run --apf user --policy hybrid)"
+[ "$okv" = True ] && [ "$inj" -eq 0 ] && [ "$gnp" -eq 0 ] &&
+    ok "hybrid policy, local file: no async page fault at all (no spurious pairs), data verified" ||
+    not_ok "hybrid policy, local file: injected $inj, guest $gnp, ok $okv"
+read -r inj gnp grd spur okv note <<<"$(apf_run --apf user --policy sync --source-latency 2ms)"
+[ "$okv" = True ] && [ "$inj" -eq 0 ] && ok "sync policy: no async page fault, data verified" ||
+    not_ok "sync policy: injected $inj, ok $okv"
+read -r inj gnp grd spur okv note <<<"$(apf_run --apf user --policy async)"
+[ "$okv" = True ] && [ "$inj" -gt 0 ] && [ "$inj" = "$gnp" ] &&
+    ok "async policy on short faults: $inj APFs ($spur counted spurious), data verified" ||
+    not_ok "async policy, short faults: injected $inj, guest $gnp, ok $okv"
+out=$(timeout 60 "$LAZYVM" restore "$apf" --apf kernel --json 2>"$T/err")
+if [ "$(json_field ok <<<"$out")" = True ] && grep -q "kernel async PF unavailable" <<<"$out"; then
+    ok "kernel APF: reported unavailable on this KVM, never faked (guest verified its data)"
+else
+    not_ok "kernel APF: $out $(tail -3 "$T/err")"
+fi
+expect "--apf user without --intake exit is refused" 1 "needs --intake exit" "$LAZYVM" restore "$apf" --apf user
 
 echo "# bad snapshots are refused before the guest runs"
 bad="$T/bad"
