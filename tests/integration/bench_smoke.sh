@@ -7,4 +7,5 @@ out=$(BENCH_QUICK=1 B="$B" bench/run 2>&1)
 echo "$out" | grep -E '^\| (lazyvm|floor)-block \| 1 ' || { echo "$out"; echo "fault_bench table missing"; exit 1; }
 echo "$out" | grep -E '^\| 64M \| lazy ' || { echo "$out"; echo "restore_bench table missing"; exit 1; }
 echo "$out" | grep -E '^\| 2 \| exit \|' || { echo "$out"; echo "intake table missing"; exit 1; }
+echo "$out" | grep -E '^\| both, apf user \|' || { echo "$out"; echo "apf table missing"; exit 1; }
 echo "bench smoke: ok"
