@@ -196,6 +196,8 @@ def apf_experiment(a):
             "both, apf off": (snaps["both"], base + ["--source-latency", lat, "--apf", "off"]),
             "both, apf user": (snaps["both"], base + ["--source-latency", lat, "--apf", "user",
                                                       "--policy", "hybrid"]),
+            "both, apf exitless": (snaps["both"], base + ["--source-latency", lat, "--apf", "exitless",
+                                                          "--policy", "hybrid"]),
             "cpu task alone": (snaps["cpu"], base + ["--source-latency", lat, "--apf", "off"]),
             "io task alone": (snaps["io"], base + ["--source-latency", lat, "--apf", "off"]),
             "short, policy async": (snaps["short"], base + ["--apf", "user", "--policy", "async"]),
@@ -218,18 +220,23 @@ def apf_experiment(a):
         print(f"- Machine: {machine()}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
         print(f"- 1 vCPU, 64 MiB; exit intake (sigbus), fault-around 1; {reps} reps interleaved;"
               f" cells are medians\n")
-        print("| case | run_ms | faults | APFs injected | guest took | spurious |")
-        print("|---|---:|---:|---:|---:|---:|")
+        print("| case | run_ms | faults | APFs injected | guest took | spurious | I/O wake-ups | eventfd signals |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|")
         for k in cases:
             print(f"| {k} | {run(k):.1f} | {med(k, lambda j: j['faults']):.0f} | "
                   f"{med(k, lambda j: j['apf_not_present']):.0f} | "
                   f"{med(k, lambda j: j['guest_apf_not_present']):.0f} | "
-                  f"{med(k, lambda j: j['apf_spurious']):.0f} |")
+                  f"{med(k, lambda j: j['apf_spurious']):.0f} | "
+                  f"{med(k, lambda j: j['apf_io_wakeups']):.0f} | "
+                  f"{med(k, lambda j: j['apf_notify_signals']):.0f} |")
         off, user = run("both, apf off"), run("both, apf user")
+        exitless = run("both, apf exitless")
         ideal = max(run("cpu task alone"), run("io task alone"))
         print(f"\n- compute:{n} + random:4M:{count} at {lat} a fault: apf user is **{(off / user - 1) * 100:.0f}%"
               f" faster** than off ({user:.0f} vs {off:.0f} ms; the RFC reported 26%); ideal overlap"
-              f" max(cpu, io) = {ideal:.0f} ms, user is **{user / ideal:.2f}x** of it")
+              f" max(cpu, io) = {ideal:.0f} ms, user is **{user / ideal:.2f}x** of it; exitless"
+              f" {exitless:.0f} ms (**{(off / exitless - 1) * 100:.0f}%** faster than off,"
+              f" {exitless / ideal:.2f}x of ideal)")
         h, s_ = run("short, policy hybrid"), run("short, policy sync")
         print(f"- short faults: hybrid injects {med('short, policy hybrid', lambda j: j['apf_not_present']):.0f}"
               f" APFs and runs in **{h / s_:.2f}x** the time of sync; async injects"

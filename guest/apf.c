@@ -93,10 +93,8 @@ void apf_init(void)
 		return;
 	}
 	if (!offered) {
-		msg_log("apf vcpu%u: off: CPUID 0x%x eax 0x%x lacks ASYNC_PF (bit %u) or "
-		        "ASYNC_PF_INT (bit %u)",
-		        c->index, KVM_CPUID_FEATURES, features, KVM_FEATURE_ASYNC_PF,
-		        KVM_FEATURE_ASYNC_PF_INT);
+		msg_log("apf vcpu%u: off: no ASYNC_PF and ASYNC_PF_INT (CPUID 0x%x eax 0x%x)",
+		        c->index, KVM_CPUID_FEATURES, features);
 		return;
 	}
 	/* The vector first: KVM refuses DELIVERY_AS_INT without one. Enabled
@@ -116,8 +114,7 @@ bool apf_enabled(void)
 	return this_apf()->enabled;
 }
 
-static __attribute__((noreturn)) void bad_fault(struct trap_frame *f, uint64_t cr2,
-                                                const char *why)
+static __attribute__((noreturn)) void bad_fault(struct trap_frame *f, uint64_t cr2, const char *why)
 {
 	char text[MSG_TEXT_MAX];
 
@@ -218,10 +215,11 @@ void apf_report(uint64_t *not_present, uint64_t *ready)
 
 		if (!a->enabled)
 			continue;
-		msg_log("apf vcpu%u: not-present %lu, ready %lu, ready-before-wait %lu, wake-all %lu, "
-		        "parked %u (max %u)",
-		        v, a->not_present, a->ready, a->ready_before_wait, a->wake_all,
-		        __atomic_load_n(&a->parked, __ATOMIC_RELAXED), a->parked_max);
+		msg_log(
+		    "apf vcpu%u: not-present %lu, ready %lu, ready-before-wait %lu, wake-all %lu, "
+		    "parked %u (max %u)",
+		    v, a->not_present, a->ready, a->ready_before_wait, a->wake_all,
+		    __atomic_load_n(&a->parked, __ATOMIC_RELAXED), a->parked_max);
 		if (a->evicted || a->nready)
 			msg_log("apf vcpu%u: %u ready token(s) never waited for, %lu dropped from "
 			        "a full set",

@@ -190,8 +190,7 @@ struct kvm_vcpu_pv_apf_data {
 #define GUEST_APF_VECTOR 0xecu
 
 _Static_assert(sizeof(struct kvm_vcpu_pv_apf_data) == 64, "async PF area layout");
-_Static_assert(__builtin_offsetof(struct kvm_vcpu_pv_apf_data, token) == 4,
-               "async PF area layout");
+_Static_assert(__builtin_offsetof(struct kvm_vcpu_pv_apf_data, token) == 4, "async PF area layout");
 
 _Static_assert(sizeof(struct guest_boot_info) == 336, "boot info layout");
 _Static_assert(sizeof(struct guest_msg) == 136, "guest_msg layout");

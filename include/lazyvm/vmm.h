@@ -12,9 +12,10 @@
 
 /* Async page faults (docs/USERFAULT.md). */
 enum vmm_apf {
-	VMM_APF_OFF,    /* every fault synchronous */
-	VMM_APF_USER,   /* the VMM injects "not present"/"page ready" (needs exit intake) */
-	VMM_APF_KERNEL, /* KVM's own async PF; probed: unavailable on emulating KVMs */
+	VMM_APF_OFF,      /* every fault synchronous */
+	VMM_APF_USER,     /* the VMM injects "not present"/"page ready" (needs exit intake) */
+	VMM_APF_EXITLESS, /* the same through per-vCPU notify/complete rings + eventfds */
+	VMM_APF_KERNEL,   /* KVM's own async PF; probed: unavailable on emulating KVMs */
 };
 enum vmm_apf_policy { VMM_POLICY_SYNC, VMM_POLICY_ASYNC, VMM_POLICY_HYBRID };
 
@@ -72,6 +73,7 @@ struct vmm_outcome {
 	uint64_t apf_refused_unsafe, apf_refused_state;
 	uint64_t guest_apf_not_present, guest_apf_ready;
 	char apf_note[160]; /* e.g. why kernel async PF is unavailable */
+	uint64_t apf_io_wakeups, apf_notify_signals;
 };
 
 const char *vmm_load_name(enum vmm_load l);

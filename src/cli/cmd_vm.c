@@ -93,7 +93,8 @@ static void report(const char *what, const char *load, uint64_t t0, const struct
 		    "\"results\":%u,\"results_failed\":%u,\"snapshot_written\":%s,"
 		    "\"exit_backend\":\"%s\",\"apf_not_present\":%llu,\"apf_ready\":%llu,"
 		    "\"apf_spurious\":%llu,\"apf_refused_unsafe\":%llu,\"apf_refused_state\":%llu,"
-		    "\"guest_apf_not_present\":%llu,\"guest_apf_ready\":%llu,\"apf_note\":",
+		    "\"guest_apf_not_present\":%llu,\"guest_apf_ready\":%llu,"
+		    "\"apf_io_wakeups\":%llu,\"apf_notify_signals\":%llu,\"apf_note\":",
 		    o->ok ? "true" : "false", load, ms(t0, o->t_first_entry_ns),
 		    ms(o->t_run_start_ns, o->t_done_ns), ms(t0, end), (unsigned long long)o->faults,
 		    (unsigned long long)o->pages_installed, (unsigned long long)o->bytes_read,
@@ -104,7 +105,8 @@ static void report(const char *what, const char *load, uint64_t t0, const struct
 		    (unsigned long long)o->apf_spurious, (unsigned long long)o->apf_refused_unsafe,
 		    (unsigned long long)o->apf_refused_state,
 		    (unsigned long long)o->guest_apf_not_present,
-		    (unsigned long long)o->guest_apf_ready);
+		    (unsigned long long)o->guest_apf_ready, (unsigned long long)o->apf_io_wakeups,
+		    (unsigned long long)o->apf_notify_signals);
 		print_json_string(o->apf_note);
 		printf(",\"error\":");
 		print_json_string(o->error);
@@ -317,9 +319,12 @@ int cmd_restore(int argc, char **argv)
 				cfg.apf = VMM_APF_USER;
 			else if (!strcmp(optarg, "kernel"))
 				cfg.apf = VMM_APF_KERNEL;
+			else if (!strcmp(optarg, "exitless"))
+				cfg.apf = VMM_APF_EXITLESS;
 			else {
 				fprintf(stderr,
-				        "lazyvm restore: --apf: '%s' is not off, user or kernel\n",
+				        "lazyvm restore: --apf: '%s' is not off, user, exitless or "
+				        "kernel\n",
 				        optarg);
 				return 2;
 			}

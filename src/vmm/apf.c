@@ -5,7 +5,10 @@
 #include <inttypes.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "lazyvm/log.h"
 #include "lazyvm/units.h"
@@ -19,7 +22,7 @@
 
 const char *apf_mode_name(enum apf_mode m)
 {
-	static const char *const names[] = {"off", "user", "kernel"};
+	static const char *const names[] = {"off", "user", "exitless", "kernel"};
 
 	return names[m];
 }
@@ -73,6 +76,64 @@ int apf_init(struct apf *a, struct vm *vm, enum apf_mode mode, enum apf_policy p
 	/* Tokens 1..APF_MAX_TOKENS: never 0, never the wake-all token. */
 	for (unsigned i = 0; i < APF_MAX_TOKENS; i++)
 		a->free_tokens[a->nfree++] = APF_MAX_TOKENS - i;
+	a->notify_efd = -1;
+	for (unsigned i = 0; i < VMM_MAX_VCPUS; i++)
+		a->vcpus[i].complete_efd = -1;
+	for (unsigned i = 0; i < vm->nvcpus; i++) {
+		struct apf_vcpu *av = &a->vcpus[i];
+
+		av->rings =
+		    mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+		if (av->rings == MAP_FAILED) {
+			av->rings = NULL;
+			snprintf(why, whylen, "ring page: %s", strerror(errno));
+			return -ENOMEM;
+		}
+		apf_rings_init(av->rings);
+		if (mode == APF_EXITLESS &&
+		    (av->complete_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) < 0) {
+			snprintf(why, whylen, "eventfd: %s", strerror(errno));
+			return -errno;
+		}
+	}
+	if (mode == APF_EXITLESS && (a->notify_efd = eventfd(0, EFD_CLOEXEC)) < 0) {
+		snprintf(why, whylen, "eventfd: %s", strerror(errno));
+		return -errno;
+	}
+	return 0;
+}
+
+#define APF_GSI_BASE 32u
+
+int apf_route_irqfds(struct apf *a)
+{
+	struct {
+		struct kvm_irq_routing hdr;
+		struct kvm_irq_routing_entry e[VMM_MAX_VCPUS];
+	} rt = {0};
+	unsigned n = 0;
+
+	if (a->mode != APF_EXITLESS)
+		return 0;
+	/* The guest uses neither PIC nor IOAPIC: the table holds only these. */
+	for (unsigned i = 0; i < a->vm->nvcpus; i++) {
+		if (!a->vcpus[i].vector)
+			continue;
+		rt.e[n++] = (struct kvm_irq_routing_entry){
+		    .gsi = APF_GSI_BASE + i,
+		    .type = KVM_IRQ_ROUTING_MSI,
+		    .u.msi = {.address_lo = 0xfee00000u | (i << 12), .data = a->vcpus[i].vector}};
+	}
+	rt.hdr.nr = n;
+	if (ioctl(a->vm->fd, KVM_SET_GSI_ROUTING, &rt) < 0)
+		return -errno;
+	for (unsigned i = 0; i < a->vm->nvcpus && !a->irqfds_bound; i++) {
+		struct kvm_irqfd fd = {.fd = (uint32_t)a->vcpus[i].complete_efd,
+		                       .gsi = APF_GSI_BASE + i};
+		if (a->vcpus[i].vector && ioctl(a->vm->fd, KVM_IRQFD, &fd) < 0)
+			return -errno;
+	}
+	a->irqfds_bound = true;
 	return 0;
 }
 
@@ -86,8 +147,15 @@ void apf_destroy(struct apf *a)
 	apf_stop(a);
 	if (a->vm && a->vm->apf == a)
 		a->vm->apf = NULL;
-	for (unsigned i = 0; i < VMM_MAX_VCPUS; i++)
+	for (unsigned i = 0; i < VMM_MAX_VCPUS; i++) {
 		pthread_mutex_destroy(&a->vcpus[i].lock);
+		if (a->vcpus[i].rings)
+			munmap(a->vcpus[i].rings, 4096);
+		if (a->vcpus[i].complete_efd >= 0)
+			close(a->vcpus[i].complete_efd);
+	}
+	if (a->notify_efd >= 0)
+		close(a->notify_efd);
 	pthread_mutex_destroy(&a->token_lock);
 	pthread_mutex_destroy(&a->work_lock);
 	pthread_cond_destroy(&a->work_cond);
@@ -116,41 +184,84 @@ static uint8_t *area_of(struct vm *vm, struct apf_vcpu *av)
 	return guest_mem_ptr(&vm->mem, av->msr_en & KVM_ASYNC_PF_GPA_MASK, 64);
 }
 
-/* Injects "page ready" for `token` into vCPU i: the token goes in the shared
- * area, then the guest's vector as a fixed MSI to its APIC. Caller holds the
- * vCPU's apf lock and has checked that no earlier ready awaits its ACK. */
-static void inject_ready(struct apf *a, unsigned i, uint32_t token)
+/* Delivers the next "page ready" of vCPU i if the guest has ACKed the last one:
+ * the token goes in the shared area, then the guest's vector, as an MSI
+ * (user) or through the vCPU's irqfd (exitless: no ioctl, KVM raises it).
+ * Caller holds the vCPU's apf lock (the complete ring's consumer side). */
+static void deliver_next(struct apf *a, unsigned i)
 {
 	struct apf_vcpu *av = &a->vcpus[i];
 	uint8_t *area = area_of(a->vm, av);
-	struct kvm_msi msi = {.address_lo = 0xfee00000u | (i << 12), .data = av->vector};
+	struct apf_ring_entry e;
 
-	if (!area)
+	if (av->ready_in_flight || !area || !apf_ring_pop(&av->rings->complete, &e))
 		return;
-	__atomic_store_n((uint32_t *)(area + 4), token, __ATOMIC_RELEASE);
+	__atomic_store_n((uint32_t *)(area + 4), (uint32_t)e.flags, __ATOMIC_RELEASE);
 	av->ready_in_flight = true;
-	av->ready_token = token;
-	if (ioctl(a->vm->fd, KVM_SIGNAL_MSI, &msi) < 0)
-		lv_warn("vCPU %u: KVM_SIGNAL_MSI for page ready (vector 0x%x): %s", i, av->vector,
-		        strerror(errno));
+	av->ready_token = (uint32_t)e.flags;
+	if (a->mode == APF_EXITLESS) {
+		uint64_t one = 1;
+		if (write(av->complete_efd, &one, sizeof(one)) < 0)
+			lv_warn("vCPU %u: page-ready eventfd: %s", i, strerror(errno));
+	} else {
+		struct kvm_msi msi = {.address_lo = 0xfee00000u | (i << 12), .data = av->vector};
+		if (ioctl(a->vm->fd, KVM_SIGNAL_MSI, &msi) < 0)
+			lv_warn("vCPU %u: KVM_SIGNAL_MSI for page ready (vector 0x%x): %s", i,
+			        av->vector, strerror(errno));
+	}
 	atomic_fetch_add(&a->st.ready, 1);
 }
 
-static void page_is_in(struct apf *a, unsigned i, uint32_t token)
+static void page_is_in(struct apf *a, unsigned i, uint64_t gpa, uint32_t token)
 {
 	struct apf_vcpu *av = &a->vcpus[i];
+	struct apf_ring_entry e = {.gpa = gpa, .flags = token};
 
 	if (!atomic_load(&av->reentered))
 		atomic_fetch_add(&a->st.spurious, 1); /* ready before the guest even resumed */
 	pthread_mutex_lock(&av->lock);
-	if (!av->ready_in_flight)
-		inject_ready(a, i, token);
-	else if (av->qlen < APF_READY_QUEUE)
-		av->queue[(av->qhead + av->qlen++) % APF_READY_QUEUE] = token;
-	else
-		vm_fail(a->vm, "vCPU %u: more than %u page-ready events wait for the guest's ACK",
-		        i, APF_READY_QUEUE);
+	/* Cannot be full: a vCPU has at most APF_RING_ENTRIES faults outstanding. */
+	if (!apf_ring_push(&av->rings->complete, &e))
+		vm_fail(a->vm, "vCPU %u: complete ring full", i);
+	deliver_next(a, i);
 	pthread_mutex_unlock(&av->lock);
+}
+
+/* Exitless I/O task: one thread serving every vCPU's notify ring. */
+static void *ring_worker(void *arg)
+{
+	struct apf *a = arg;
+	unsigned slot = a->vm->nvcpus, nv = a->vm->nvcpus;
+
+	while (!__atomic_load_n(&a->stopping, __ATOMIC_ACQUIRE)) {
+		bool any = false;
+
+		for (unsigned i = 0; i < nv; i++) {
+			struct apf_ring_entry e;
+
+			while (apf_ring_pop(&a->vcpus[i].rings->notify, &e)) {
+				any = true;
+				if (userfault_resolve_gpa(a->vm, slot, e.gpa) >= 0)
+					page_is_in(a, i, e.gpa, (uint32_t)e.flags);
+			}
+		}
+		if (any)
+			continue;
+		/* Nothing to do: arm every ring, look once more, then sleep. */
+		for (unsigned i = 0; i < nv; i++)
+			atomic_fetch_or(&a->vcpus[i].rings->flags, APF_RINGS_NOTIFY_ARMED);
+		atomic_thread_fence(memory_order_seq_cst);
+		for (unsigned i = 0; i < nv && !any; i++)
+			any = !apf_ring_empty(&a->vcpus[i].rings->notify);
+		if (!any && !__atomic_load_n(&a->stopping, __ATOMIC_ACQUIRE)) {
+			uint64_t v;
+			if (read(a->notify_efd, &v, sizeof(v)) > 0)
+				atomic_fetch_add(&a->st.io_wakeups, 1);
+		}
+		for (unsigned i = 0; i < nv; i++)
+			atomic_fetch_and(&a->vcpus[i].rings->flags, ~APF_RINGS_NOTIFY_ARMED);
+	}
+	return NULL;
 }
 
 static void *io_worker(void *arg)
@@ -161,8 +272,11 @@ static void *io_worker(void *arg)
 	pthread_mutex_lock(&a->work_lock);
 	slot = a->vm->nvcpus + a->nworkers++; /* resolver slots after the vCPUs' */
 	for (;;) {
-		while (!a->jlen && !a->stopping)
-			pthread_cond_wait(&a->work_cond, &a->work_lock);
+		if (!a->jlen && !a->stopping) {
+			while (!a->jlen && !a->stopping)
+				pthread_cond_wait(&a->work_cond, &a->work_lock);
+			atomic_fetch_add(&a->st.io_wakeups, 1);
+		}
 		if (a->stopping)
 			break;
 		struct apf_job job = a->jobs[a->jhead];
@@ -170,7 +284,7 @@ static void *io_worker(void *arg)
 		a->jlen--;
 		pthread_mutex_unlock(&a->work_lock);
 		if (userfault_resolve_gpa(a->vm, slot, job.gpa) >= 0)
-			page_is_in(a, job.vcpu, job.token);
+			page_is_in(a, job.vcpu, job.gpa, job.token);
 		pthread_mutex_lock(&a->work_lock);
 	}
 	pthread_mutex_unlock(&a->work_lock);
@@ -179,10 +293,12 @@ static void *io_worker(void *arg)
 
 int apf_start(struct apf *a)
 {
-	if (a->mode != APF_USER)
+	if (a->mode != APF_USER && a->mode != APF_EXITLESS)
 		return 0;
-	for (unsigned i = 0; i < APF_IO_WORKERS; i++) {
-		int r = -pthread_create(&a->workers[i], NULL, io_worker, a);
+	/* Exitless: one I/O task for every vCPU (the point of the wake-up rule). */
+	for (unsigned i = 0; i < (a->mode == APF_EXITLESS ? 1 : APF_IO_WORKERS); i++) {
+		int r = -pthread_create(&a->workers[i], NULL,
+		                        a->mode == APF_EXITLESS ? ring_worker : io_worker, a);
 		if (r < 0) {
 			apf_stop(a);
 			return r;
@@ -195,9 +311,14 @@ int apf_start(struct apf *a)
 void apf_stop(struct apf *a)
 {
 	pthread_mutex_lock(&a->work_lock);
-	a->stopping = true;
+	__atomic_store_n(&a->stopping, true, __ATOMIC_RELEASE);
 	pthread_cond_broadcast(&a->work_cond);
 	pthread_mutex_unlock(&a->work_lock);
+	if (a->notify_efd >= 0) {
+		uint64_t one = 1;
+		if (write(a->notify_efd, &one, sizeof(one)) < 0)
+			(void)0; /* a fresh eventfd cannot be full */
+	}
 	for (unsigned i = 0; i < a->started; i++)
 		pthread_join(a->workers[i], NULL);
 	a->started = 0;
@@ -231,8 +352,11 @@ int apf_msr_exit(struct vcpu *v)
 			run->msr.data = av->vector;
 		else if (run->msr.data < 32 || run->msr.data > 255)
 			run->msr.error = 1;
-		else
+		else {
 			av->vector = (uint8_t)run->msr.data;
+			if (a->mode == APF_EXITLESS && apf_route_irqfds(a) < 0)
+				run->msr.error = 1;
+		}
 		break;
 	case MSR_KVM_ASYNC_PF_ACK:
 		if (!wr) {
@@ -242,15 +366,12 @@ int apf_msr_exit(struct vcpu *v)
 			 * deliver the next one. */
 			if (av->ready_in_flight) {
 				av->ready_in_flight = false;
-				if (av->ready_token != KVM_ASYNC_PF_READY_ALL_TOKEN)
+				if (av->ready_token != KVM_ASYNC_PF_READY_ALL_TOKEN) {
 					token_put(a, av->ready_token);
+					atomic_fetch_sub(&av->outstanding, 1);
+				}
 			}
-			if (av->qlen) {
-				uint32_t t = av->queue[av->qhead];
-				av->qhead = (av->qhead + 1) % APF_READY_QUEUE;
-				av->qlen--;
-				inject_ready(a, v->index, t);
-			}
+			deliver_next(a, v->index);
 		}
 		break;
 	default: pthread_mutex_unlock(&av->lock); return 0;
@@ -301,7 +422,7 @@ int apf_try_async(struct vcpu *v, uint64_t gpa)
 	uint32_t token;
 	int r;
 
-	if (!a || a->mode != APF_USER || a->policy == APF_POLICY_SYNC)
+	if (!a || (a->mode != APF_USER && a->mode != APF_EXITLESS) || a->policy == APF_POLICY_SYNC)
 		return 0;
 	struct apf_vcpu *av = &a->vcpus[v->index];
 	if (a->policy == APF_POLICY_HYBRID && a->source_latency_ns < a->slow_ns)
@@ -328,6 +449,9 @@ int apf_try_async(struct vcpu *v, uint64_t gpa)
 	area = area_of(vm, av);
 	if (!area || uf_bitmap_test(&vm->uf->bm, (av->msr_en & KVM_ASYNC_PF_GPA_MASK) / 4096))
 		return 0; /* the area itself is not in yet */
+	/* Room for one more outstanding fault on this vCPU (the rings' size). */
+	if (atomic_load(&av->outstanding) >= APF_RING_ENTRIES)
+		return 0;
 	token = token_get(a);
 	if (!token)
 		return 0;
@@ -357,6 +481,21 @@ int apf_try_async(struct vcpu *v, uint64_t gpa)
 		goto fail_inject;
 	atomic_store(&av->reentered, false);
 	atomic_fetch_add(&a->st.not_present, 1);
+	atomic_fetch_add(&av->outstanding, 1);
+	if (a->mode == APF_EXITLESS) {
+		/* The fault goes on this vCPU's notify ring; the I/O task is woken
+		 * only if it had armed the ring (found nothing and went to sleep). */
+		struct apf_ring_entry e = {.gpa = gpa, .flags = token};
+		uint64_t one = 1;
+
+		apf_ring_push(&av->rings->notify, &e); /* room: outstanding < ring size */
+		if (apf_rings_need_wakeup(av->rings)) {
+			atomic_fetch_add(&a->st.notify_signals, 1);
+			if (write(a->notify_efd, &one, sizeof(one)) < 0)
+				(void)0; /* the counter cannot overflow */
+		}
+		return 1;
+	}
 	pthread_mutex_lock(&a->work_lock);
 	a->jobs[(a->jhead + a->jlen++) % APF_MAX_TOKENS] =
 	    (struct apf_job){.vcpu = v->index, .gpa = gpa, .token = token};

@@ -14,11 +14,12 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "apf_rings.h"
 #include "vmm.h"
 
 /* The Linux PV async PF ABI names come from include/lazyvm/guest_abi.h. */
 
-enum apf_mode { APF_OFF, APF_USER, APF_KERNEL };
+enum apf_mode { APF_OFF, APF_USER, APF_EXITLESS, APF_KERNEL };
 enum apf_policy { APF_POLICY_SYNC, APF_POLICY_ASYNC, APF_POLICY_HYBRID };
 
 const char *apf_mode_name(enum apf_mode m);
@@ -30,18 +31,23 @@ const char *apf_policy_name(enum apf_policy p);
 
 struct apf_vcpu {
 	pthread_mutex_t lock;
-	uint64_t msr_en;                 /* the guest's MSR_KVM_ASYNC_PF_EN */
-	uint8_t vector;                  /* MSR_KVM_ASYNC_PF_INT */
-	bool ready_in_flight;            /* a "page ready" was injected and not yet ACKed */
-	uint32_t ready_token;            /* its token (recycled at the ACK) */
-	uint32_t queue[APF_READY_QUEUE]; /* tokens whose page is in, waiting for the ACK */
-	unsigned qhead, qlen;
-	_Atomic bool reentered; /* the vCPU re-entered the guest since its last injection */
+	uint64_t msr_en;              /* the guest's MSR_KVM_ASYNC_PF_EN */
+	uint8_t vector;               /* MSR_KVM_ASYNC_PF_INT */
+	bool ready_in_flight;         /* a "page ready" was injected and not yet ACKed */
+	uint32_t ready_token;         /* its token (recycled at the ACK) */
+	struct apf_rings_page *rings; /* notify (exitless) and complete rings; the
+	                               * complete ring holds pages that are in and
+	                               * wait for the guest's ACK of the last ready */
+	_Atomic unsigned outstanding; /* async faults of this vCPU not yet ACKed */
+	int complete_efd;             /* exitless: irqfd raising the guest's vector */
+	_Atomic bool reentered;       /* the vCPU re-entered the guest since its last injection */
 };
 
 struct apf_stats {
 	_Atomic uint64_t not_present, ready, sync_faults, spurious, refused_unsafe, refused_state;
 	_Atomic uint64_t async_ns, sync_ns; /* time spent per class, vCPU side */
+	_Atomic uint64_t io_wakeups;        /* an I/O worker woke from sleep */
+	_Atomic uint64_t notify_signals;    /* exitless: eventfd writes by the fault intake */
 };
 
 struct apf {
@@ -65,6 +71,8 @@ struct apf {
 	} jobs[APF_MAX_TOKENS];
 	unsigned jhead, jlen;
 	bool stopping;
+	int notify_efd; /* exitless: wakes the I/O task, under the NOTIFY_ARMED rule */
+	bool irqfds_bound;
 	pthread_t workers[APF_IO_WORKERS];
 	unsigned nworkers, started;
 	struct apf_stats st;
@@ -79,6 +87,10 @@ int apf_capture_msrs(struct apf *a, char *why, size_t whylen);
 int apf_start(struct apf *a); /* the I/O workers (user mode) */
 void apf_stop(struct apf *a);
 void apf_destroy(struct apf *a); /* stops, detaches from the VM */
+
+/* Exitless: route each vCPU's complete eventfd to its "page ready" vector
+ * (KVM_IRQFD + MSI routing), once the vectors are known. */
+int apf_route_irqfds(struct apf *a);
 
 /* A userspace MSR exit for one of the APF MSRs: 1 handled, 0 not ours. */
 int apf_msr_exit(struct vcpu *v);

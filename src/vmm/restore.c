@@ -435,8 +435,10 @@ static int prefetch_core(struct restore *rs, struct vm *vm)
  * (kernel: KVM's own async PF). */
 static int setup_apf(struct restore *rs, struct vm *vm)
 {
-	static const enum apf_mode modes[] = {
-	    [VMM_APF_OFF] = APF_OFF, [VMM_APF_USER] = APF_USER, [VMM_APF_KERNEL] = APF_KERNEL};
+	static const enum apf_mode modes[] = {[VMM_APF_OFF] = APF_OFF,
+	                                      [VMM_APF_USER] = APF_USER,
+	                                      [VMM_APF_EXITLESS] = APF_EXITLESS,
+	                                      [VMM_APF_KERNEL] = APF_KERNEL};
 	static const enum apf_policy policies[] = {[VMM_POLICY_SYNC] = APF_POLICY_SYNC,
 	                                           [VMM_POLICY_ASYNC] = APF_POLICY_ASYNC,
 	                                           [VMM_POLICY_HYBRID] = APF_POLICY_HYBRID};
@@ -481,6 +483,9 @@ static int setup_apf(struct restore *rs, struct vm *vm)
 	}
 	if (rs->cfg->apf != VMM_APF_KERNEL)
 		vm->apf = &rs->apf;
+	if ((r = apf_route_irqfds(&rs->apf)) < 0)
+		return fail(rs, r, "async page faults: routing the page-ready irqfds: %s",
+		            strerror(-r));
 	if ((r = apf_start(&rs->apf)) < 0)
 		return fail(rs, r, "async page fault workers: %s", strerror(-r));
 	return 0;
@@ -582,6 +587,8 @@ int vmm_restore(const struct vmm_restore_config *cfg, struct vmm_outcome *out)
 		out->apf_spurious = rs.apf.st.spurious;
 		out->apf_refused_unsafe = rs.apf.st.refused_unsafe;
 		out->apf_refused_state = rs.apf.st.refused_state;
+		out->apf_io_wakeups = rs.apf.st.io_wakeups;
+		out->apf_notify_signals = rs.apf.st.notify_signals;
 		if (cfg->apf == VMM_APF_KERNEL && out->ok && out->guest_apf_not_present == 0)
 			snprintf(out->apf_note, sizeof(out->apf_note),
 			         "kernel async PF unavailable: KVM delivered none (this KVM blocks "

@@ -104,6 +104,12 @@ if [ "$okv" = True ] && [ "$inj" -gt 0 ] && [ "$inj" = "$gnp" ] && [ "$grd" -ge 
 else
     not_ok "user APF, slow source: injected $inj, guest $gnp/$grd, ok $okv $(tail -3 "$T/err")"
 fi
+read -r inj gnp grd spur okv note <<<"$(apf_run --apf exitless --policy async --source-latency 2ms)"
+if [ "$okv" = True ] && [ "$inj" -gt 0 ] && [ "$inj" = "$gnp" ] && [ "$grd" -ge "$gnp" ]; then
+    ok "exitless APF (rings + eventfds + irqfd), 2 vCPUs: $inj not-present, the guest took $gnp and $grd ready; data verified"
+else
+    not_ok "exitless APF: injected $inj, guest $gnp/$grd, ok $okv $(tail -3 "$T/err")"
+fi
 read -r inj gnp grd spur okv note <<<"$(apf_run --apf user --policy hybrid)"
 [ "$okv" = True ] && [ "$inj" -eq 0 ] && [ "$gnp" -eq 0 ] &&
     ok "hybrid policy, local file: no async page fault at all (no spurious pairs), data verified" ||
