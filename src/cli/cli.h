@@ -11,6 +11,13 @@ int cmd_probe(int argc, char **argv);
 /* Option parsing helpers: print "lazyvm CMD: --opt: why" and return -1 on error. */
 int cli_size(const char *cmd, const char *opt, const char *val, unsigned long long *out);
 int cli_duration(const char *cmd, const char *opt, const char *val, unsigned long long *ns);
+/* `val` must be one of names[0..n): *out gets its index. Otherwise prints
+ * "lazyvm CMD: OPT: 'val' is not a, b or c" and returns -1. */
+int cli_choice(const char *cmd, const char *opt, const char *val, const char *const *names,
+               unsigned n, int *out);
+#define CLI_CHOICE(cmd, opt, val, names, out)                                                      \
+	cli_choice(cmd, opt, val, names, sizeof(names) / sizeof(names[0]), out)
+
 int cli_uint(const char *cmd, const char *opt, const char *val, unsigned min, unsigned max,
              unsigned *out);
 

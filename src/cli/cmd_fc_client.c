@@ -81,21 +81,16 @@ int cmd_fc_client(int argc, char **argv)
 			if (cli_uint(cmd, "--seed", optarg, 0, 0x7fffffff, &seed) < 0)
 				return 2;
 			break;
-		case 'F':
-			if (!strcmp(optarg, "both"))
-				fields = FC_FIELDS_BOTH;
-			else if (!strcmp(optarg, "page_size"))
-				fields = FC_FIELDS_PAGE_SIZE;
-			else if (!strcmp(optarg, "page_size_kib"))
-				fields = FC_FIELDS_KIB;
-			else {
-				fprintf(stderr,
-				        "lazyvm fc-client: --fields: '%s' is not both, page_size "
-				        "or page_size_kib\n",
-				        optarg);
+		case 'F': {
+			/* in enum fc_fields order */
+			static const char *const fieldsets[] = {"both", "page_size",
+			                                        "page_size_kib"};
+			int k;
+			if (CLI_CHOICE(cmd, "--fields", optarg, fieldsets, &k) < 0)
 				return 2;
-			}
+			fields = (enum fc_fields)k;
 			break;
+		}
 		case 'n': check_remove = false; break;
 		case 'b':
 			if (fc_bad_parse(optarg, &bad) < 0) {

@@ -97,19 +97,14 @@ int cmd_fc_handler(int argc, char **argv)
 			if (cli_uint(cmd, "--threads", optarg, 1, 64, &cfg.threads_per_vm) < 0)
 				return 2;
 			break;
-		case 'i':
-			if (!strcmp(optarg, "block"))
-				cfg.intake = ENGINE_INTAKE_BLOCK;
-			else if (!strcmp(optarg, "busy"))
-				cfg.intake = ENGINE_INTAKE_BUSY;
-			else {
-				fprintf(
-				    stderr,
-				    "lazyvm fc-handler: --intake: '%s' is neither block nor busy\n",
-				    optarg);
+		case 'i': {
+			static const char *const intakes[] = {"block", "busy"};
+			int k;
+			if (CLI_CHOICE(cmd, "--intake", optarg, intakes, &k) < 0)
 				return 2;
-			}
+			cfg.intake = k ? ENGINE_INTAKE_BUSY : ENGINE_INTAKE_BLOCK;
 			break;
+		}
 		case 'b':
 			if (cli_duration(cmd, "--busy-idle", optarg, &v) < 0)
 				return 2;
@@ -125,19 +120,14 @@ int cmd_fc_handler(int argc, char **argv)
 				return 2;
 			cfg.source_latency_ns = v;
 			break;
-		case 'f':
-			if (!strcmp(optarg, "kill"))
-				cfg.on_fatal = FC_ON_FATAL_KILL;
-			else if (!strcmp(optarg, "report"))
-				cfg.on_fatal = FC_ON_FATAL_REPORT;
-			else {
-				fprintf(stderr,
-				        "lazyvm fc-handler: --on-fatal: '%s' is neither kill nor "
-				        "report\n",
-				        optarg);
+		case 'f': {
+			static const char *const policies[] = {"kill", "report"};
+			int k;
+			if (CLI_CHOICE(cmd, "--on-fatal", optarg, policies, &k) < 0)
 				return 2;
-			}
+			cfg.on_fatal = k ? FC_ON_FATAL_REPORT : FC_ON_FATAL_KILL;
 			break;
+		}
 		case 'T':
 			if (cli_duration(cmd, "--handshake-timeout", optarg, &v) < 0 || v == 0) {
 				fprintf(

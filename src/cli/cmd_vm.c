@@ -213,17 +213,14 @@ int cmd_run(int argc, char **argv)
 			cfg.timeslice_us = (uint32_t)(v / 1000);
 			break;
 		case 'd': cfg.snapshot_dir = optarg; break;
-		case 'P':
-			if (!strcmp(optarg, "on"))
-				cfg.apf = VMM_APF_USER;
-			else if (!strcmp(optarg, "off"))
-				cfg.apf = VMM_APF_OFF;
-			else {
-				fprintf(stderr, "lazyvm run: --apf: '%s' is neither on nor off\n",
-				        optarg);
+		case 'P': {
+			static const char *const onoff[] = {"off", "on"};
+			int k;
+			if (CLI_CHOICE(cmd, "--apf", optarg, onoff, &k) < 0)
 				return 2;
-			}
+			cfg.apf = k ? VMM_APF_USER : VMM_APF_OFF;
 			break;
+		}
 		case 'j': json = true; break;
 		case 'h': fputs(run_help, stdout); return 0;
 		default: fputs("Run 'lazyvm run --help' for the options.\n", stderr); return 2;
@@ -269,20 +266,15 @@ int cmd_restore(int argc, char **argv)
 	optind = 1;
 	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
 		switch (c) {
-		case 'l':
-			if (!strcmp(optarg, "eager"))
-				cfg.load = VMM_LOAD_EAGER;
-			else if (!strcmp(optarg, "mmap"))
-				cfg.load = VMM_LOAD_MMAP;
-			else if (!strcmp(optarg, "lazy"))
-				cfg.load = VMM_LOAD_LAZY;
-			else {
-				fprintf(stderr,
-				        "lazyvm restore: --load: '%s' is not eager, mmap or lazy\n",
-				        optarg);
+		case 'l': {
+			/* in enum vmm_load order */
+			static const char *const loads[] = {"eager", "mmap", "lazy"};
+			int k;
+			if (CLI_CHOICE(cmd, "--load", optarg, loads, &k) < 0)
 				return 2;
-			}
+			cfg.load = (enum vmm_load)k;
 			break;
+		}
 		case 'L':
 			if (cli_duration(cmd, "--source-latency", optarg, &v) < 0)
 				return 2;
@@ -293,57 +285,37 @@ int cmd_restore(int argc, char **argv)
 			             &cfg.handler_threads) < 0)
 				return 2;
 			break;
-		case 'i':
-			if (!strcmp(optarg, "block"))
-				cfg.intake = ENGINE_INTAKE_BLOCK;
-			else if (!strcmp(optarg, "busy"))
-				cfg.intake = ENGINE_INTAKE_BUSY;
-			else if (!strcmp(optarg, "exit"))
-				cfg.exit_intake = true;
-			else {
-				fprintf(
-				    stderr,
-				    "lazyvm restore: --intake: '%s' is not block, busy or exit\n",
-				    optarg);
+		case 'i': {
+			static const char *const intakes[] = {"block", "busy", "exit"};
+			int k;
+			if (CLI_CHOICE(cmd, "--intake", optarg, intakes, &k) < 0)
 				return 2;
-			}
+			cfg.intake = k == 1 ? ENGINE_INTAKE_BUSY : ENGINE_INTAKE_BLOCK;
+			cfg.exit_intake = k == 2;
 			break;
+		}
 		case 'A':
 			if (cli_uint(cmd, "--fault-around", optarg, 1, 64, &cfg.fault_around) < 0)
 				return 2;
 			break;
-		case 'P':
-			if (!strcmp(optarg, "off"))
-				cfg.apf = VMM_APF_OFF;
-			else if (!strcmp(optarg, "user"))
-				cfg.apf = VMM_APF_USER;
-			else if (!strcmp(optarg, "kernel"))
-				cfg.apf = VMM_APF_KERNEL;
-			else if (!strcmp(optarg, "exitless"))
-				cfg.apf = VMM_APF_EXITLESS;
-			else {
-				fprintf(stderr,
-				        "lazyvm restore: --apf: '%s' is not off, user, exitless or "
-				        "kernel\n",
-				        optarg);
+		case 'P': {
+			/* in enum vmm_apf order */
+			static const char *const apfs[] = {"off", "user", "exitless", "kernel"};
+			int k;
+			if (CLI_CHOICE(cmd, "--apf", optarg, apfs, &k) < 0)
 				return 2;
-			}
+			cfg.apf = (enum vmm_apf)k;
 			break;
-		case 'O':
-			if (!strcmp(optarg, "sync"))
-				cfg.policy = VMM_POLICY_SYNC;
-			else if (!strcmp(optarg, "async"))
-				cfg.policy = VMM_POLICY_ASYNC;
-			else if (!strcmp(optarg, "hybrid"))
-				cfg.policy = VMM_POLICY_HYBRID;
-			else {
-				fprintf(
-				    stderr,
-				    "lazyvm restore: --policy: '%s' is not sync, async or hybrid\n",
-				    optarg);
+		}
+		case 'O': {
+			/* in enum vmm_apf_policy order */
+			static const char *const policies[] = {"sync", "async", "hybrid"};
+			int k;
+			if (CLI_CHOICE(cmd, "--policy", optarg, policies, &k) < 0)
 				return 2;
-			}
+			cfg.policy = (enum vmm_apf_policy)k;
 			break;
+		}
 		case 'j': json = true; break;
 		case 'h': fputs(restore_help, stdout); return 0;
 		default: fputs("Run 'lazyvm restore --help' for the options.\n", stderr); return 2;

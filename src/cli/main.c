@@ -61,6 +61,20 @@ int cli_duration(const char *cmd, const char *opt, const char *val, unsigned lon
 	return 0;
 }
 
+int cli_choice(const char *cmd, const char *opt, const char *val, const char *const *names,
+               unsigned n, int *out)
+{
+	for (unsigned i = 0; i < n; i++)
+		if (!strcmp(val, names[i])) {
+			*out = (int)i;
+			return 0;
+		}
+	fprintf(stderr, "lazyvm %s: %s: '%s' is not ", cmd, opt, val);
+	for (unsigned i = 0; i < n; i++)
+		fprintf(stderr, "%s%s", names[i], i + 2 < n ? ", " : i + 1 < n ? " or " : "\n");
+	return -1;
+}
+
 int cli_uint(const char *cmd, const char *opt, const char *val, unsigned min, unsigned max,
              unsigned *out)
 {
