@@ -1,0 +1,67 @@
+# The hardware-model KVM test host, included by the top Makefile.
+#   make hwtest        build everything below and boot it: tests/hw/run
+#   make hwtest-build  only build (static lazyvm, kernel + busybox cache, initramfs)
+#   make hwtest-clean  remove build/hw except the download cache
+#
+# Everything lives under $(HW_B) (build/hw), never in $(B):
+#   $(HW_B)/obj/...            objects of the static lazyvm (no sanitizers)
+#   $(HW_B)/lazyvm             lazyvm linked -static (liburing.a, -lpthread)
+#   $(HW_B)/cache/             Debian's kernel and busybox-static, unpacked (tests/hw/fetch)
+#   $(HW_B)/vmlinuz            the kernel that boots
+#   $(HW_B)/initramfs.cpio.gz  busybox, modules, lazyvm, tests/hw/init
+#   $(HW_B)/logs/              serial console of each boot
+# HW_KERNEL=6.12.111 picks a kernel version (default: the cached one, or the
+# newest 6.12 that apt-cache lists when the cache is first filled).
+
+ifeq ($(.DEFAULT_GOAL),)
+.DEFAULT_GOAL := all
+endif
+
+HW_B       ?= build/hw
+HW_CACHE   ?= $(HW_B)/cache
+HW_URING_A ?= $(firstword $(wildcard /usr/lib/x86_64-linux-gnu/liburing.a /usr/lib/liburing.a /usr/local/lib/liburing.a))
+
+# The top Makefile's flags minus the sanitizers (a static ASan binary does not link).
+HW_CFLAGS   = $(filter-out $(SANFLAGS),$(CFLAGS))
+HW_SRCS    := $(LIB_SRCS) $(CLI_SRCS)
+HW_OBJS    := $(HW_SRCS:%.c=$(HW_B)/obj/%.o)
+
+$(HW_B)/obj/%.o: %.c
+	@mkdir -p $(@D)
+	$(call say,CC,$@)$(CC) $(HW_CFLAGS) -c -o $@ $<
+
+$(HW_B)/obj/guest_image.o: src/vmm/guest_image.S $(GUEST_BIN)
+	@mkdir -p $(@D)
+	$(call say,AS,$@)$(CC) -c -DGUEST_BIN_PATH='"$(GUEST_BIN)"' -o $@ $<
+
+$(HW_B)/lazyvm: $(HW_OBJS) $(HW_B)/obj/guest_image.o
+	@test -n "$(HW_URING_A)" || { echo "hwtest: liburing.a not found (install liburing-dev: make deps)" >&2; exit 1; }
+	$(call say,LINK,$@)$(CC) -static -o $@ $^ $(HW_URING_A) -lpthread
+
+# Fetching always runs (fast and silent once cached); it rewrites kernel.abi
+# and busybox.dir only when they change, so nothing downstream rebuilds.
+$(HW_CACHE)/kernel.abi $(HW_CACHE)/busybox.dir: hw-fetch
+	@:
+hw-fetch:
+	@tests/hw/fetch $(HW_CACHE)
+
+$(HW_B)/vmlinuz: $(HW_CACHE)/kernel.abi
+	$(call say,CP,$@)abi=$$(cat $<); cp $(HW_CACHE)/kernel-$$abi/boot/vmlinuz-$$abi $@
+
+$(HW_B)/initramfs.cpio.gz: $(HW_B)/lazyvm tests/hw/init tests/hw/mkinitramfs \
+		$(HW_CACHE)/kernel.abi $(HW_CACHE)/busybox.dir
+	$(call say,CPIO,$@)abi=$$(cat $(HW_CACHE)/kernel.abi); \
+	    tests/hw/mkinitramfs $@ $(HW_B)/root $(HW_CACHE)/kernel-$$abi $$abi \
+	    $(HW_CACHE)/$$(cat $(HW_CACHE)/busybox.dir)/bin/busybox $(HW_B)/lazyvm tests/hw/init
+
+hwtest-build: $(HW_B)/vmlinuz $(HW_B)/initramfs.cpio.gz
+
+hwtest: hwtest-build
+	tests/hw/run --kernel $(HW_B)/vmlinuz --initrd $(HW_B)/initramfs.cpio.gz --logs $(HW_B)/logs
+
+hwtest-clean:
+	rm -rf $(HW_B)/obj $(HW_B)/root $(HW_B)/logs $(HW_B)/lazyvm $(HW_B)/vmlinuz $(HW_B)/initramfs.cpio.gz
+
+.PHONY: hwtest hwtest-build hwtest-clean hw-fetch
+
+-include $(shell find $(HW_B)/obj -name '*.d' 2>/dev/null)
