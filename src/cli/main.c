@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "lazyvm/log.h"
 #include "lazyvm/units.h"
 
 #define LAZYVM_VERSION "0.1.0"
@@ -92,6 +93,13 @@ int cli_uint(const char *cmd, const char *opt, const char *val, unsigned min, un
 
 int main(int argc, char **argv)
 {
+	/* LAZYVM_LOG=error|warning|info|debug sets the log level of any command. */
+	static const char *const levels[] = {"error", "warning", "info", "debug"};
+	const char *env = getenv("LAZYVM_LOG");
+	for (int i = 0; env && i < 4; i++)
+		if (!strcmp(env, levels[i]))
+			lv_log_set_level((enum lv_log_level)i);
+
 	if (argc < 2) {
 		usage(stderr);
 		return 2;

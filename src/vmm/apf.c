@@ -194,9 +194,14 @@ static void deliver_next(struct apf *a, unsigned i)
 	uint8_t *area = area_of(a->vm, av);
 	struct apf_ring_entry e;
 
-	if (av->ready_in_flight || !area || !apf_ring_pop(&av->rings->complete, &e))
+	if (av->ready_in_flight || !area || !vm_mem_enter(a->vm))
 		return;
+	if (!apf_ring_pop(&av->rings->complete, &e)) {
+		vm_mem_exit(a->vm);
+		return;
+	}
 	__atomic_store_n((uint32_t *)(area + 4), (uint32_t)e.flags, __ATOMIC_RELEASE);
+	vm_mem_exit(a->vm);
 	av->ready_in_flight = true;
 	av->ready_token = (uint32_t)e.flags;
 	if (a->mode == APF_EXITLESS) {
@@ -410,65 +415,62 @@ static size_t fetch_insn(struct vcpu *v, const struct kvm_regs *regs, const stru
 	return got;
 }
 
-int apf_try_async(struct vcpu *v, uint64_t gpa)
+/* Whether vCPU v may take an async page fault now; *regs gets its registers.
+ * Policy first (cheap), then the guest's state. */
+static bool may_go_async(struct vcpu *v, struct apf *a, struct kvm_regs *regs,
+                         struct kvm_sregs *sregs)
 {
-	struct vm *vm = v->vm;
-	struct apf *a = vm->apf;
-	struct kvm_run *run = v->run;
-	struct kvm_regs regs;
-	struct kvm_sregs sregs;
-	struct kvm_vcpu_events ev;
-	uint8_t insn[15], *area;
-	uint32_t token;
-	int r;
-
-	if (!a || (a->mode != APF_USER && a->mode != APF_EXITLESS) || a->policy == APF_POLICY_SYNC)
-		return 0;
 	struct apf_vcpu *av = &a->vcpus[v->index];
+	struct kvm_vcpu_events ev;
+
+	if ((a->mode != APF_USER && a->mode != APF_EXITLESS) || a->policy == APF_POLICY_SYNC)
+		return false;
 	if (a->policy == APF_POLICY_HYBRID && a->source_latency_ns < a->slow_ns)
-		return 0; /* the page is local and quick: an APF pair would cost more */
+		return false; /* the page is local and quick: an APF pair would cost more */
 	if (!(av->msr_en & KVM_ASYNC_PF_ENABLED) || !(av->msr_en & KVM_ASYNC_PF_DELIVERY_AS_INT) ||
-	    !av->vector || run->exit_reason != KVM_EXIT_MMIO || run->mmio.is_write)
-		return 0;
-	if (ioctl(v->fd, KVM_GET_REGS, &regs) < 0 || ioctl(v->fd, KVM_GET_SREGS, &sregs) < 0 ||
+	    !av->vector)
+		return false;
+	if (ioctl(v->fd, KVM_GET_REGS, regs) < 0 || ioctl(v->fd, KVM_GET_SREGS, sregs) < 0 ||
 	    ioctl(v->fd, KVM_GET_VCPU_EVENTS, &ev) < 0)
-		return 0;
+		return false;
 	/* Only where the guest can take it now: interrupts on, nothing being
 	 * delivered, and CPL 3 unless the guest asked for SEND_ALWAYS. */
-	if (!(regs.rflags & (1u << 9)) || ev.exception.pending || ev.exception.injected ||
+	if (!(regs->rflags & (1u << 9)) || ev.exception.pending || ev.exception.injected ||
 	    ev.interrupt.injected || ev.nmi.injected || ev.nmi.pending ||
-	    (!(av->msr_en & KVM_ASYNC_PF_SEND_ALWAYS) && (sregs.cs.selector & 3) != 3)) {
+	    (!(av->msr_en & KVM_ASYNC_PF_SEND_ALWAYS) && (sregs->cs.selector & 3) != 3)) {
 		atomic_fetch_add(&a->st.refused_state, 1);
-		return 0;
+		lv_debug("vCPU %u: no async PF now: rflags 0x%llx, exception %u/%u, interrupt %u, "
+		         "nmi %u/%u, cs 0x%x",
+		         v->index, (unsigned long long)regs->rflags, ev.exception.pending,
+		         ev.exception.injected, ev.interrupt.injected, ev.nmi.pending,
+		         ev.nmi.injected, sregs->cs.selector);
+		return false;
 	}
-	size_t n = fetch_insn(v, &regs, &sregs, insn);
-	if (!insn_undoable_read(insn, n)) {
-		atomic_fetch_add(&a->st.refused_unsafe, 1);
-		return 0;
-	}
-	area = area_of(vm, av);
-	if (!area || uf_bitmap_test(&vm->uf->bm, (av->msr_en & KVM_ASYNC_PF_GPA_MASK) / 4096))
-		return 0; /* the area itself is not in yet */
-	/* Room for one more outstanding fault on this vCPU (the rings' size). */
-	if (atomic_load(&av->outstanding) >= APF_RING_ENTRIES)
-		return 0;
-	token = token_get(a);
-	if (!token)
-		return 0;
-	/* The read has not retired: complete it with placeholder bytes, then put
-	 * the registers back, so the instruction is undone exactly (it is one
-	 * that changes only registers and flags: checked above). */
-	memset(run->mmio.data, 0, sizeof(run->mmio.data));
-	r = vcpu_complete_exit(v);
-	if (r < 0 || ioctl(v->fd, KVM_SET_REGS, &regs) < 0) {
+	/* The area must be in, and room for one more outstanding fault. */
+	if (!area_of(v->vm, av) ||
+	    uf_bitmap_test(&v->vm->uf->bm, (av->msr_en & KVM_ASYNC_PF_GPA_MASK) / 4096) ||
+	    atomic_load(&av->outstanding) >= APF_RING_ENTRIES)
+		return false;
+	return true;
+}
+
+/* "Page not present" for gpa: the area's flags, #PF with CR2 = token (an
+ * exception payload), and the fault handed to the I/O side. The vCPU's
+ * instruction must be un-retired (RIP at it) when this is called. */
+static int inject_not_present(struct vcpu *v, struct apf *a, uint64_t gpa, uint32_t token)
+{
+	struct apf_vcpu *av = &a->vcpus[v->index];
+	struct kvm_vcpu_events ev;
+
+	if (!vm_mem_enter(v->vm)) {
 		token_put(a, token);
-		vm_fail(vm, "vCPU %u: undoing a read for an async page fault: %s", v->index,
-		        strerror(r < 0 ? -r : errno));
 		return -1;
 	}
-	__atomic_store_n((uint32_t *)area, KVM_PV_REASON_PAGE_NOT_PRESENT, __ATOMIC_RELEASE);
+	__atomic_store_n((uint32_t *)area_of(v->vm, av), KVM_PV_REASON_PAGE_NOT_PRESENT,
+	                 __ATOMIC_RELEASE);
+	vm_mem_exit(v->vm);
 	if (ioctl(v->fd, KVM_GET_VCPU_EVENTS, &ev) < 0)
-		goto fail_inject;
+		goto fail;
 	ev.exception.pending = 1;
 	ev.exception.injected = 0;
 	ev.exception.nr = 14;
@@ -478,7 +480,7 @@ int apf_try_async(struct vcpu *v, uint64_t gpa)
 	ev.exception_payload = token;
 	ev.flags |= KVM_VCPUEVENT_VALID_PAYLOAD;
 	if (ioctl(v->fd, KVM_SET_VCPU_EVENTS, &ev) < 0)
-		goto fail_inject;
+		goto fail;
 	atomic_store(&av->reentered, false);
 	atomic_fetch_add(&a->st.not_present, 1);
 	atomic_fetch_add(&av->outstanding, 1);
@@ -502,7 +504,57 @@ int apf_try_async(struct vcpu *v, uint64_t gpa)
 	pthread_cond_signal(&a->work_cond);
 	pthread_mutex_unlock(&a->work_lock);
 	return 1;
-fail_inject:
-	vm_fail(vm, "vCPU %u: injecting an async page fault: %s", v->index, strerror(errno));
+fail:
+	token_put(a, token);
+	vm_fail(v->vm, "vCPU %u: injecting an async page fault: %s", v->index, strerror(errno));
 	return -1;
+}
+
+int apf_try_async(struct vcpu *v, uint64_t gpa)
+{
+	struct apf *a = v->vm->apf;
+	struct kvm_run *run = v->run;
+	struct kvm_regs regs;
+	struct kvm_sregs sregs;
+	uint8_t insn[15];
+	uint32_t token;
+	int r;
+
+	if (!a || run->exit_reason != KVM_EXIT_MMIO || run->mmio.is_write ||
+	    !may_go_async(v, a, &regs, &sregs))
+		return 0;
+	size_t n = fetch_insn(v, &regs, &sregs, insn);
+	if (!insn_undoable_read(insn, n)) {
+		atomic_fetch_add(&a->st.refused_unsafe, 1);
+		return 0;
+	}
+	token = token_get(a);
+	if (!token)
+		return 0;
+	/* The read has not retired: complete it with placeholder bytes, then put
+	 * the registers back, so the instruction is undone exactly (it is one
+	 * that changes only registers and flags: checked above). */
+	memset(run->mmio.data, 0, sizeof(run->mmio.data));
+	r = vcpu_complete_exit(v);
+	if (r < 0 || ioctl(v->fd, KVM_SET_REGS, &regs) < 0) {
+		token_put(a, token);
+		vm_fail(v->vm, "vCPU %u: undoing a read for an async page fault: %s", v->index,
+		        strerror(r < 0 ? -r : errno));
+		return -1;
+	}
+	return inject_not_present(v, a, gpa, token);
+}
+
+int apf_try_async_kicked(struct vcpu *v, uint64_t gpa)
+{
+	struct apf *a = v->vm->apf;
+	struct kvm_regs regs;
+	struct kvm_sregs sregs;
+	uint32_t token;
+
+	/* A kicked vCPU stopped *before* its access (the fault was still waiting):
+	 * nothing to undo, whatever the instruction. */
+	if (!a || !may_go_async(v, a, &regs, &sregs) || !(token = token_get(a)))
+		return 0;
+	return inject_not_present(v, a, gpa, token);
 }

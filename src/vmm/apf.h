@@ -101,6 +101,10 @@ int apf_msr_exit(struct vcpu *v);
  * < 0 after vm_fail. */
 int apf_try_async(struct vcpu *v, uint64_t gpa);
 
+/* The same for a vCPU kicked out of a fault that was still waiting (kick
+ * backend): nothing has retired, so any instruction can go async. */
+int apf_try_async_kicked(struct vcpu *v, uint64_t gpa);
+
 /* The vCPU is about to re-enter the guest (for the spurious-APF count). */
 void apf_entering(struct vcpu *v);
 

@@ -238,8 +238,9 @@ int exit_backends_probe(struct kvm_sys *sys, bool probe_all, struct exit_probe *
 		snprintf(p->kick_why, sizeof(p->kick_why), "not probed (sigbus works)");
 	}
 	/* native is the seed's interface but lazyvm has no intake for it yet (no
-	 * kernel to test on); kick likewise: only sigbus is an intake today. */
-	*best = p->sigbus ? EXIT_BACKEND_SIGBUS : EXIT_BACKEND_NONE;
+	 * kernel to test on). sigbus before kick: where both work, sigbus costs
+	 * no signal and no intake thread. */
+	*best = p->sigbus ? EXIT_BACKEND_SIGBUS : p->kick ? EXIT_BACKEND_KICK : EXIT_BACKEND_NONE;
 	return 0;
 }
 

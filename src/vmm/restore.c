@@ -274,7 +274,7 @@ static int start_lazy(struct restore *rs, struct guest_mem *m)
 		enum exit_backend best;
 
 		exit_backends_probe(rs->sys, false, &probe, &best);
-		if (best != EXIT_BACKEND_SIGBUS)
+		if (best == EXIT_BACKEND_NONE)
 			return fail(
 			    rs, -EOPNOTSUPP,
 			    "--intake exit: no usable exit backend on this host (sigbus: %s; "
@@ -285,9 +285,13 @@ static int start_lazy(struct restore *rs, struct guest_mem *m)
 			return fail(rs, r, "userfault bitmap: %s", strerror(-r));
 		rs->have_uf = true;
 	}
-	/* Exit intake: SIGBUS mode, so KVM cannot fault a missing page in and
-	 * exits instead; no UFFD messages are read at all. */
-	uffd = uffd_open(rs->cfg->exit_intake ? UFFD_FEATURE_SIGBUS : 0, NULL, why, sizeof(why));
+	/* Exit intake, sigbus: KVM cannot fault a missing page in and exits
+	 * instead; no UFFD messages are read at all. Kick: blocking faults whose
+	 * messages name the faulting thread, so the right vCPU can be kicked. */
+	uint64_t features = !rs->cfg->exit_intake                   ? 0
+	                    : rs->uf.backend == EXIT_BACKEND_SIGBUS ? UFFD_FEATURE_SIGBUS
+	                                                            : UFFD_FEATURE_THREAD_ID;
+	uffd = uffd_open(features, NULL, why, sizeof(why));
 	if (uffd < 0)
 		return fail(rs, uffd, "userfaultfd: %s %s", strerror(-uffd), why);
 	for (unsigned i = 0; i < m->nslots; i++) {
@@ -307,11 +311,14 @@ static int start_lazy(struct restore *rs, struct guest_mem *m)
 	    .threads = rs->cfg->exit_intake       ? 0
 	               : rs->cfg->handler_threads ? rs->cfg->handler_threads
 	                                          : 1,
-	    .resolvers = rs->cfg->exit_intake ? rs->rd.hdr.nr_vcpus + APF_IO_WORKERS : 0,
+	    /* vCPUs, then the async PF I/O workers, then the kick intake thread */
+	    .resolvers = rs->cfg->exit_intake ? rs->rd.hdr.nr_vcpus + APF_IO_WORKERS + 1 : 0,
 	    .intake = rs->cfg->intake,
 	    .busy_idle_ns = 10 * 1000 * 1000,
 	    .fault_around = rs->cfg->fault_around,
 	    .name = "restore"};
+	rs->uf.kick_uffd =
+	    rs->uf.backend == EXIT_BACKEND_KICK ? fcntl(uffd, F_DUPFD_CLOEXEC, 0) : -1;
 	if ((r = engine_create(&ec, &rs->eng)) < 0) {
 		close(uffd);
 		return fail(rs, r, "fault engine: %s", strerror(-r));
@@ -351,10 +358,10 @@ static void *watch_engine(void *arg)
 	if (p[1].revents || engine_status(w->rs->eng) != ENGINE_FAILED)
 		return NULL;
 	vm_fail(w->vm, "serving guest memory: %s", engine_error(w->rs->eng));
+	vm_mem_revoke(w->vm);
 	for (unsigned i = 0; i < w->vm->mem.nslots; i++) {
 		struct mem_slot *s = &w->vm->mem.slots[i];
 
-		mprotect(s->host, s->size, PROT_NONE);
 		engine_wake(w->rs->eng, (uint64_t)(uintptr_t)s->host, s->size);
 	}
 	return NULL;
@@ -573,12 +580,21 @@ int vmm_restore(const struct vmm_restore_config *cfg, struct vmm_outcome *out)
 	if (rs.have_uf) {
 		rs.uf.eng = rs.eng;
 		vm->uf = &rs.uf;
-		if ((r = prefetch_core(&rs, vm)) < 0)
+		/* sigbus cannot serve KVM's own accesses (event delivery): install the
+		 * guest's core first. Kick can: those fault in the vCPU's thread too. */
+		if (rs.uf.backend == EXIT_BACKEND_SIGBUS && (r = prefetch_core(&rs, vm)) < 0)
 			goto out_vm;
+		if (rs.uf.backend == EXIT_BACKEND_KICK &&
+		    (r = userfault_kick_start(&rs.uf, vm)) < 0) {
+			fail(&rs, r, "kick intake thread: %s", strerror(-r));
+			goto out_vm;
+		}
 		snprintf(out->exit_backend, sizeof(out->exit_backend), "%s",
 		         exit_backend_name(rs.uf.backend));
 	}
 	r = run_watched(&rs, vm);
+	if (rs.have_uf)
+		userfault_kick_stop(&rs.uf);
 	fill_vm_outcome(vm, r, out);
 	if (rs.have_apf) {
 		apf_stop(&rs.apf);
@@ -599,9 +615,9 @@ int vmm_restore(const struct vmm_restore_config *cfg, struct vmm_outcome *out)
 		struct metrics m;
 
 		engine_metrics(rs.eng, &m);
-		out->faults = rs.have_uf
-		                  ? rs.uf.exits_data + rs.uf.exits_fetch + rs.apf.st.not_present
-		                  : m.faults;
+		out->faults = rs.have_uf ? rs.uf.exits_data + rs.uf.exits_fetch + rs.uf.exits_kick +
+		                               rs.apf.st.not_present
+		                         : m.faults;
 		out->pages_installed = m.pages_copied + m.pages_zeroed;
 		out->bytes_read = m.bytes_read;
 		out->fault_p50_ns = hist_percentile(&m.latency, 0.5);
@@ -630,8 +646,12 @@ out:
 		free(vm);
 	}
 	source_destroy(rs.src);
-	if (rs.have_uf)
+	if (rs.have_uf) {
+		userfault_kick_stop(&rs.uf);
 		uf_bitmap_destroy(&rs.uf.bm);
+		if (rs.uf.kick_uffd >= 0)
+			close(rs.uf.kick_uffd);
+	}
 	if (rs.mem_fd >= 0)
 		close(rs.mem_fd);
 	if (rs.csum_fd >= 0)

@@ -4,6 +4,8 @@
 #include "userfault.h"
 
 #include <errno.h>
+#include <poll.h>
+#include <sys/eventfd.h>
 #include <inttypes.h>
 #include <string.h>
 #include <sys/ioctl.h>
@@ -11,6 +13,7 @@
 #include <unistd.h>
 
 #include "lazyvm/log.h"
+#include "lazyvm/uffd.h"
 #include "lazyvm/units.h"
 #include "apf.h"
 #include "vcpu.h"
@@ -125,7 +128,7 @@ static int resolve_gpa(struct vcpu *v, uint64_t gpa)
 	return userfault_resolve_gpa(v->vm, v->index, gpa);
 }
 
-int userfault_mmio_exit(struct vcpu *v)
+static int userfault_mmio_exit_locked(struct vcpu *v)
 {
 	struct vm *vm = v->vm;
 	struct kvm_run *run = v->run;
@@ -204,7 +207,7 @@ int userfault_translate(struct vcpu *v, uint64_t cr3, uint64_t va, uint64_t *gpa
 	return walk(v, cr3, va, gpa, &fetched);
 }
 
-int userfault_internal_exit(struct vcpu *v)
+static int userfault_internal_exit_locked(struct vcpu *v)
 {
 	struct vm *vm = v->vm;
 	struct kvm_regs regs;
@@ -239,4 +242,155 @@ int userfault_internal_exit(struct vcpu *v)
 	atomic_fetch_add(&vm->uf->exits_fetch, 1);
 	atomic_fetch_add(&vm->uf->resolve_ns, lv_now_ns() - t0);
 	return 1;
+}
+
+/* --- the kick backend --- */
+
+void userfault_vcpu_started(struct vcpu *v)
+{
+	if (v->vm->uf && v->vm->uf->backend == EXIT_BACKEND_KICK)
+		atomic_store(&v->vm->uf->tid[v->index], (int)gettid());
+}
+
+/* The guest-physical address of a host address inside guest RAM, or UF_NO_GPA. */
+static uint64_t host_to_gpa(struct vm *vm, uint64_t host)
+{
+	for (unsigned i = 0; i < vm->mem.nslots; i++) {
+		const struct mem_slot *s = &vm->mem.slots[i];
+		uint64_t base = (uint64_t)(uintptr_t)s->host;
+
+		if (host >= base && host - base < s->size)
+			return s->gpa + (host - base);
+	}
+	return UF_NO_GPA;
+}
+
+static void *kick_intake(void *arg)
+{
+	struct userfault *uf = arg;
+	struct vm *vm = uf->vm;
+	unsigned own_slot = vm->nvcpus + APF_IO_WORKERS; /* faults of non-vCPU threads */
+	struct uffd_msg msgs[16];
+
+	for (;;) {
+		struct pollfd p[2] = {{.fd = uf->kick_uffd, .events = POLLIN},
+		                      {.fd = uf->kick_stop_efd, .events = POLLIN}};
+
+		if (poll(p, 2, -1) < 0 && errno != EINTR)
+			break;
+		if (p[1].revents)
+			break;
+		int n = uffd_read_events(uf->kick_uffd, msgs, 16);
+		for (int i = 0; i < n; i++) {
+			if (msgs[i].event != UFFD_EVENT_PAGEFAULT)
+				continue;
+			uint64_t gpa = host_to_gpa(vm, msgs[i].arg.pagefault.address);
+			int tid = (int)msgs[i].arg.pagefault.feat.ptid;
+			unsigned v;
+
+			if (gpa == UF_NO_GPA)
+				continue;
+			if (!uf_bitmap_test(&uf->bm, gpa >> PAGE_SHIFT)) {
+				/* Already in (a stale message): make sure nobody waits. */
+				uffd_wake(uf->kick_uffd,
+				          msgs[i].arg.pagefault.address & PAGE_MASK_4K, 4096);
+				continue;
+			}
+			for (v = 0; v < vm->nvcpus && atomic_load(&uf->tid[v]) != tid; v++)
+				;
+			/* Only a vCPU inside KVM_RUN is kicked: a signal cannot get a thread
+			 * out of its own page fault (the VMM reading guest memory), and
+			 * serving a fault here is always correct. */
+			if (v == vm->nvcpus || !atomic_load(&vm->vcpus[v].in_run)) {
+				lv_debug(
+				    "kick intake: fault at gpa 0x%llx from tid %d (%s) served here",
+				    (unsigned long long)gpa, tid,
+				    v == vm->nvcpus ? "not a vCPU" : "vCPU outside KVM_RUN");
+				/* Not a guest access in KVM_RUN (e.g. KVM's async PF worker or
+				 * the VMM itself): serve it here. */
+				userfault_resolve_gpa(vm, own_slot, gpa);
+				continue;
+			}
+			atomic_store(&uf->kick_gpa[v], gpa);
+			vcpu_kick(&vm->vcpus[v]);
+		}
+	}
+	return NULL;
+}
+
+int userfault_kick_start(struct userfault *uf, struct vm *vm)
+{
+	uf->vm = vm;
+	for (unsigned i = 0; i < VMM_MAX_VCPUS; i++)
+		atomic_store(&uf->kick_gpa[i], UF_NO_GPA);
+	uf->kick_stop_efd = eventfd(0, EFD_CLOEXEC);
+	if (uf->kick_stop_efd < 0)
+		return -errno;
+	int r = -pthread_create(&uf->kick_thread, NULL, kick_intake, uf);
+	if (r == 0)
+		uf->kick_started = true;
+	return r;
+}
+
+void userfault_kick_stop(struct userfault *uf)
+{
+	uint64_t one = 1;
+
+	if (!uf->kick_started)
+		return;
+	if (write(uf->kick_stop_efd, &one, sizeof(one)) < 0)
+		(void)0; /* a fresh eventfd cannot be full */
+	pthread_join(uf->kick_thread, NULL);
+	uf->kick_started = false;
+	close(uf->kick_stop_efd);
+}
+
+int userfault_after_kick(struct vcpu *v)
+{
+	struct userfault *uf = v->vm->uf;
+	uint64_t gpa, t0 = lv_now_ns();
+	int r;
+
+	if (!uf || uf->backend != EXIT_BACKEND_KICK)
+		return 0;
+	gpa = atomic_exchange(&uf->kick_gpa[v->index], UF_NO_GPA);
+	if (gpa == UF_NO_GPA)
+		return 0;
+	/* Nothing of the faulting instruction has retired: an async page fault
+	 * needs no undoing here. */
+	r = apf_try_async_kicked(v, gpa);
+	if (r)
+		return r > 0 ? 0 : -1;
+	r = resolve_gpa(v, gpa);
+	if (r < 0)
+		return -1;
+	atomic_fetch_add(&uf->exits_kick, 1);
+	atomic_fetch_add(&uf->resolve_ns, lv_now_ns() - t0);
+	return 0;
+}
+
+int userfault_mmio_exit(struct vcpu *v)
+{
+	int r;
+
+	if (!v->vm->uf)
+		return 0;
+	if (!vm_mem_enter(v->vm))
+		return -1; /* guest RAM revoked: the VM is stopping */
+	r = userfault_mmio_exit_locked(v);
+	vm_mem_exit(v->vm);
+	return r;
+}
+
+int userfault_internal_exit(struct vcpu *v)
+{
+	int r;
+
+	if (!v->vm->uf)
+		return 0;
+	if (!vm_mem_enter(v->vm))
+		return -1; /* guest RAM revoked: the VM is stopping */
+	r = userfault_internal_exit_locked(v);
+	vm_mem_exit(v->vm);
+	return r;
 }

@@ -13,13 +13,16 @@
  *           fetches as KVM_EXIT_INTERNAL_ERROR; on hardware KVM as -EFAULT
  *           without a gpa (unusable there)
  *   kick    blocking UFFD plus a signal to the vCPU thread (KVM >= 6.2 lets a
- *           signal interrupt a slow fault): probed; not implemented as an
- *           intake yet
+ *           signal interrupt a slow fault): an intake thread reads the fault
+ *           (UFFD_FEATURE_THREAD_ID says which vCPU), kicks that vCPU out of
+ *           KVM_RUN (EINTR, RIP at the faulting instruction, nothing retired),
+ *           and the vCPU thread resolves the page and re-enters
  */
 #ifndef LAZYVM_USERFAULT_H
 #define LAZYVM_USERFAULT_H
 
 #include <stdbool.h>
+#include <pthread.h>
 #include <stdint.h>
 
 #include "lazyvm/engine.h"
@@ -66,7 +69,30 @@ struct userfault {
 	struct uf_bitmap bm;
 	struct engine *eng; /* resolvers: one slot per vCPU */
 	_Atomic uint64_t exits_data, exits_fetch, exits_spurious, resolve_ns;
+	/* kick backend */
+	_Atomic uint64_t exits_kick;
+	int kick_uffd; /* a dup of the engine's UFFD */
+	int kick_stop_efd;
+	pthread_t kick_thread;
+	bool kick_started;
+	struct vm *vm;
+	_Atomic int tid[VMM_MAX_VCPUS];           /* each vCPU thread's tid, 0 unknown */
+	_Atomic uint64_t kick_gpa[VMM_MAX_VCPUS]; /* the fault it was kicked for */
 };
+
+#define UF_NO_GPA UINT64_MAX
+
+/* Kick backend: starts/stops the intake thread (after the vCPUs exist). */
+int userfault_kick_start(struct userfault *uf, struct vm *vm);
+void userfault_kick_stop(struct userfault *uf);
+
+/* A vCPU thread came back from KVM_RUN with EINTR: if it was kicked for a
+ * fault, resolve it (or make it an async page fault). 0 to re-enter, < 0
+ * after vm_fail. */
+int userfault_after_kick(struct vcpu *v);
+
+/* Called by each vCPU thread once, to be found by its fault messages. */
+void userfault_vcpu_started(struct vcpu *v);
 
 /* A vCPU's exit that may be a userfault. Returns 1 when it was one and has been
  * resolved and completed (re-enter), 0 when it was not a userfault (the caller

@@ -111,7 +111,22 @@ static bool compute_result_ok(struct vm *vm, const struct guest_msg *msg)
 	return false;
 }
 
+static int handle_msg_locked(struct vcpu *v, uint32_t gpa);
+
+/* Guest RAM may have been revoked (a failed lazy restore): then the message
+ * cannot be read and the VM is stopping anyway. */
 static int handle_msg(struct vcpu *v, uint32_t gpa)
+{
+	int r;
+
+	if (!vm_mem_enter(v->vm))
+		return -ECANCELED;
+	r = handle_msg_locked(v, gpa);
+	vm_mem_exit(v->vm);
+	return r;
+}
+
+static int handle_msg_locked(struct vcpu *v, uint32_t gpa)
 {
 	struct vm *vm = v->vm;
 	const struct guest_msg *p = guest_mem_ptr(&vm->mem, gpa, sizeof(*p));
@@ -313,6 +328,7 @@ void *vcpu_thread(void *arg)
 	struct vcpu *v = arg;
 	struct vm *vm = v->vm;
 
+	userfault_vcpu_started(v);
 	for (;;) {
 		int state = atomic_load(&vm->state);
 
@@ -325,9 +341,14 @@ void *vcpu_thread(void *arg)
 		if (v->index == 0 && !vm->report.t_first_entry_ns)
 			vm->report.t_first_entry_ns = lv_now_ns();
 		apf_entering(v);
-		if (ioctl(v->fd, KVM_RUN, 0) < 0) {
+		atomic_store(&v->in_run, true);
+		int rr = ioctl(v->fd, KVM_RUN, 0);
+		atomic_store(&v->in_run, false);
+		if (rr < 0) {
 			if (errno == EINTR || errno == EAGAIN) {
 				v->run->immediate_exit = 0;
+				if (userfault_after_kick(v) < 0)
+					break;
 				continue;
 			}
 			vm_fail(vm, "vCPU %u: KVM_RUN: %s", v->index, strerror(errno));

@@ -31,6 +31,7 @@ int vm_create(struct vm *vm, struct kvm_sys *sys, const struct vm_config *cfg)
 	pthread_mutex_init(&vm->lock, NULL);
 	pthread_mutex_init(&vm->console_lock, NULL);
 	pthread_cond_init(&vm->cond, NULL);
+	pthread_rwlock_init(&vm->mem_gate, NULL);
 	atomic_init(&vm->state, VM_RUNNING);
 	if (vm->nvcpus < 1 || vm->nvcpus > VMM_MAX_VCPUS)
 		return -EINVAL;
@@ -121,6 +122,7 @@ void vm_destroy(struct vm *vm)
 	pthread_mutex_destroy(&vm->lock);
 	pthread_mutex_destroy(&vm->console_lock);
 	pthread_cond_destroy(&vm->cond);
+	pthread_rwlock_destroy(&vm->mem_gate);
 }
 
 /* Makes vCPU v leave KVM_RUN soon: immediate_exit covers the window before it
@@ -144,6 +146,29 @@ void vm_set_state(struct vm *vm, enum vm_state st)
 	if (st != VM_RUNNING)
 		for (unsigned i = 0; i < vm->nvcpus; i++)
 			vcpu_kick(&vm->vcpus[i]);
+}
+
+bool vm_mem_enter(struct vm *vm)
+{
+	pthread_rwlock_rdlock(&vm->mem_gate);
+	if (!vm->mem_revoked)
+		return true;
+	pthread_rwlock_unlock(&vm->mem_gate);
+	return false;
+}
+
+void vm_mem_exit(struct vm *vm)
+{
+	pthread_rwlock_unlock(&vm->mem_gate);
+}
+
+void vm_mem_revoke(struct vm *vm)
+{
+	pthread_rwlock_wrlock(&vm->mem_gate);
+	vm->mem_revoked = true;
+	for (unsigned i = 0; i < vm->mem.nslots; i++)
+		mprotect(vm->mem.slots[i].host, vm->mem.slots[i].size, PROT_NONE);
+	pthread_rwlock_unlock(&vm->mem_gate);
 }
 
 void vm_fail(struct vm *vm, const char *fmt, ...)

@@ -81,6 +81,7 @@ struct vcpu {
 	char serial_line[160];
 	size_t serial_len;
 	uint64_t exits;
+	_Atomic bool in_run; /* inside KVM_RUN (the kick backend only kicks these) */
 };
 
 /* What the guest reported. */
@@ -126,6 +127,10 @@ struct vm {
 	int kick_signal;
 	struct userfault *uf; /* exit-based intake, NULL otherwise */
 	struct apf *apf;      /* async page faults, NULL when off */
+	/* The VMM's own accesses to guest RAM hold this for reading; revoking
+	 * RAM (a failed restore makes it PROT_NONE) holds it for writing. */
+	pthread_rwlock_t mem_gate;
+	bool mem_revoked;
 };
 
 /* Creates the VM: memslots for `mem` (already mapped), in-kernel irqchip, vCPUs
@@ -137,6 +142,13 @@ void vm_destroy(struct vm *vm);
  * fails, or (with a snapshot dir) the snapshot is written. Returns 0 when the
  * VM ran to its end, -errno otherwise; vm->report says what happened. */
 int vm_run(struct vm *vm);
+
+/* Brackets the VMM's own reads and writes of guest RAM: false (and nothing
+ * held) when RAM has been revoked, so the caller must not touch it. */
+bool vm_mem_enter(struct vm *vm);
+void vm_mem_exit(struct vm *vm);
+/* Makes guest RAM inaccessible (PROT_NONE) once no VMM access is under way. */
+void vm_mem_revoke(struct vm *vm);
 
 /* Records the first fatal error and stops every vCPU. */
 void vm_fail(struct vm *vm, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
