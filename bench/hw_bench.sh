@@ -11,11 +11,14 @@ log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 start=$(date +%s)
 HW_APPEND=hwbench make -s hwtest B="$B" >"$log" 2>&1 || { tail -30 "$log" >&2; echo "hw_bench: the hardware-model tier failed" >&2; exit 1; }
+# The raw serial lines of the boot that just ran.
+serial=$(ls -t "$B"/hw/logs/serial-*.log | head -n 1)
+cp "$serial" "$log"
 echo "## Async page faults on the hardware-model host (kvm-amd under QEMU TCG)"
 echo
 echo "- Command: \`bench/hw_bench.sh\` (\`HW_APPEND=hwbench make hwtest\`)"
-grep -m1 'INFO uname -r' "$log" | sed 's/.*INFO /- Host: /'
-grep -m1 'bench | calibration' "$log" | sed 's/.*bench | /- /'
+grep -m1 'INFO uname -r' "$log" | sed 's/.*INFO /- Host: /' || true
+grep -m1 'bench | calibration' "$log" | sed 's/.*bench | /- /' || true
 echo "- 1 vCPU, 64 MiB, lazy restore, --fault-around 1, --source-latency 10ms; 3 reps; cells are medians"
 echo
 echo "| case | run_ms | faults | guest took (not-present) |"

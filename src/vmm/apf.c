@@ -137,9 +137,9 @@ int apf_route_irqfds(struct apf *a)
 	return 0;
 }
 
-int apf_capture_msrs(struct apf *a, char *why, size_t whylen)
+int apf_capture_msrs(struct vm *vm, char *why, size_t whylen)
 {
-	return install_msr_filter(a->vm, why, whylen);
+	return install_msr_filter(vm, why, whylen);
 }
 
 void apf_destroy(struct apf *a)

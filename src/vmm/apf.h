@@ -82,8 +82,11 @@ struct apf {
 int apf_init(struct apf *a, struct vm *vm, enum apf_mode mode, enum apf_policy policy,
              uint64_t source_latency_ns, char *why, size_t whylen);
 /* Sends guest accesses to the APF MSRs to the VMM (MSR filter + userspace
- * MSR exits) and enables exception payloads for injecting #PF with CR2. */
-int apf_capture_msrs(struct apf *a, char *why, size_t whylen);
+ * MSR exits). vm_create calls it when asked (vm_config.capture_apf_msrs).
+ * KVM_X86_SET_MSR_FILTER takes ~15 ms on our nested hosts (it waits for an
+ * SRCU grace period), before or after the vCPUs exist: only restores that
+ * deliver async page faults pay it. */
+int apf_capture_msrs(struct vm *vm, char *why, size_t whylen);
 int apf_start(struct apf *a); /* the I/O workers (user mode) */
 void apf_stop(struct apf *a);
 void apf_destroy(struct apf *a); /* stops, detaches from the VM */

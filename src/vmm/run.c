@@ -68,7 +68,8 @@ int vmm_run(const struct vmm_run_config *cfg, struct vmm_outcome *out)
 	                       .seed = cfg->seed,
 	                       .workload = cfg->workload,
 	                       .snapshot_dir = cfg->snapshot_dir,
-	                       .quiet_console = cfg->console_to_stderr};
+	                       .quiet_console = cfg->console_to_stderr,
+	                       .capture_apf_msrs = cfg->apf != VMM_APF_OFF};
 	int r;
 
 	memset(out, 0, sizeof(*out));
@@ -99,8 +100,7 @@ int vmm_run(const struct vmm_run_config *cfg, struct vmm_outcome *out)
 	bool have_apf = false;
 	if (cfg->apf != VMM_APF_OFF) {
 		char why[160];
-		if ((r = apf_init(&apf, vm, APF_OFF, APF_POLICY_SYNC, 0, why, sizeof(why))) < 0 ||
-		    (r = apf_capture_msrs(&apf, why, sizeof(why))) < 0) {
+		if ((r = apf_init(&apf, vm, APF_OFF, APF_POLICY_SYNC, 0, why, sizeof(why))) < 0) {
 			snprintf(out->error, sizeof(out->error), "async page faults: %s", why);
 			goto out_vm;
 		}

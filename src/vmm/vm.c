@@ -10,6 +10,7 @@
 
 #include "lazyvm/log.h"
 #include "lazyvm/units.h"
+#include "apf.h"
 #include "vcpu.h"
 #include "vmm.h"
 
@@ -75,6 +76,13 @@ int vm_create(struct vm *vm, struct kvm_sys *sys, const struct vm_config *cfg)
 		r = -errno;
 		lv_err("KVM_CREATE_IRQCHIP: %s", strerror(errno));
 		return r;
+	}
+	if (cfg->capture_apf_msrs) {
+		char why[160];
+		if ((r = apf_capture_msrs(vm, why, sizeof(why))) < 0) {
+			lv_err("async page faults: %s", why);
+			return r;
+		}
 	}
 	for (unsigned i = 0; i < vm->nvcpus; i++) {
 		struct vcpu *v = &vm->vcpus[i];

@@ -108,6 +108,7 @@ struct vm_config {
 	const char *workload;
 	const char *snapshot_dir; /* take a snapshot at the snapshot point, then stop */
 	bool quiet_console;       /* don't echo the guest's console */
+	bool capture_apf_msrs;    /* guest APF MSR accesses exit to the VMM (apf.h) */
 };
 
 struct vm {
