@@ -153,10 +153,63 @@ static int run_crash(struct job *j)
 	return 1;
 }
 
+/* edge:SIZE: the instructions a lazy restore must get exactly right on a
+ * missing page. The area is A (first quarter), B (second quarter) and C
+ * (second half); all three are written before the snapshot point, so after a
+ * restore every access below starts on missing pages:
+ *  - one `rep movsb` from the middle of A's first page to the middle of B's,
+ *    across every page boundary of both (source and destination missing);
+ *  - read-modify-write on every page of C: `addq $3` to its first qword and
+ *    `lock xaddq` of 5 to its second (a write that must not be lost or applied
+ *    twice);
+ *  - `repe cmpsq` to compare, and plain loads to check C. */
+static int run_edge(struct job *j, uint64_t seed)
+{
+	uint64_t q = j->size / 4, bad = 0, first_bad = 0;
+	uint8_t *a = j->area, *b = j->area + q, *c = j->area + 2 * q;
+	uint64_t len = q - PAGE_SIZE; /* from mid-page to mid-page */
+	const uint8_t *src = a + PAGE_SIZE / 2;
+	uint8_t *dst = b + PAGE_SIZE / 4, *d = dst;
+	uint64_t n = len;
+
+	asm volatile("rep movsb" : "+S"(src), "+D"(d), "+c"(n) : : "memory");
+	/* Check the copy with repe cmpsq over whole qwords, then the tail. */
+	const uint8_t *s1 = a + PAGE_SIZE / 2, *s2 = dst;
+	uint64_t nq = len / 8;
+	bool equal;
+	asm volatile("repe cmpsq" : "+S"(s1), "+D"(s2), "+c"(nq), "=@ccz"(equal) : : "memory");
+	if (!equal && !bad++)
+		first_bad = (uintptr_t)s2 - 8;
+	for (uint64_t i = len / 8 * 8; i < len; i++)
+		if (dst[i] != a[PAGE_SIZE / 2 + i] && !bad++)
+			first_bad = (uintptr_t)&dst[i];
+	/* The rest of B's last page, past the copy, keeps B's own pattern. */
+	const uint64_t *tail = (const uint64_t *)(b + q - PAGE_SIZE);
+	uint64_t bpat = pattern(seed, j->index, 2 * q / PAGE_SIZE - 1, 0);
+	for (uint64_t k = (uint64_t)(dst + len - (b + q - PAGE_SIZE) + 7) / 8; k < QWORDS_PER_PAGE;
+	     k++)
+		if (tail[k] != bpat && !bad++)
+			first_bad = (uintptr_t)&tail[k];
+	for (uint64_t p = 0; p < 2 * q / PAGE_SIZE; p++) {
+		uint64_t *w = (uint64_t *)(c + p * PAGE_SIZE), add = 5;
+		uint64_t base = pattern(seed, j->index, 2 * q / PAGE_SIZE + p, 0);
+
+		asm volatile("addq $3, %0" : "+m"(w[0]));
+		asm volatile("lock xaddq %0, %1" : "+r"(add), "+m"(w[1]) : : "memory");
+		if ((add != base || w[0] != base + 3 || w[1] != base + 5 || w[2] != base) && !bad++)
+			first_bad = (uintptr_t)w;
+	}
+	if (bad)
+		msg_log("task %u %s: first bad byte at 0x%lx", j->index, j->spec, first_bad);
+	msg_send(GUEST_MSG_RESULT, bad != 0, j->index, j->size, bad, first_bad, j->spec);
+	return bad != 0;
+}
+
 void job_prepare(struct job *j, uint64_t seed)
 {
 	switch (j->kind) {
-	case JOB_SCAN: prepare_pages(j, seed); break;
+	case JOB_SCAN:
+	case JOB_EDGE: prepare_pages(j, seed); break;
 	case JOB_RANDOM:
 		prepare_pages(j, seed);
 		memset(j->gens, 0, random_pages(j));
@@ -175,6 +228,7 @@ int job_run(struct job *j, uint64_t seed)
 	case JOB_RANDOM: return run_random(j, seed);
 	case JOB_COMPUTE: return run_compute(j);
 	case JOB_CRASH: return run_crash(j);
+	case JOB_EDGE: return run_edge(j, seed);
 	}
 	return 1;
 }

@@ -96,6 +96,17 @@ static const char *parse_part(struct job *j, const struct field *f, unsigned nf)
 		j->kind = JOB_COMPUTE;
 		return nf != 2 ? "expected compute:N" : parse_count(f[1], &j->count);
 	}
+	if (field_is(f[0], "edge")) {
+		const char *bad;
+
+		j->kind = JOB_EDGE;
+		if (nf != 2)
+			return "expected edge:SIZE";
+		bad = parse_size(f[1], &j->size);
+		if (!bad && (j->size < 4 * 4 * PAGE_SIZE || j->size % (4 * PAGE_SIZE)))
+			return "edge:SIZE needs a multiple of 16k, at least 64k";
+		return bad;
+	}
 	if (field_is(f[0], "crash")) {
 		j->kind = JOB_CRASH;
 		if (nf == 2 && field_is(f[1], "ud"))
@@ -108,7 +119,7 @@ static const char *parse_part(struct job *j, const struct field *f, unsigned nf)
 			return "expected crash:ud, crash:pf or crash:div";
 		return NULL;
 	}
-	return "unknown task (scan, random, compute or crash)";
+	return "unknown task (scan, random, compute, edge or crash)";
 }
 
 int workload_parse(const char *spec, struct job *out, unsigned max, unsigned *n, char *err,
@@ -161,7 +172,8 @@ int workload_parse(const char *spec, struct job *out, unsigned max, unsigned *n,
 uint64_t job_mem_need(const struct job *j)
 {
 	switch (j->kind) {
-	case JOB_SCAN: return j->size;
+	case JOB_SCAN:
+	case JOB_EDGE: return j->size;
 	case JOB_RANDOM:
 		return j->size + (j->size / PAGE_SIZE + PAGE_SIZE - 1) / PAGE_SIZE * PAGE_SIZE;
 	default: return 0;
@@ -187,7 +199,7 @@ unsigned workload_setup(uint64_t heap_start, uint64_t heap_end, void (*task_fn)(
 	for (unsigned i = 0; i < n; i++) {
 		struct job *j = &jobs[i];
 
-		if (j->kind == JOB_SCAN || j->kind == JOB_RANDOM) {
+		if (j->kind == JOB_SCAN || j->kind == JOB_RANDOM || j->kind == JOB_EDGE) {
 			j->area = (uint8_t *)(uintptr_t)next;
 			next += j->size;
 		}

@@ -15,7 +15,7 @@
 
 #include "guest.h"
 
-enum job_kind { JOB_SCAN, JOB_RANDOM, JOB_COMPUTE, JOB_CRASH };
+enum job_kind { JOB_SCAN, JOB_RANDOM, JOB_COMPUTE, JOB_CRASH, JOB_EDGE };
 enum crash_kind { CRASH_UD, CRASH_PF, CRASH_DIV };
 
 struct job {

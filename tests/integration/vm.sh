@@ -129,6 +129,29 @@ else
 fi
 expect "--apf user without --intake exit is refused" 1 "needs --intake exit" "$LAZYVM" restore "$apf" --apf user
 
+echo "# every intake x apf x policy on a mixed workload with the hard instructions"
+# edge:SIZE does a rep movsb across missing source and destination pages, an
+# add and a lock xadd (read-modify-write) on missing pages, and repe cmpsq.
+mix="$T/snap-mix"
+expect "snapshot: scan + random + compute + edge on 2 vCPUs" 0 "snapshot written" \
+    "$LAZYVM" run --mem 32M --vcpus 2 --workload "scan:1M+random:1M:40+compute:2000+edge:64k+edge:128k" --snapshot-dir "$mix"
+combos=("--intake block --apf off" "--intake busy --apf off" "--intake block --apf kernel"
+        "--intake exit --apf off")
+for apfm in user exitless; do
+    for pol in sync async hybrid; do
+        combos+=("--intake exit --apf $apfm --policy $pol --source-latency 1ms")
+    done
+done
+for c in "${combos[@]}"; do
+    # shellcheck disable=SC2086
+    out=$(timeout 120 "$LAZYVM" restore "$mix" --fault-around 1 --json $c 2>"$T/err"); rc=$?
+    if [ "$rc" -eq 0 ] && [ "$(json_field ok <<<"$out")" = True ] && [ "$(json_field results <<<"$out")" -eq 5 ]; then
+        ok "$c: all 5 tasks verified ($(json_field faults <<<"$out") faults, $(json_field apf_not_present <<<"$out") APFs, $(json_field apf_refused_unsafe <<<"$out") not undoable)"
+    else
+        not_ok "$c: status $rc: $out $(tail -3 "$T/err")"
+    fi
+done
+
 echo "# bad snapshots are refused before the guest runs"
 bad="$T/bad"
 reset_bad() { rm -rf "$bad"; cp -r "$snap" "$bad"; }
