@@ -74,6 +74,7 @@ struct vmm_outcome {
 	uint64_t guest_apf_not_present, guest_apf_ready;
 	char apf_note[160]; /* e.g. why kernel async PF is unavailable */
 	uint64_t apf_io_wakeups, apf_notify_signals;
+	uint64_t apf_sync_ns, apf_async_ns; /* vCPU time per class of fault */
 };
 
 const char *vmm_load_name(enum vmm_load l);

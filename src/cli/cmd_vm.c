@@ -94,7 +94,8 @@ static void report(const char *what, const char *load, uint64_t t0, const struct
 		    "\"exit_backend\":\"%s\",\"apf_not_present\":%llu,\"apf_ready\":%llu,"
 		    "\"apf_spurious\":%llu,\"apf_refused_unsafe\":%llu,\"apf_refused_state\":%llu,"
 		    "\"guest_apf_not_present\":%llu,\"guest_apf_ready\":%llu,"
-		    "\"apf_io_wakeups\":%llu,\"apf_notify_signals\":%llu,\"apf_note\":",
+		    "\"apf_io_wakeups\":%llu,\"apf_notify_signals\":%llu,\"apf_sync\":%llu,"
+		    "\"apf_sync_ms\":%.3f,\"apf_async_ms\":%.3f,\"apf_note\":",
 		    o->ok ? "true" : "false", load, ms(t0, o->t_first_entry_ns),
 		    ms(o->t_run_start_ns, o->t_done_ns), ms(t0, end), (unsigned long long)o->faults,
 		    (unsigned long long)o->pages_installed, (unsigned long long)o->bytes_read,
@@ -106,7 +107,8 @@ static void report(const char *what, const char *load, uint64_t t0, const struct
 		    (unsigned long long)o->apf_refused_state,
 		    (unsigned long long)o->guest_apf_not_present,
 		    (unsigned long long)o->guest_apf_ready, (unsigned long long)o->apf_io_wakeups,
-		    (unsigned long long)o->apf_notify_signals);
+		    (unsigned long long)o->apf_notify_signals, (unsigned long long)o->apf_sync,
+		    (double)o->apf_sync_ns / 1e6, (double)o->apf_async_ns / 1e6);
 		print_json_string(o->apf_note);
 		printf(",\"error\":");
 		print_json_string(o->error);

@@ -385,6 +385,17 @@ int apf_msr_exit(struct vcpu *v)
 	return 1;
 }
 
+void apf_account(struct vcpu *v, bool async, uint64_t ns)
+{
+	struct apf *a = v->vm->apf;
+
+	if (!a)
+		return;
+	if (!async)
+		atomic_fetch_add(&a->st.sync_faults, 1);
+	atomic_fetch_add(async ? &a->st.async_ns : &a->st.sync_ns, ns);
+}
+
 void apf_entering(struct vcpu *v)
 {
 	if (v->vm->apf)

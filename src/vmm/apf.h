@@ -108,6 +108,10 @@ int apf_try_async(struct vcpu *v, uint64_t gpa);
  * backend): nothing has retired, so any instruction can go async. */
 int apf_try_async_kicked(struct vcpu *v, uint64_t gpa);
 
+/* Accounts one missing-page fault the vCPU thread handled: async (an APF was
+ * injected) or sync (resolved before re-entry), and the vCPU time it took. */
+void apf_account(struct vcpu *v, bool async, uint64_t ns);
+
 /* The vCPU is about to re-enter the guest (for the spurious-APF count). */
 void apf_entering(struct vcpu *v);
 

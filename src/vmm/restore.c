@@ -609,6 +609,9 @@ int vmm_restore(const struct vmm_restore_config *cfg, struct vmm_outcome *out)
 		out->apf_refused_unsafe = rs.apf.st.refused_unsafe;
 		out->apf_refused_state = rs.apf.st.refused_state;
 		out->apf_io_wakeups = rs.apf.st.io_wakeups;
+		out->apf_sync = rs.apf.st.sync_faults;
+		out->apf_sync_ns = rs.apf.st.sync_ns;
+		out->apf_async_ns = rs.apf.st.async_ns;
 		out->apf_notify_signals = rs.apf.st.notify_signals;
 		if (cfg->apf == VMM_APF_KERNEL && out->ok && out->guest_apf_not_present == 0)
 			snprintf(out->apf_note, sizeof(out->apf_note),

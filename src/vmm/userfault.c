@@ -146,8 +146,10 @@ static int userfault_mmio_exit_locked(struct vcpu *v)
 	                       : UINT64_MAX;
 	if (missing != UINT64_MAX) {
 		int r = apf_try_async(v, missing);
-		if (r)
+		if (r) {
+			apf_account(v, r > 0, lv_now_ns() - t0);
 			return r > 0 ? 1 : -1;
+		}
 	}
 	a = resolve_gpa(v, gpa);
 	b = a < 0 ? a : resolve_gpa(v, gpa + len - 1); /* an access may straddle two pages */
@@ -164,6 +166,8 @@ static int userfault_mmio_exit_locked(struct vcpu *v)
 		memcpy(run->mmio.data, p, len);
 	atomic_fetch_add(&vm->uf->exits_data, 1);
 	atomic_fetch_add(&vm->uf->resolve_ns, lv_now_ns() - t0);
+	if (a || b)
+		apf_account(v, false, lv_now_ns() - t0);
 	return 1;
 }
 
@@ -359,11 +363,14 @@ int userfault_after_kick(struct vcpu *v)
 	/* Nothing of the faulting instruction has retired: an async page fault
 	 * needs no undoing here. */
 	r = apf_try_async_kicked(v, gpa);
-	if (r)
+	if (r) {
+		apf_account(v, r > 0, lv_now_ns() - t0);
 		return r > 0 ? 0 : -1;
+	}
 	r = resolve_gpa(v, gpa);
 	if (r < 0)
 		return -1;
+	apf_account(v, false, lv_now_ns() - t0);
 	atomic_fetch_add(&uf->exits_kick, 1);
 	atomic_fetch_add(&uf->resolve_ns, lv_now_ns() - t0);
 	return 0;
