@@ -67,6 +67,12 @@ enum {
  * fatal; lazyvm's CLI says so and stops). */
 int source_file_open(const char *path, unsigned flags, struct source **out);
 
+/* An NBD export (nbd://HOST:PORT/EXPORT, nbd+unix:///EXPORT?socket=PATH, any
+ * URI libnbd takes) as a source: reads in flight together, bounded waits,
+ * reconnect with back-off, -EIO with the reason logged when the server stays
+ * away. -ECONNREFUSED with `why` when the first connection fails. */
+int source_nbd_open(const char *uri, struct source **out, char *why, size_t whylen);
+
 /* A source of `size` zero bytes. */
 int source_zero_create(uint64_t size, struct source **out);
 

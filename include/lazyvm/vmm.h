@@ -43,6 +43,7 @@ struct vmm_restore_config {
 	const char *dir;
 	enum vmm_load load;
 	uint64_t source_latency_ns; /* lazy: every page read takes this long */
+	const char *source_uri;     /* memory from this NBD export, not DIR/memory */
 	unsigned handler_threads;   /* lazy: engine threads */
 	enum engine_intake intake;  /* lazy */
 	bool exit_intake;           /* lazy: faults as vCPU exits (userfault exits)

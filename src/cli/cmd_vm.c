@@ -248,6 +248,7 @@ int cmd_restore(int argc, char **argv)
 	    {"intake", required_argument, 0, 'i'},
 	    {"apf", required_argument, 0, 'P'},
 	    {"policy", required_argument, 0, 'O'},
+	    {"source", required_argument, 0, 'U'},
 	    {"json", no_argument, 0, 'j'},
 	    {"help", no_argument, 0, 'h'},
 	    {0, 0, 0, 0},
@@ -318,6 +319,7 @@ int cmd_restore(int argc, char **argv)
 			cfg.policy = (enum vmm_apf_policy)k;
 			break;
 		}
+		case 'U': cfg.source_uri = optarg; break;
 		case 'j': json = true; break;
 		case 'h': fputs(restore_help, stdout); return 0;
 		default: fputs("Run 'lazyvm restore --help' for the options.\n", stderr); return 2;

@@ -170,6 +170,8 @@ static int check_layout(struct restore *rs, struct guest_mem *want)
 		            "%s is %lld bytes; the snapshot's %llu pages need exactly %llu", path,
 		            (long long)st.st_size, (unsigned long long)npages,
 		            (unsigned long long)(npages * sizeof(uint32_t)));
+	if (rs->cfg->source_uri)
+		return 0; /* memory comes from the NBD export: checked when it is opened */
 	snprintf(path, sizeof(path), "%s/memory", rs->cfg->dir);
 	rs->mem_fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (rs->mem_fd < 0 || fstat(rs->mem_fd, &st) < 0)
@@ -210,9 +212,28 @@ static int open_source(struct restore *rs, uint64_t mem_size)
 	struct source *file, *src;
 	int r;
 
-	snprintf(path, sizeof(path), "%s/memory", rs->cfg->dir);
-	if ((r = source_file_open(path, 0, &file)) < 0)
-		return fail(rs, r, "opening %s: %s", path, strerror(-r));
+	if (rs->cfg->source_uri) {
+		char why[256];
+
+		if ((r = source_nbd_open(rs->cfg->source_uri, &file, why, sizeof(why))) < 0)
+			return fail(rs, r, "cannot open the NBD export %s: %s", rs->cfg->source_uri,
+			            why);
+		if (source_size(file) != mem_size) {
+			uint64_t size = source_size(file);
+
+			source_destroy(file);
+			return fail(
+			    rs, -EINVAL,
+			    "the NBD export %s is %llu bytes but the snapshot's memory layout "
+			    "needs exactly %llu",
+			    rs->cfg->source_uri, (unsigned long long)size,
+			    (unsigned long long)mem_size);
+		}
+	} else {
+		snprintf(path, sizeof(path), "%s/memory", rs->cfg->dir);
+		if ((r = source_file_open(path, 0, &file)) < 0)
+			return fail(rs, r, "opening %s: %s", path, strerror(-r));
+	}
 	src = file;
 	if (rs->cfg->source_latency_ns &&
 	    (r = source_latency_wrap(file, rs->cfg->source_latency_ns, &src)) < 0) {
@@ -237,7 +258,14 @@ static int load_eager(struct restore *rs, struct guest_mem *m)
 	for (unsigned i = 0; i < m->nslots; i++) {
 		struct mem_slot *s = &m->slots[i];
 
-		for (uint64_t off = 0; off < s->size;) {
+		/* From an NBD export: through the checked source, a MiB at a time. */
+		for (uint64_t off = 0; rs->cfg->source_uri && off < s->size; off += 1 << 20) {
+			uint64_t n = s->size - off < (1u << 20) ? s->size - off : (1u << 20);
+			if ((r = source_read(rs->src, s->host + off, s->file_off + off, n)) < 0)
+				return fail(rs, r, "reading the NBD export at 0x%llx: %s",
+				            (unsigned long long)(s->file_off + off), strerror(-r));
+		}
+		for (uint64_t off = 0; !rs->cfg->source_uri && off < s->size;) {
 			ssize_t n = pread(rs->mem_fd, s->host + off, s->size - off,
 			                  (off_t)(s->file_off + off));
 			if (n <= 0)
@@ -247,7 +275,9 @@ static int load_eager(struct restore *rs, struct guest_mem *m)
 				            n < 0 ? strerror(errno) : "unexpected end of file");
 			off += (uint64_t)n;
 		}
-		r = source_checked_verify(rs->src, s->host, s->file_off, s->size);
+		r = rs->cfg->source_uri
+		        ? 0
+		        : source_checked_verify(rs->src, s->host, s->file_off, s->size);
 		if (r < 0)
 			return fail(rs, r,
 			            "the memory file does not match the snapshot's checksums "
@@ -539,6 +569,11 @@ int vmm_restore(const struct vmm_restore_config *cfg, struct vmm_outcome *out)
 	int r;
 
 	memset(out, 0, sizeof(*out));
+	if (cfg->load == VMM_LOAD_MMAP && cfg->source_uri) {
+		snprintf(out->error, sizeof(out->error),
+		         "--load mmap maps a local memory file; it cannot read from --source");
+		return -EINVAL;
+	}
 	getrusage(RUSAGE_SELF, &ru0);
 	/* Reading and checking the state file grows with memory (its page
 	 * checksums); opening KVM does not depend on it: do both at once. */

@@ -21,8 +21,10 @@ HW_B       ?= build/hw
 HW_CACHE   ?= $(HW_B)/cache
 HW_URING_A ?= $(firstword $(wildcard /usr/lib/x86_64-linux-gnu/liburing.a /usr/lib/liburing.a /usr/local/lib/liburing.a))
 
-# The top Makefile's flags minus the sanitizers (a static ASan binary does not link).
-HW_CFLAGS   = $(filter-out $(SANFLAGS),$(CFLAGS))
+# The top Makefile's flags minus the sanitizers (a static ASan binary does not link),
+# and without the NBD source: a static libnbd would drag in gnutls and libxml2,
+# and the tier does not test NBD (the binary says so if asked).
+HW_CFLAGS   = $(filter-out $(SANFLAGS),$(CFLAGS)) -DLAZYVM_NO_NBD
 HW_SRCS    := $(LIB_SRCS) $(CLI_SRCS)
 HW_OBJS    := $(HW_SRCS:%.c=$(HW_B)/obj/%.o)
 
