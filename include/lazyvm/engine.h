@@ -100,6 +100,22 @@ struct engine_run {
 };
 int engine_resolve(struct engine *eng, unsigned slot, uint64_t addr, struct engine_run *done);
 
+/* Working-set recording (REAP): from now on, every page installed from the
+ * source is appended, in order, as a source page number (4 KiB units).
+ * engine_record_get copies what was recorded (malloc'd; free it). */
+void engine_record_start(struct engine *eng);
+size_t engine_record_get(struct engine *eng, uint64_t **pages);
+
+/* Installs the given source pages (a recorded working set) through resolver
+ * `slot`: pages already in are skipped, the rest are merged into contiguous
+ * runs, read in batches and installed a run per UFFDIO_COPY. *installed gets
+ * the number installed. 0, or -EIO when the engine stopped (engine_error). */
+int engine_prefetch(struct engine *eng, unsigned slot, const uint64_t *pages, size_t n,
+                    uint64_t *installed);
+
+/* Is the page at host address addr installed? */
+bool engine_page_present(struct engine *eng, uint64_t addr);
+
 /* UFFDIO_WAKE over [addr, addr + len): lets threads blocked on faults there
  * retry their access (used to release vCPUs after the VMM has made the memory
  * inaccessible, when the engine failed and no page will come). */

@@ -44,6 +44,8 @@ struct vmm_restore_config {
 	enum vmm_load load;
 	uint64_t source_latency_ns; /* lazy: every page read takes this long */
 	const char *source_uri;     /* memory from this NBD export, not DIR/memory */
+	const char *record_ws;      /* lazy: write the pages the guest touched here */
+	const char *prefetch_ws;    /* lazy: install this recorded working set first */
 	unsigned handler_threads;   /* lazy: engine threads */
 	enum engine_intake intake;  /* lazy */
 	bool exit_intake;           /* lazy: faults as vCPU exits (userfault exits)
@@ -73,7 +75,9 @@ struct vmm_outcome {
 	uint64_t apf_not_present, apf_ready, apf_spurious, apf_sync;
 	uint64_t apf_refused_unsafe, apf_refused_state;
 	uint64_t guest_apf_not_present, guest_apf_ready;
-	char apf_note[160]; /* e.g. why kernel async PF is unavailable */
+	char apf_note[160];                  /* e.g. why kernel async PF is unavailable */
+	uint64_t ws_recorded, ws_prefetched; /* working-set pages written / installed */
+	uint64_t prefetch_ms_x1000;          /* time the replay took, in microseconds */
 	uint64_t apf_io_wakeups, apf_notify_signals;
 	uint64_t apf_sync_ns, apf_async_ns; /* vCPU time per class of fault */
 };

@@ -78,6 +78,11 @@ struct engine {
 	void *zeros;        /* HUGE_PAGE_MAX zero bytes, for huge pages (no ZEROPAGE there) */
 	unsigned batch_max; /* messages per read: every fault of a batch fits in a buffer */
 	unsigned nworkers;  /* threads + resolvers */
+	/* working-set recording: source page numbers installed, in order */
+	pthread_mutex_t rec_lock;
+	bool recording;
+	uint64_t *rec;
+	size_t nrec, caprec;
 };
 
 static void engine_finish(struct engine *eng, enum engine_status st, const char *fmt, ...)
@@ -206,6 +211,31 @@ static int handle_event(struct worker *w, const struct uffd_msg *msg)
 }
 
 static int install_one(struct worker *w, struct todo *t);
+
+/* Appends a run's source page numbers to the working-set record. */
+static void record_run(struct engine *eng, struct region *reg, uint64_t idx, uint32_t n)
+{
+	uint64_t first = (reg->r.src_off + (idx << reg->shift)) / 4096;
+	uint64_t count = (uint64_t)n << (reg->shift - 12);
+
+	pthread_mutex_lock(&eng->rec_lock);
+	if (eng->nrec + count > eng->caprec) {
+		size_t cap = eng->caprec ? eng->caprec * 2 : 4096;
+		while (cap < eng->nrec + count)
+			cap *= 2;
+		uint64_t *p = realloc(eng->rec, cap * sizeof(*p));
+		if (!p) {
+			eng->recording = false; /* out of memory: stop recording, serve on */
+			pthread_mutex_unlock(&eng->rec_lock);
+			return;
+		}
+		eng->rec = p;
+		eng->caprec = cap;
+	}
+	for (uint64_t i = 0; i < count; i++)
+		eng->rec[eng->nrec++] = first + i;
+	pthread_mutex_unlock(&eng->rec_lock);
+}
 
 /* Gives claimed pages back uninstalled (the map stays true when a worker
  * stops or must retry). */
@@ -383,6 +413,8 @@ static int install_one(struct worker *w, struct todo *t)
 		uffd_wake(eng->cfg.uffd, addr, ps);
 		/* fall through */
 	case UFFD_DONE:
+		if (eng->recording && !zero)
+			record_run(eng, reg, t->idx, t->npages);
 		ctr_add(zero ? &w->m.pages_zeroed : &w->m.pages_copied, t->npages);
 		ctr_add(&w->m.pages_around, t->npages - 1);
 		hist_record(&w->m.latency, lv_now_ns() - t->t0);
@@ -556,6 +588,7 @@ int engine_create(const struct engine_config *cfg, struct engine **out)
 	}
 	pthread_rwlock_init(&eng->install_lock, NULL);
 	pthread_mutex_init(&eng->error_lock, NULL);
+	pthread_mutex_init(&eng->rec_lock, NULL);
 	atomic_init(&eng->status, ENGINE_RUNNING);
 	*out = eng;
 	return 0;
@@ -689,6 +722,8 @@ void engine_destroy(struct engine *eng)
 	close(eng->event_efd);
 	pthread_rwlock_destroy(&eng->install_lock);
 	pthread_mutex_destroy(&eng->error_lock);
+	pthread_mutex_destroy(&eng->rec_lock);
+	free(eng->rec);
 	free(eng);
 }
 
@@ -741,6 +776,100 @@ int engine_resolve(struct engine *eng, unsigned slot, uint64_t addr, struct engi
 	done->addr = page_addr(reg, idx);
 	done->npages = t.npages;
 	return 0;
+}
+
+void engine_record_start(struct engine *eng)
+{
+	eng->recording = true;
+}
+
+size_t engine_record_get(struct engine *eng, uint64_t **pages)
+{
+	size_t n;
+
+	pthread_mutex_lock(&eng->rec_lock);
+	n = eng->nrec;
+	*pages = n ? malloc(n * sizeof(**pages)) : NULL;
+	if (*pages)
+		memcpy(*pages, eng->rec, n * sizeof(**pages));
+	else
+		n = 0;
+	pthread_mutex_unlock(&eng->rec_lock);
+	return n;
+}
+
+/* The region holding source page `sp` (4 KiB units), and its page index. */
+static struct region *region_of_src(struct engine *eng, uint64_t sp, uint64_t *idx)
+{
+	uint64_t off = sp * 4096;
+
+	for (size_t i = 0; i < eng->nregions; i++) {
+		struct region *reg = &eng->regions[i];
+		if (off >= reg->r.src_off && off - reg->r.src_off < reg->r.size) {
+			*idx = (off - reg->r.src_off) >> reg->shift;
+			return reg;
+		}
+	}
+	return NULL;
+}
+
+int engine_prefetch(struct engine *eng, unsigned slot, const uint64_t *pages, size_t n,
+                    uint64_t *installed)
+{
+	struct worker *w;
+	struct todo todo[EVENT_BATCH];
+	unsigned nt = 0;
+	size_t used = 0;
+
+	*installed = 0;
+	if (!eng->workers || slot >= eng->cfg.resolvers)
+		return -EINVAL;
+	w = &eng->workers[eng->cfg.threads + slot];
+	for (size_t i = 0; i <= n; i++) {
+		struct region *reg = NULL;
+		uint64_t idx = 0;
+
+		if (i < n && (reg = region_of_src(eng, pages[i], &idx)) &&
+		    (reg->r.page_size != 4096 || !pagemap_claim_missing(reg->pm, idx)))
+			reg = NULL; /* already in (or a huge page): nothing to do */
+		/* Merge into the last run when it continues it. */
+		if (reg && nt && todo[nt - 1].reg == reg &&
+		    todo[nt - 1].idx + todo[nt - 1].npages == idx &&
+		    used + 4096 <= WORKER_BUF_BYTES) {
+			todo[nt - 1].npages++;
+			used += 4096;
+			continue;
+		}
+		if (nt &&
+		    (i == n || nt == EVENT_BATCH || (reg && used + 4096 > WORKER_BUF_BYTES))) {
+			serve_batch(w, todo, nt);
+			if (engine_status(eng) != ENGINE_RUNNING) {
+				if (reg)
+					pagemap_finish(reg->pm, idx, PAGE_MISSING);
+				return -EIO;
+			}
+			for (unsigned k = 0; k < nt; k++)
+				*installed += todo[k].npages;
+			nt = 0;
+			used = 0;
+		}
+		if (reg) {
+			todo[nt++] = (struct todo){.reg = reg,
+			                           .idx = idx,
+			                           .npages = 1,
+			                           .data = w->buf + used,
+			                           .t0 = lv_now_ns()};
+			used += 4096;
+		}
+	}
+	return 0;
+}
+
+bool engine_page_present(struct engine *eng, uint64_t addr)
+{
+	struct region *reg = region_find(eng, addr);
+
+	return reg && pagemap_get(reg->pm, (addr - reg->r.host_addr) >> reg->shift) == PAGE_PRESENT;
 }
 
 int engine_wake(struct engine *eng, uint64_t addr, uint64_t len)

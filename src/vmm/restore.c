@@ -40,6 +40,7 @@ struct restore {
 	struct userfault uf;
 	bool have_uf;
 	struct kvm_sys *sys;
+	unsigned eng_prefetch_slot; /* resolver slot for working-set replay */
 	struct apf apf;
 	bool have_apf;
 };
@@ -342,7 +343,8 @@ static int start_lazy(struct restore *rs, struct guest_mem *m)
 	               : rs->cfg->handler_threads ? rs->cfg->handler_threads
 	                                          : 1,
 	    /* vCPUs, then the async PF I/O workers, then the kick intake thread */
-	    .resolvers = rs->cfg->exit_intake ? rs->rd.hdr.nr_vcpus + APF_IO_WORKERS + 1 : 0,
+	    /* (the last slot also replays a working set, before the guest runs) */
+	    .resolvers = rs->cfg->exit_intake ? rs->rd.hdr.nr_vcpus + APF_IO_WORKERS + 1 : 1,
 	    .intake = rs->cfg->intake,
 	    .busy_idle_ns = 10 * 1000 * 1000,
 	    .fault_around = rs->cfg->fault_around,
@@ -363,6 +365,9 @@ static int start_lazy(struct restore *rs, struct guest_mem *m)
 	}
 	if ((r = engine_start(rs->eng)) < 0)
 		return fail(rs, r, "starting the fault engine: %s", strerror(-r));
+	rs->eng_prefetch_slot = ec.resolvers - 1;
+	if (rs->cfg->record_ws)
+		engine_record_start(rs->eng);
 	return 0;
 }
 
@@ -531,6 +536,90 @@ static int setup_apf(struct restore *rs, struct vm *vm)
 	return 0;
 }
 
+/* Working-set files (REAP): a header naming the snapshot they belong to (its
+ * memory size and the state file's CRC), then the pages in the order they
+ * were installed. A file that is missing, damaged or from another snapshot
+ * only costs a warning: the restore goes on plain lazy. */
+struct ws_header {
+	char magic[8]; /* "LZYVMWS1" */
+	uint64_t mem_size;
+	uint32_t state_crc;
+	uint32_t reserved;
+	uint64_t count;
+};
+
+static uint32_t state_crc(const struct restore *rs)
+{
+	uint32_t crc;
+
+	memcpy(&crc, rs->state + rs->state_len - sizeof(crc), sizeof(crc));
+	return crc;
+}
+
+static void record_ws(struct restore *rs)
+{
+	struct ws_header h = {
+	    .magic = "LZYVMWS1", .mem_size = rs->rd.hdr.mem_size, .state_crc = state_crc(rs)};
+	uint64_t *pages = NULL;
+	FILE *f;
+
+	h.count = engine_record_get(rs->eng, &pages);
+	f = fopen(rs->cfg->record_ws, "wb");
+	if (!f || fwrite(&h, sizeof(h), 1, f) != 1 ||
+	    (h.count && fwrite(pages, sizeof(*pages), h.count, f) != h.count) || fclose(f) != 0)
+		lv_warn("cannot write the working set to %s: %s", rs->cfg->record_ws,
+		        strerror(errno));
+	else
+		rs->out->ws_recorded = h.count;
+	free(pages);
+}
+
+static int prefetch_ws(struct restore *rs, struct vm *vm)
+{
+	const char *path = rs->cfg->prefetch_ws;
+	struct ws_header h;
+	uint64_t *pages = NULL, installed = 0, t0 = lv_now_ns();
+	FILE *f = fopen(path, "rb");
+	int r;
+
+	if (!f || fread(&h, sizeof(h), 1, f) != 1 || memcmp(h.magic, "LZYVMWS1", 8) != 0 ||
+	    h.count > rs->rd.hdr.mem_size / 4096 * 4) {
+		lv_warn("working set %s is missing or not a working-set file: plain lazy restore",
+		        path);
+		goto out;
+	}
+	if (h.mem_size != rs->rd.hdr.mem_size || h.state_crc != state_crc(rs)) {
+		lv_warn(
+		    "working set %s was recorded for another snapshot (stale): plain lazy restore",
+		    path);
+		goto out;
+	}
+	pages = malloc((h.count ? h.count : 1) * sizeof(*pages));
+	if (!pages || fread(pages, sizeof(*pages), h.count, f) != h.count) {
+		lv_warn("working set %s is truncated: plain lazy restore", path);
+		goto out;
+	}
+	r = engine_prefetch(rs->eng, rs->eng_prefetch_slot, pages, h.count, &installed);
+	if (r < 0) {
+		fclose(f);
+		free(pages);
+		return fail(rs, r, "replaying the working set: %s", engine_error(rs->eng));
+	}
+	/* With exit intake the bitmap must say what is in now. */
+	for (uint64_t i = 0; rs->have_uf && i < h.count; i++) {
+		uint8_t *host = guest_mem_ptr(&vm->mem, pages[i] * 4096, 4096);
+		if (host && engine_page_present(rs->eng, (uint64_t)(uintptr_t)host))
+			uf_bitmap_clear(&rs->uf.bm, pages[i], 1);
+	}
+	rs->out->ws_prefetched = installed;
+	rs->out->prefetch_ms_x1000 = (lv_now_ns() - t0) / 1000;
+out:
+	if (f)
+		fclose(f);
+	free(pages);
+	return 0;
+}
+
 static int load_vm_state(struct restore *rs, struct vm *vm)
 {
 	char why[256];
@@ -617,6 +706,8 @@ int vmm_restore(const struct vmm_restore_config *cfg, struct vmm_outcome *out)
 		goto out_vm;
 	if ((r = setup_apf(&rs, vm)) < 0)
 		goto out_vm;
+	if (cfg->prefetch_ws && rs.eng && (r = prefetch_ws(&rs, vm)) < 0)
+		goto out_vm;
 	if (rs.have_uf) {
 		rs.uf.eng = rs.eng;
 		vm->uf = &rs.uf;
@@ -635,6 +726,8 @@ int vmm_restore(const struct vmm_restore_config *cfg, struct vmm_outcome *out)
 	r = run_watched(&rs, vm);
 	if (rs.have_uf)
 		userfault_kick_stop(&rs.uf);
+	if (cfg->record_ws && rs.eng)
+		record_ws(&rs);
 	fill_vm_outcome(vm, r, out);
 	if (rs.have_apf) {
 		apf_stop(&rs.apf);

@@ -152,6 +152,30 @@ for c in "${combos[@]}"; do
     fi
 done
 
+echo "# working-set record and replay (REAP)"
+ws="$T/ws.bin"
+out=$(timeout 60 "$LAZYVM" restore "$T/snap-1" --record-ws "$ws" --json 2>"$T/err"); rc=$?
+rec=$(json_field ws_recorded <<<"$out" 2>/dev/null || echo 0)
+[ "$rc" -eq 0 ] && [ "$rec" -gt 0 ] && [ -s "$ws" ] && ok "recorded a working set of $rec pages" ||
+    not_ok "record: status $rc $out"
+for intake in block exit; do
+    out=$(timeout 60 "$LAZYVM" restore "$T/snap-1" --prefetch-ws "$ws" --intake "$intake" --json 2>"$T/err"); rc=$?
+    if [ "$rc" -eq 0 ] && [ "$(json_field ok <<<"$out")" = True ] &&
+        [ "$(json_field ws_prefetched <<<"$out")" -eq "$rec" ] && [ "$(json_field faults <<<"$out")" -eq 0 ]; then
+        ok "replay ($intake intake): $rec pages installed before the guest ran, then no fault at all"
+    else
+        not_ok "replay ($intake): status $rc $out"
+    fi
+done
+out=$(timeout 60 "$LAZYVM" restore "$T/snap-2" --prefetch-ws "$ws" --json 2>"$T/err"); rc=$?
+[ "$rc" -eq 0 ] && [ "$(json_field ok <<<"$out")" = True ] && grep -q "recorded for another snapshot (stale)" "$T/err" &&
+    [ "$(json_field ws_prefetched <<<"$out")" -eq 0 ] &&
+    ok "a stale working set: a warning, then a plain lazy restore that verifies" || not_ok "stale ws: $rc $out $(cat "$T/err")"
+head -c 20 "$ws" >"$T/ws-short"
+out=$(timeout 60 "$LAZYVM" restore "$T/snap-1" --prefetch-ws "$T/ws-short" --json 2>"$T/err"); rc=$?
+[ "$rc" -eq 0 ] && grep -q "working set .* is missing or not a working-set file" "$T/err" &&
+    ok "a damaged working-set file: a warning, plain lazy restore" || not_ok "damaged ws: $rc $(cat "$T/err")"
+
 echo "# bad snapshots are refused before the guest runs"
 bad="$T/bad"
 reset_bad() { rm -rf "$bad"; cp -r "$snap" "$bad"; }
