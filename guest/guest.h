@@ -124,6 +124,7 @@ static inline struct cpu *this_cpu(void)
 void msg_send(uint16_t type, int32_t status, uint64_t a0, uint64_t a1, uint64_t a2, uint64_t a3,
               const char *text);
 __attribute__((format(printf, 1, 2))) void msg_log(const char *fmt, ...);
+void msg_vlog(const char *fmt, va_list ap);
 /* Trap context, once per vCPU: PANIC over the control port and the serial
  * console, then halt for ever. */
 __attribute__((noreturn)) void msg_panic(uint64_t vector, uint64_t error, uint64_t rip,

@@ -56,13 +56,11 @@ static void count(uint32_t *c)
 
 void guest_fail(const char *fmt, ...)
 {
-	char text[MSG_TEXT_MAX];
 	va_list ap;
 
 	va_start(ap, fmt);
-	fmt_vformat(text, sizeof(text), fmt, ap);
+	msg_vlog(fmt, ap);
 	va_end(ap);
-	msg_send(GUEST_MSG_LOG, 0, 0, 0, 0, 0, text);
 	msg_send(GUEST_MSG_DONE, 1, 0, 0, 0, 0, "failed");
 	__atomic_store_n(&phase, PHASE_FINISHED, __ATOMIC_RELEASE);
 	__atomic_store_n(&boot_state, BOOT_FAILED, __ATOMIC_RELEASE);

@@ -40,15 +40,21 @@ void msg_send(uint16_t type, int32_t status, uint64_t a0, uint64_t a1, uint64_t 
 	irq_restore(flags);
 }
 
-void msg_log(const char *fmt, ...)
+void msg_vlog(const char *fmt, va_list ap)
 {
 	char text[MSG_TEXT_MAX];
+
+	fmt_vformat(text, sizeof(text), fmt, ap);
+	msg_send(GUEST_MSG_LOG, 0, 0, 0, 0, 0, text);
+}
+
+void msg_log(const char *fmt, ...)
+{
 	va_list ap;
 
 	va_start(ap, fmt);
-	fmt_vformat(text, sizeof(text), fmt, ap);
+	msg_vlog(fmt, ap);
 	va_end(ap);
-	msg_send(GUEST_MSG_LOG, 0, 0, 0, 0, 0, text);
 }
 
 void serial_puts(const char *s)

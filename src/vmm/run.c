@@ -49,6 +49,10 @@ void fill_vm_outcome(struct vm *vm, int r, struct vmm_outcome *out)
 	else if (r < 0 && !rep->done && !vm->snapshot_taken)
 		snprintf(out->error, sizeof(out->error),
 		         "the VM stopped before the guest finished");
+	else if (rep->done && rep->results == 0 && rep->done_status != 0)
+		snprintf(out->error, sizeof(out->error),
+		         "the guest stopped before running any task (status %d; its log says why)",
+		         rep->done_status);
 	else if (rep->done && (rep->done_status != 0 || rep->results_failed))
 		snprintf(
 		    out->error, sizeof(out->error),

@@ -9,6 +9,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include "lazyvm/crc32c.h"
@@ -156,26 +157,9 @@ static int write_all(int fd, const void *buf, size_t len)
 	return 0;
 }
 
-static int write_file(const char *path, const void *buf, size_t len, char *why, size_t whylen)
-{
-	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-	int r;
-
-	if (fd < 0) {
-		snprintf(why, whylen, "cannot create %s: %s", path, strerror(errno));
-		return -errno;
-	}
-	r = write_all(fd, buf, len);
-	if (!r && fsync(fd) < 0)
-		r = -errno;
-	if (r)
-		snprintf(why, whylen, "writing %s: %s", path, strerror(-r));
-	close(fd);
-	return r;
-}
-
-/* Writes guest RAM to dir/memory and fills crcs[] (one per page). */
-static int save_memory(struct vm *vm, const char *path, uint32_t *crcs, char *why, size_t whylen)
+/* Creates `path` from n buffers, fsynced. 0 or -errno with why filled. */
+static int write_parts(const char *path, const struct iovec *parts, unsigned n, char *why,
+                       size_t whylen)
 {
 	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
 	int r = 0;
@@ -184,20 +168,37 @@ static int save_memory(struct vm *vm, const char *path, uint32_t *crcs, char *wh
 		snprintf(why, whylen, "cannot create %s: %s", path, strerror(errno));
 		return -errno;
 	}
-	for (unsigned i = 0; i < vm->mem.nslots && !r; i++) {
-		const struct mem_slot *s = &vm->mem.slots[i];
-
-		for (uint64_t off = 0; off < s->size; off += SNAP_PAGE_SIZE)
-			crcs[(s->file_off + off) / SNAP_PAGE_SIZE] =
-			    crc32c(0, s->host + off, SNAP_PAGE_SIZE);
-		r = write_all(fd, s->host, s->size);
-	}
+	for (unsigned i = 0; i < n && !r; i++)
+		r = write_all(fd, parts[i].iov_base, parts[i].iov_len);
 	if (!r && fsync(fd) < 0)
 		r = -errno;
 	if (r)
 		snprintf(why, whylen, "writing %s: %s", path, strerror(-r));
 	close(fd);
 	return r;
+}
+
+static int write_file(const char *path, const void *buf, size_t len, char *why, size_t whylen)
+{
+	struct iovec part = {.iov_base = (void *)buf, .iov_len = len};
+
+	return write_parts(path, &part, 1, why, whylen);
+}
+
+/* Writes guest RAM to dir/memory and fills crcs[] (one per page). */
+static int save_memory(struct vm *vm, const char *path, uint32_t *crcs, char *why, size_t whylen)
+{
+	struct iovec parts[VMM_MAX_SLOTS];
+
+	for (unsigned i = 0; i < vm->mem.nslots; i++) {
+		const struct mem_slot *s = &vm->mem.slots[i];
+
+		for (uint64_t off = 0; off < s->size; off += SNAP_PAGE_SIZE)
+			crcs[(s->file_off + off) / SNAP_PAGE_SIZE] =
+			    crc32c(0, s->host + off, SNAP_PAGE_SIZE);
+		parts[i] = (struct iovec){.iov_base = s->host, .iov_len = s->size};
+	}
+	return write_parts(path, parts, vm->mem.nslots, why, whylen);
 }
 
 int snapshot_save(struct vm *vm, char *why, size_t whylen)
@@ -213,7 +214,7 @@ int snapshot_save(struct vm *vm, char *why, size_t whylen)
 	                          .page_size = SNAP_PAGE_SIZE};
 	char path[4096], tmp[4096];
 	uint32_t *crcs = NULL;
-	int fd = -1, r;
+	int r;
 
 	memcpy(hdr.magic, SNAP_MAGIC, 8);
 	if (mkdir(dir, 0700) < 0 && errno != EEXIST) {
@@ -292,17 +293,15 @@ int snapshot_save(struct vm *vm, char *why, size_t whylen)
 	/* Write then rename: a state file is either whole or absent. */
 	snprintf(tmp, sizeof(tmp), "%s/state.tmp", dir);
 	snprintf(path, sizeof(path), "%s/state", dir);
-	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-	if (fd < 0 || (r = write_all(fd, w.buf, w.len)) < 0 || fsync(fd) < 0 ||
-	    rename(tmp, path) < 0) {
-		r = r ? r : -errno;
-		snprintf(why, whylen, "writing %s: %s", path, strerror(-r));
+	if ((r = write_file(tmp, w.buf, w.len, why, whylen)) < 0)
+		goto out;
+	if (rename(tmp, path) < 0) {
+		r = -errno;
+		snprintf(why, whylen, "renaming %s to %s: %s", tmp, path, strerror(errno));
 		goto out;
 	}
 	r = 0;
 out:
-	if (fd >= 0)
-		close(fd);
 	free(crcs);
 	free(w.buf);
 	return r;
