@@ -129,6 +129,17 @@ else
 fi
 expect "--apf user without --intake exit is refused" 1 "needs --intake exit" "$LAZYVM" restore "$apf" --apf user
 
+# Tokens are unique while outstanding and recycled at the guest's ACK: more
+# async faults than there are tokens (1024) must all be delivered.
+many="$T/snap-many"
+expect "snapshot: a 6 MiB scan (1536 pages)" 0 "snapshot written" \
+    "$LAZYVM" run --mem 32M --workload "scan:6M" --snapshot-dir "$many"
+read -r inj gnp grd spur okv note <<<"$(apf=$many; timeout 120 "$LAZYVM" restore "$many" --intake exit --fault-around 1 --json --apf user --policy async 2>"$T/err" |
+    python3 -c "import json,sys; j=json.loads(sys.stdin.read().strip().splitlines()[-1]); print(j['apf_not_present'], j['guest_apf_not_present'], j['guest_apf_ready'], j['apf_spurious'], j['ok'], '-')")"
+[ "$okv" = True ] && [ "$inj" -gt 1024 ] && [ "$inj" = "$gnp" ] && [ "$grd" -ge "$gnp" ] &&
+    ok "tokens recycled: $inj async faults (more than the 1024 tokens) all delivered and taken" ||
+    not_ok "token recycling: injected $inj, guest $gnp/$grd, ok $okv $(tail -3 "$T/err")"
+
 echo "# every intake x apf x policy on a mixed workload with the hard instructions"
 # edge:SIZE does a rep movsb across missing source and destination pages, an
 # add and a lock xadd (read-modify-write) on missing pages, and repe cmpsq.
