@@ -113,6 +113,13 @@ size_t engine_record_get(struct engine *eng, uint64_t **pages);
 int engine_prefetch(struct engine *eng, unsigned slot, const uint64_t *pages, size_t n,
                     uint64_t *installed);
 
+/* Starts background prefetch through resolver `slot`: every missing page,
+ * region by region, chunk_pages contiguous pages a read; paused while demand
+ * faults arrived within quiet_ns. Stops by itself when nothing is missing, or
+ * at engine_stop. 0 or -errno. */
+int engine_background_start(struct engine *eng, unsigned slot, unsigned chunk_pages,
+                            uint64_t quiet_ns);
+
 /* Is the page at host address addr installed? */
 bool engine_page_present(struct engine *eng, uint64_t addr);
 

@@ -32,6 +32,7 @@ struct hist {
 	X(pages_copied, "pages installed from the source")                                         \
 	X(pages_zeroed, "pages installed as zeros (removed ranges)")                               \
 	X(pages_around, "of pages_copied, installed by fault-around ahead of a fault")             \
+	X(pages_background, "of pages_copied, installed by background prefetch")                   \
 	X(bytes_read, "bytes read from the source")                                                \
 	X(eexist, "installs that found the page already there")                                    \
 	X(eagain, "installs retried because the address space was changing")                       \

@@ -46,6 +46,7 @@ struct vmm_restore_config {
 	const char *source_uri;     /* memory from this NBD export, not DIR/memory */
 	const char *record_ws;      /* lazy: write the pages the guest touched here */
 	const char *prefetch_ws;    /* lazy: install this recorded working set first */
+	bool background;            /* lazy: fetch every other page in the background */
 	unsigned handler_threads;   /* lazy: engine threads */
 	enum engine_intake intake;  /* lazy */
 	bool exit_intake;           /* lazy: faults as vCPU exits (userfault exits)
@@ -77,6 +78,7 @@ struct vmm_outcome {
 	uint64_t guest_apf_not_present, guest_apf_ready;
 	char apf_note[160];                  /* e.g. why kernel async PF is unavailable */
 	uint64_t ws_recorded, ws_prefetched; /* working-set pages written / installed */
+	uint64_t pages_background;           /* installed by background prefetch */
 	uint64_t prefetch_ms_x1000;          /* time the replay took, in microseconds */
 	uint64_t apf_io_wakeups, apf_notify_signals;
 	uint64_t apf_sync_ns, apf_async_ns; /* vCPU time per class of fault */

@@ -96,7 +96,8 @@ static void report(const char *what, const char *load, uint64_t t0, const struct
 		    "\"guest_apf_not_present\":%llu,\"guest_apf_ready\":%llu,"
 		    "\"apf_io_wakeups\":%llu,\"apf_notify_signals\":%llu,\"apf_sync\":%llu,"
 		    "\"apf_sync_ms\":%.3f,\"apf_async_ms\":%.3f,\"ws_recorded\":%llu,"
-		    "\"ws_prefetched\":%llu,\"prefetch_ms\":%.3f,\"apf_note\":",
+		    "\"ws_prefetched\":%llu,\"prefetch_ms\":%.3f,\"pages_background\":%llu,"
+		    "\"apf_note\":",
 		    o->ok ? "true" : "false", load, ms(t0, o->t_first_entry_ns),
 		    ms(o->t_run_start_ns, o->t_done_ns), ms(t0, end), (unsigned long long)o->faults,
 		    (unsigned long long)o->pages_installed, (unsigned long long)o->bytes_read,
@@ -111,7 +112,7 @@ static void report(const char *what, const char *load, uint64_t t0, const struct
 		    (unsigned long long)o->apf_notify_signals, (unsigned long long)o->apf_sync,
 		    (double)o->apf_sync_ns / 1e6, (double)o->apf_async_ns / 1e6,
 		    (unsigned long long)o->ws_recorded, (unsigned long long)o->ws_prefetched,
-		    (double)o->prefetch_ms_x1000 / 1e3);
+		    (double)o->prefetch_ms_x1000 / 1e3, (unsigned long long)o->pages_background);
 		print_json_string(o->apf_note);
 		printf(",\"error\":");
 		print_json_string(o->error);
@@ -254,6 +255,7 @@ int cmd_restore(int argc, char **argv)
 	    {"source", required_argument, 0, 'U'},
 	    {"record-ws", required_argument, 0, 'R'},
 	    {"prefetch-ws", required_argument, 0, 'W'},
+	    {"background-prefetch", no_argument, 0, 'G'},
 	    {"json", no_argument, 0, 'j'},
 	    {"help", no_argument, 0, 'h'},
 	    {0, 0, 0, 0},
@@ -327,6 +329,7 @@ int cmd_restore(int argc, char **argv)
 		case 'U': cfg.source_uri = optarg; break;
 		case 'R': cfg.record_ws = optarg; break;
 		case 'W': cfg.prefetch_ws = optarg; break;
+		case 'G': cfg.background = true; break;
 		case 'j': json = true; break;
 		case 'h': fputs(restore_help, stdout); return 0;
 		default: fputs("Run 'lazyvm restore --help' for the options.\n", stderr); return 2;

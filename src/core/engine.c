@@ -78,6 +78,12 @@ struct engine {
 	void *zeros;        /* HUGE_PAGE_MAX zero bytes, for huge pages (no ZEROPAGE there) */
 	unsigned batch_max; /* messages per read: every fault of a batch fits in a buffer */
 	unsigned nworkers;  /* threads + resolvers */
+	/* background prefetch */
+	_Atomic uint64_t last_demand_ns; /* last demand fault seen */
+	pthread_t bg_thread;
+	bool bg_started;
+	unsigned bg_slot, bg_chunk;
+	uint64_t bg_quiet_ns;
 	/* working-set recording: source page numbers installed, in order */
 	pthread_mutex_t rec_lock;
 	bool recording;
@@ -290,6 +296,7 @@ static int intake_batch(struct worker *w, struct todo *todo, int *nmsgs)
 		struct region *reg = region_find(eng, addr);
 
 		ctr_add(&w->m.faults, 1);
+		atomic_store_explicit(&eng->last_demand_ns, now, memory_order_relaxed);
 		if (!reg) {
 			engine_finish(eng, ENGINE_FAILED,
 			              "%s: fault at 0x%" PRIx64
@@ -686,12 +693,76 @@ err_stop:
 	return r;
 }
 
+/* Background prefetch: walks every region for missing pages and installs them
+ * a chunk (up to bg_chunk contiguous pages, one read, one copy) at a time. It
+ * yields to demand: while faults arrived in the last bg_quiet_ns it sleeps, so
+ * a demand fault waits at most for the one chunk in flight (CRIU's lazy-pages
+ * daemon backs off the same way). Ends when nothing is missing. */
+static void *background_main(void *arg)
+{
+	struct engine *eng = arg;
+	struct worker *w = &eng->workers[eng->cfg.threads + eng->bg_slot];
+
+	for (size_t r = 0; r < eng->nregions; r++) {
+		struct region *reg = &eng->regions[r];
+		uint64_t idx = 0, n = pagemap_pages(reg->pm);
+
+		if (reg->r.page_size != 4096)
+			continue;
+		while (!atomic_load(&eng->stopping) && engine_status(eng) == ENGINE_RUNNING) {
+			uint64_t now = lv_now_ns();
+
+			if (now - atomic_load_explicit(&eng->last_demand_ns, memory_order_relaxed) <
+			    eng->bg_quiet_ns) {
+				lv_sleep_ns(eng->bg_quiet_ns / 2);
+				continue;
+			}
+			idx = pagemap_find(reg->pm, idx, PAGE_MISSING);
+			if (idx >= n)
+				break;
+			if (!pagemap_claim_missing(reg->pm, idx))
+				continue; /* a demand fault took it meanwhile */
+			uint32_t run = 1;
+			while (run < eng->bg_chunk && idx + run < n &&
+			       pagemap_claim_missing(reg->pm, idx + run))
+				run++;
+			struct todo t = {
+			    .reg = reg, .idx = idx, .npages = run, .data = w->buf, .t0 = now};
+			serve_batch(w, &t, 1);
+			ctr_add(&w->m.pages_background, run);
+			idx += run;
+		}
+	}
+	return NULL;
+}
+
+int engine_background_start(struct engine *eng, unsigned slot, unsigned chunk_pages,
+                            uint64_t quiet_ns)
+{
+	int r;
+
+	if (!eng->workers || slot >= eng->cfg.resolvers || eng->bg_started || chunk_pages < 1 ||
+	    (uint64_t)chunk_pages * 4096 > WORKER_BUF_BYTES)
+		return -EINVAL;
+	eng->bg_slot = slot;
+	eng->bg_chunk = chunk_pages;
+	eng->bg_quiet_ns = quiet_ns;
+	r = -pthread_create(&eng->bg_thread, NULL, background_main, eng);
+	if (r == 0)
+		eng->bg_started = true;
+	return r;
+}
+
 int engine_stop(struct engine *eng)
 {
 	uint64_t one = 1;
 	int expected = ENGINE_RUNNING;
 
 	atomic_store(&eng->stopping, true);
+	if (eng->bg_started) {
+		pthread_join(eng->bg_thread, NULL);
+		eng->bg_started = false;
+	}
 	if (write(eng->stop_efd, &one, sizeof(one)) < 0)
 		(void)0; /* already signalled to the limit: still stops */
 	for (unsigned i = 0; eng->workers && i < eng->nworkers; i++) {
@@ -746,6 +817,7 @@ int engine_resolve(struct engine *eng, unsigned slot, uint64_t addr, struct engi
 		return -EFAULT;
 	idx = (addr - reg->r.host_addr) >> reg->shift;
 	ctr_add(&w->m.faults, 1);
+	atomic_store_explicit(&eng->last_demand_ns, t0, memory_order_relaxed);
 	for (;;) {
 		if (engine_status(eng) != ENGINE_RUNNING)
 			return -EIO;

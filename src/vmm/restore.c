@@ -658,6 +658,12 @@ int vmm_restore(const struct vmm_restore_config *cfg, struct vmm_outcome *out)
 	int r;
 
 	memset(out, 0, sizeof(*out));
+	if (cfg->background && (cfg->load != VMM_LOAD_LAZY || cfg->exit_intake)) {
+		snprintf(out->error, sizeof(out->error),
+		         "--background-prefetch works with --load lazy and a UFFD intake (block or "
+		         "busy)");
+		return -EINVAL;
+	}
 	if (cfg->load == VMM_LOAD_MMAP && cfg->source_uri) {
 		snprintf(out->error, sizeof(out->error),
 		         "--load mmap maps a local memory file; it cannot read from --source");
@@ -708,6 +714,13 @@ int vmm_restore(const struct vmm_restore_config *cfg, struct vmm_outcome *out)
 		goto out_vm;
 	if (cfg->prefetch_ws && rs.eng && (r = prefetch_ws(&rs, vm)) < 0)
 		goto out_vm;
+	/* 16 pages (64 KiB) a chunk; paused while a demand fault came in the last
+	 * 2 ms, so a demand fault waits for at most one chunk. */
+	if (cfg->background && rs.eng &&
+	    (r = engine_background_start(rs.eng, rs.eng_prefetch_slot, 16, 2 * 1000 * 1000)) < 0) {
+		fail(&rs, r, "background prefetch: %s", strerror(-r));
+		goto out_vm;
+	}
 	if (rs.have_uf) {
 		rs.uf.eng = rs.eng;
 		vm->uf = &rs.uf;
@@ -755,6 +768,7 @@ int vmm_restore(const struct vmm_restore_config *cfg, struct vmm_outcome *out)
 		                               rs.apf.st.not_present
 		                         : m.faults;
 		out->pages_installed = m.pages_copied + m.pages_zeroed;
+		out->pages_background = m.pages_background;
 		out->bytes_read = m.bytes_read;
 		out->fault_p50_ns = hist_percentile(&m.latency, 0.5);
 		out->fault_p99_ns = hist_percentile(&m.latency, 0.99);

@@ -187,6 +187,17 @@ out=$(timeout 60 "$LAZYVM" restore "$T/snap-1" --prefetch-ws "$T/ws-short" --jso
 [ "$rc" -eq 0 ] && grep -q "working set .* is missing or not a working-set file" "$T/err" &&
     ok "a damaged working-set file: a warning, plain lazy restore" || not_ok "damaged ws: $rc $(cat "$T/err")"
 
+echo "# background prefetch"
+out=$(timeout 60 "$LAZYVM" restore "$T/snap-2" --background-prefetch --json 2>"$T/err"); rc=$?
+bg=$(json_field pages_background <<<"$out" 2>/dev/null || echo 0)
+if [ "$rc" -eq 0 ] && [ "$(json_field ok <<<"$out")" = True ] && [ "$bg" -gt 0 ]; then
+    ok "background prefetch, 2 vCPUs: $bg pages fetched in the background, $(json_field faults <<<"$out") demand faults, data verified"
+else
+    not_ok "background prefetch: status $rc $out $(tail -3 "$T/err")"
+fi
+expect "background prefetch with exit intake is refused" 1 "works with --load lazy and a UFFD intake" \
+    "$LAZYVM" restore "$T/snap-2" --background-prefetch --intake exit
+
 echo "# bad snapshots are refused before the guest runs"
 bad="$T/bad"
 reset_bad() { rm -rf "$bad"; cp -r "$snap" "$bad"; }
