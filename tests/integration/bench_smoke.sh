@@ -8,4 +8,5 @@ echo "$out" | grep -E '^\| (lazyvm|floor)-block \| 1 ' || { echo "$out"; echo "f
 echo "$out" | grep -E '^\| 64M \| lazy ' || { echo "$out"; echo "restore_bench table missing"; exit 1; }
 echo "$out" | grep -E '^\| 2 \| exit \|' || { echo "$out"; echo "intake table missing"; exit 1; }
 echo "$out" | grep -E '^\| both, apf user \|' || { echo "$out"; echo "apf table missing"; exit 1; }
+echo "$out" | grep -E '^\| nbd 1ms, working-set replay \|' || { echo "$out"; echo "remote table missing"; exit 1; }
 echo "bench smoke: ok"
