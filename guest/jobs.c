@@ -72,10 +72,12 @@ static void prepare_pages(struct job *j, uint64_t seed)
 static int run_scan(struct job *j, uint64_t seed)
 {
 	uint64_t bad = 0, first_bad = 0;
+	/* rescan reads scan job `of`'s pages: its pattern is that job's. */
+	uint32_t owner = j->kind == JOB_RESCAN ? j->of : j->index;
 
 	for (uint64_t p = 0; p < j->size / PAGE_SIZE; p++) {
 		uint8_t *page = j->area + p * PAGE_SIZE;
-		uint64_t want = pattern(seed, j->index, p, 0);
+		uint64_t want = pattern(seed, owner, p, 0);
 		uint64_t q = page_check(page, want);
 
 		if (q == QWORDS_PER_PAGE)
@@ -217,7 +219,8 @@ void job_prepare(struct job *j, uint64_t seed)
 	case JOB_COMPUTE:
 		j->x = guest_compute(guest_compute_x0(seed, j->index), j->count / 2);
 		break;
-	case JOB_CRASH: break;
+	case JOB_CRASH:
+	case JOB_RESCAN: break;
 	}
 }
 
@@ -229,6 +232,7 @@ int job_run(struct job *j, uint64_t seed)
 	case JOB_COMPUTE: return run_compute(j);
 	case JOB_CRASH: return run_crash(j);
 	case JOB_EDGE: return run_edge(j, seed);
+	case JOB_RESCAN: return run_scan(j, seed);
 	}
 	return 1;
 }

@@ -96,6 +96,21 @@ static const char *parse_part(struct job *j, const struct field *f, unsigned nf)
 		j->kind = JOB_COMPUTE;
 		return nf != 2 ? "expected compute:N" : parse_count(f[1], &j->count);
 	}
+	if (field_is(f[0], "rescan")) {
+		uint64_t k;
+		const char *bad;
+
+		/* A second reader of scan job K's pages, in its run phase only: two
+		 * tasks faulting on the same pages at the same time. */
+		j->kind = JOB_RESCAN;
+		if (nf != 2)
+			return "expected rescan:K (K = the index of an earlier scan task)";
+		bad = parse_count(f[1], &k);
+		if (bad)
+			return bad;
+		j->of = (uint32_t)k;
+		return NULL;
+	}
 	if (field_is(f[0], "edge")) {
 		const char *bad;
 
@@ -119,7 +134,7 @@ static const char *parse_part(struct job *j, const struct field *f, unsigned nf)
 			return "expected crash:ud, crash:pf or crash:div";
 		return NULL;
 	}
-	return "unknown task (scan, random, compute, edge or crash)";
+	return "unknown task (scan, random, compute, edge, rescan or crash)";
 }
 
 int workload_parse(const char *spec, struct job *out, unsigned max, unsigned *n, char *err,
@@ -189,8 +204,13 @@ unsigned workload_setup(uint64_t heap_start, uint64_t heap_end, void (*task_fn)(
 
 	if (workload_parse(boot.workload, jobs, GUEST_MAX_TASKS, &n, err, sizeof(err)))
 		guest_fail("%s", err);
-	for (unsigned i = 0; i < n; i++)
+	for (unsigned i = 0; i < n; i++) {
 		need += job_mem_need(&jobs[i]); /* each <= 2 * 4 GiB: no overflow */
+		if (jobs[i].kind == JOB_RESCAN &&
+		    (jobs[i].of >= i || jobs[jobs[i].of].kind != JOB_SCAN))
+			guest_fail("%s: task %u is not an earlier scan task", jobs[i].spec,
+			           jobs[i].of);
+	}
 	if (need > have)
 		guest_fail("workload needs %lu bytes, guest has %lu", need, have);
 
@@ -202,6 +222,10 @@ unsigned workload_setup(uint64_t heap_start, uint64_t heap_end, void (*task_fn)(
 		if (j->kind == JOB_SCAN || j->kind == JOB_RANDOM || j->kind == JOB_EDGE) {
 			j->area = (uint8_t *)(uintptr_t)next;
 			next += j->size;
+		}
+		if (j->kind == JOB_RESCAN) { /* the scan job's own pages and size */
+			j->area = jobs[j->of].area;
+			j->size = jobs[j->of].size;
 		}
 		if (j->kind == JOB_RANDOM) {
 			j->gens = (uint8_t *)(uintptr_t)next;

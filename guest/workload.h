@@ -15,7 +15,7 @@
 
 #include "guest.h"
 
-enum job_kind { JOB_SCAN, JOB_RANDOM, JOB_COMPUTE, JOB_CRASH, JOB_EDGE };
+enum job_kind { JOB_SCAN, JOB_RANDOM, JOB_COMPUTE, JOB_CRASH, JOB_EDGE, JOB_RESCAN };
 enum crash_kind { CRASH_UD, CRASH_PF, CRASH_DIV };
 
 struct job {
@@ -27,6 +27,7 @@ struct job {
 	uint8_t *area;           /* scan, random: the pages */
 	uint8_t *gens;           /* random: one generation byte per page */
 	uint64_t x;              /* compute: the state, kept across the snapshot */
+	uint32_t of;             /* rescan: the index of the scan job whose area it reads */
 	char spec[MSG_TEXT_MAX]; /* the part of the workload string, e.g. "scan:16M" */
 };
 

@@ -140,6 +140,21 @@ read -r inj gnp grd spur okv note <<<"$(apf=$many; timeout 120 "$LAZYVM" restore
     ok "tokens recycled: $inj async faults (more than the 1024 tokens) all delivered and taken" ||
     not_ok "token recycling: injected $inj, guest $gnp/$grd, ok $okv $(tail -3 "$T/err")"
 
+# Two tasks faulting on the same pages at once (rescan:0 reads scan 0's pages),
+# on one vCPU and on two: each fault its own token, both tasks verify.
+for vcpus in 1 2; do
+    twin="$T/snap-twin-$vcpus"
+    "$LAZYVM" run --mem 32M --vcpus "$vcpus" --workload "scan:1M+rescan:0+compute:2000" --snapshot-dir "$twin" >/dev/null 2>&1
+    out=$(timeout 120 "$LAZYVM" restore "$twin" --intake exit --fault-around 1 --apf user --policy async --source-latency 1ms --json 2>"$T/err"); rc=$?
+    inj=$(json_field apf_not_present <<<"$out" 2>/dev/null || echo 0)
+    if [ "$rc" -eq 0 ] && [ "$(json_field ok <<<"$out")" = True ] && [ "$(json_field results <<<"$out")" -eq 3 ] &&
+        [ "$inj" -gt 256 ] && [ "$inj" = "$(json_field guest_apf_not_present <<<"$out")" ]; then
+        ok "two tasks on the same pages, $vcpus vCPU(s): $inj APFs for 256 pages, both verified"
+    else
+        not_ok "two tasks on the same pages, $vcpus vCPU(s): status $rc $out $(tail -3 "$T/err")"
+    fi
+done
+
 echo "# every intake x apf x policy on a mixed workload with the hard instructions"
 # edge:SIZE does a rep movsb across missing source and destination pages, an
 # add and a lock xadd (read-modify-write) on missing pages, and repe cmpsq.
