@@ -43,6 +43,33 @@ def machine():
         pass
     return f"{os.cpu_count()} CPUs, {model}, Linux {platform.release()}"
 
+def snapshot(a, d, mem, work, vcpus=1):
+    """Boots a guest with `work` and snapshots it into d (exits on failure)."""
+    print(f"restore_bench: snapshot, {mem}, {vcpus} vCPU(s), workload {work}", file=sys.stderr)
+    r = sh([a.lazyvm, "run", "--mem", mem, "--vcpus", str(vcpus), "--workload", work, "--snapshot-dir", d])
+    if r.returncode != 0:
+        sys.exit(f"restore_bench: snapshot of {work} failed: {r.stdout}{r.stderr}")
+    return d
+
+def header(title, guest):
+    print(f"## {title}\n")
+    print(f"- Command: `{' '.join(sys.argv)}`")
+    print(f"- Machine: {machine()}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    print(f"- {guest}\n")
+
+def interleave(reps, cases, run_one):
+    """Runs run_one(key) for every key, once a rep in shuffled order: {key: [json...]}."""
+    results = {k: [] for k in cases}
+    for rep in range(reps):
+        order = list(cases)
+        random.shuffle(order)
+        for k in order:
+            j = run_one(k)
+            results[k].append(j)
+            print(f"restore_bench: rep {rep + 1}/{reps} {k!s:<36} restore {j['restore_ms']:8.1f} ms"
+                  f"  run {j['run_ms']:8.1f} ms  total {j['total_ms']:8.1f} ms", file=sys.stderr)
+    return results
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--lazyvm", default=os.path.join(os.environ.get("B", "build"), "lazyvm"))
@@ -66,40 +93,22 @@ def main():
     tmp = tempfile.mkdtemp(prefix="lazyvm-restore-bench.")
     t_start = time.time()
     try:
-        snaps = {}
-        for size in sizes:
-            d = os.path.join(tmp, size)
-            print(f"restore_bench: snapshot of a {size} guest, working set scan:{a.ws}", file=sys.stderr)
-            r = sh([a.lazyvm, "run", "--mem", size, "--workload", f"scan:{a.ws}", "--snapshot-dir", d])
-            if r.returncode != 0:
-                sys.exit(f"restore_bench: snapshot of {size} failed: {r.stdout}{r.stderr}")
-            snaps[size] = d
-        results = {(s, m): [] for s in sizes for m in modes}
-        for rep in range(a.reps):
-            order = [(s, m) for s in sizes for m in modes]
-            random.shuffle(order)
-            for s, m in order:
-                if a.cold:
-                    os.sync()
-                    with open("/proc/sys/vm/drop_caches", "w") as f:
-                        f.write("3\n")
-                r = sh([a.lazyvm, "restore", snaps[s], "--load", m, "--json"])
-                try:
-                    j = json.loads(r.stdout.strip().splitlines()[-1])
-                except (ValueError, IndexError):
-                    sys.exit(f"restore_bench: {s} {m}: no JSON: {r.stdout}{r.stderr}")
-                if r.returncode != 0 or not j["ok"]:
-                    sys.exit(f"restore_bench: {s} {m}: the guest did not verify its data: {j['error']}")
-                results[(s, m)].append(j)
-                print(f"restore_bench: rep {rep + 1}/{a.reps} {s:>5} {m:<5} restore {j['restore_ms']:8.1f} ms"
-                      f"  run {j['run_ms']:8.1f} ms  total {j['total_ms']:8.1f} ms", file=sys.stderr)
+        snaps = {size: snapshot(a, os.path.join(tmp, size), size, f"scan:{a.ws}") for size in sizes}
+
+        def run_one(key):
+            if a.cold:
+                os.sync()
+                with open("/proc/sys/vm/drop_caches", "w") as f:
+                    f.write("3\n")
+            return restore_json(a.lazyvm, snaps[key[0]], ["--load", key[1]])
+
+        results = interleave(a.reps, [(s, m) for s in sizes for m in modes], run_one)
         med = lambda s, m, k: statistics.median(j[k] for j in results[(s, m)])
         cache = "cold: page cache dropped before each restore" if a.cold else "warm: memory file in the page cache"
-        print(f"## Restore: eager vs mmap vs lazy ({cache})\n")
-        print(f"- Command: `{' '.join(sys.argv)}`")
-        print(f"- Machine: {machine()}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
-        print(f"- Guest: 1 vCPU, workload scan:{a.ws} (written before the snapshot point, every byte read back"
-              f" and verified after restore); {a.reps} reps interleaved in shuffled order; cells are medians\n")
+        header(f"Restore: eager vs mmap vs lazy ({cache})",
+               f"Guest: 1 vCPU, workload scan:{a.ws} (written before the snapshot point, every byte read"
+               f" back and verified after restore); {a.reps} reps interleaved in shuffled order;"
+               f" cells are medians")
         print("| memory | load | restore_ms | run_ms | total_ms | peak RSS (MiB) | faults | MiB read |")
         print("|---|---|---:|---:|---:|---:|---:|---:|")
         for s in sizes:
@@ -140,28 +149,14 @@ def intake_experiment(a):
         snaps = {}
         for vcpus in (1, 2):
             work = "+".join([f"scan:{ws}+random:{ws}:{count}"] * vcpus)
-            d = os.path.join(tmp, f"v{vcpus}")
-            print(f"restore_bench: snapshot, {vcpus} vCPU(s), workload {work}", file=sys.stderr)
-            r = sh([a.lazyvm, "run", "--mem", "64M", "--vcpus", str(vcpus), "--workload", work,
-                    "--snapshot-dir", d])
-            if r.returncode != 0:
-                sys.exit(f"restore_bench: snapshot failed: {r.stdout}{r.stderr}")
-            snaps[vcpus] = (d, work)
-        results = {(v, i): [] for v in snaps for i in intakes}
-        for rep in range(reps):
-            order = list(results)
-            random.shuffle(order)
-            for v, i in order:
-                j = restore_json(a.lazyvm, snaps[v][0], ["--fault-around", "1"] + intakes[i])
-                results[(v, i)].append(j)
-                print(f"restore_bench: rep {rep + 1}/{reps} {v} vCPU {i:<10} run {j['run_ms']:8.1f} ms"
-                      f"  faults {j['faults']}", file=sys.stderr)
+            snaps[vcpus] = (snapshot(a, os.path.join(tmp, f"v{vcpus}"), "64M", work, vcpus), work)
+        results = interleave(reps, [(v, i) for v in snaps for i in intakes],
+                             lambda k: restore_json(a.lazyvm, snaps[k[0]][0],
+                                                    ["--fault-around", "1"] + intakes[k[1]]))
         med = lambda v, i, f: statistics.median(f(j) for j in results[(v, i)])
-        print("## Fault intake: UFFD handler thread vs userfault exits\n")
-        print(f"- Command: `{' '.join(sys.argv)}`")
-        print(f"- Machine: {machine()}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
-        print(f"- Guest: 64 MiB, per vCPU scan:{ws} + random:{ws}:{count}; lazy restore, --fault-around 1;"
-              f" {reps} reps interleaved; cells are medians\n")
+        header("Fault intake: UFFD handler thread vs userfault exits",
+               f"Guest: 64 MiB, per vCPU scan:{ws} + random:{ws}:{count}; lazy restore,"
+               f" --fault-around 1; {reps} reps interleaved; cells are medians")
         print("| vCPUs | intake | run_ms | faults | faults/s of run | median resolve (us) | exit backend |")
         print("|---:|---|---:|---:|---:|---:|---|")
         for v in snaps:
@@ -189,14 +184,10 @@ def apf_experiment(a):
     tmp = tempfile.mkdtemp(prefix="lazyvm-apf-bench.")
     t_start = time.time()
     try:
-        snaps = {}
-        for name, work in (("both", f"compute:{n}+random:4M:{count}"), ("cpu", f"compute:{n}"),
-                           ("io", f"random:4M:{count}"), ("short", "scan:2M+random:2M:200+compute:4000")):
-            d = os.path.join(tmp, name)
-            r = sh([a.lazyvm, "run", "--mem", "64M", "--workload", work, "--snapshot-dir", d])
-            if r.returncode != 0:
-                sys.exit(f"restore_bench: snapshot {work} failed: {r.stdout}{r.stderr}")
-            snaps[name] = d
+        snaps = {name: snapshot(a, os.path.join(tmp, name), "64M", work)
+                 for name, work in (("both", f"compute:{n}+random:4M:{count}"), ("cpu", f"compute:{n}"),
+                                    ("io", f"random:4M:{count}"),
+                                    ("short", "scan:2M+random:2M:200+compute:4000"))}
         base = ["--intake", "exit", "--fault-around", "1"]
         cases = {
             "both, apf off": (snaps["both"], base + ["--source-latency", lat, "--apf", "off"]),
@@ -210,22 +201,12 @@ def apf_experiment(a):
             "short, policy hybrid": (snaps["short"], base + ["--apf", "user", "--policy", "hybrid"]),
             "short, policy sync": (snaps["short"], base + ["--apf", "user", "--policy", "sync"]),
         }
-        results = {k: [] for k in cases}
-        for rep in range(reps):
-            order = list(cases)
-            random.shuffle(order)
-            for k in order:
-                j = restore_json(a.lazyvm, cases[k][0], cases[k][1])
-                results[k].append(j)
-                print(f"restore_bench: rep {rep + 1}/{reps} {k:<22} run {j['run_ms']:8.1f} ms  "
-                      f"apf {j['apf_not_present']}", file=sys.stderr)
+        results = interleave(reps, cases, lambda k: restore_json(a.lazyvm, cases[k][0], cases[k][1]))
         med = lambda k, f: statistics.median(f(j) for j in results[k])
         run = lambda k: med(k, lambda j: j["run_ms"])
-        print("## Async page faults: the RFC's experiment and short faults\n")
-        print(f"- Command: `{' '.join(sys.argv)}`")
-        print(f"- Machine: {machine()}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
-        print(f"- 1 vCPU, 64 MiB; exit intake (sigbus), fault-around 1; {reps} reps interleaved;"
-              f" cells are medians\n")
+        header("Async page faults: the RFC's experiment and short faults",
+               f"1 vCPU, 64 MiB; exit intake (sigbus), fault-around 1; {reps} reps interleaved;"
+               f" cells are medians")
         print("| case | run_ms | faults | APFs injected | guest took | spurious | I/O wake-ups | eventfd signals |")
         print("|---|---:|---:|---:|---:|---:|---:|---:|")
         for k in cases:
@@ -261,10 +242,7 @@ def remote_experiment(a):
     t_start = time.time()
     server = None
     try:
-        d = os.path.join(tmp, "snap")
-        r = sh([a.lazyvm, "run", "--mem", "128M", "--workload", f"scan:{ws_size}", "--snapshot-dir", d])
-        if r.returncode != 0:
-            sys.exit(f"restore_bench: snapshot failed: {r.stdout}{r.stderr}")
+        d = snapshot(a, os.path.join(tmp, "snap"), "128M", f"scan:{ws_size}")
         s_ = socket.socket(); s_.bind(("127.0.0.1", 0)); port = s_.getsockname()[1]; s_.close()
         server = subprocess.Popen(["nbdkit", "-f", "-i", "127.0.0.1", "-p", str(port), "--filter=delay",
                                    "file", os.path.join(d, "memory"), "rdelay=1ms"],
@@ -285,21 +263,11 @@ def remote_experiment(a):
             "nbd 1ms, lazy + background": ["--source", uri, "--background-prefetch"],
             "nbd 1ms, working-set replay": ["--source", uri, "--prefetch-ws", ws],
         }
-        results = {k: [] for k in cases}
-        for rep in range(reps):
-            order = list(cases)
-            random.shuffle(order)
-            for k in order:
-                j = restore_json(a.lazyvm, d, cases[k])
-                results[k].append(j)
-                print(f"restore_bench: rep {rep + 1}/{reps} {k:<34} total {j['total_ms']:8.1f} ms",
-                      file=sys.stderr)
+        results = interleave(reps, cases, lambda k: restore_json(a.lazyvm, d, cases[k]))
         med = lambda k, f: statistics.median(f(j) for j in results[k])
-        print("## Remote memory: NBD with 1 ms a request, prefetch and working-set replay\n")
-        print(f"- Command: `{' '.join(sys.argv)}`")
-        print(f"- Machine: {machine()}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
-        print(f"- Guest: 128 MiB, 1 vCPU, scan:{ws_size} (the same pages every restore); nbdkit file plugin"
-              f" + delay filter on loopback; {reps} reps interleaved; cells are medians\n")
+        header("Remote memory: NBD with 1 ms a request, prefetch and working-set replay",
+               f"Guest: 128 MiB, 1 vCPU, scan:{ws_size} (the same pages every restore); nbdkit file"
+               f" plugin + delay filter on loopback; {reps} reps interleaved; cells are medians")
         print("| case | restore_ms | run_ms | total_ms | demand faults | prefetched up front | background |")
         print("|---|---:|---:|---:|---:|---:|---:|")
         for k in cases:

@@ -150,6 +150,8 @@ int source_checked_wrap(struct source *inner, int csum_fd, const uint32_t *chunk
 	cs->csum_fd = fcntl(csum_fd, F_DUPFD_CLOEXEC, 0);
 	if (!cs->chunks || cs->csum_fd < 0) {
 		int err = cs->chunks ? -errno : -ENOMEM;
+		if (cs->csum_fd >= 0)
+			close(cs->csum_fd);
 		free(cs->chunks);
 		free(cs);
 		return err;

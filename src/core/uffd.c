@@ -1,6 +1,7 @@
 #include "lazyvm/uffd.h"
 
 #include <errno.h>
+#include <stddef.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
@@ -194,40 +195,45 @@ int uffd_copy(int fd, uint64_t dst, const void *src, uint64_t len)
 	return 0;
 }
 
-int uffd_zeropage(int fd, uint64_t dst, uint64_t len)
+/* UFFDIO_ZEROPAGE and UFFDIO_CONTINUE take the same layout: a range, a mode
+ * and the bytes done (or -errno); one loop continues both after partial work. */
+struct range_op {
+	struct uffdio_range range;
+	__u64 mode;
+	__s64 done;
+};
+_Static_assert(sizeof(struct range_op) == sizeof(struct uffdio_zeropage) &&
+                   offsetof(struct range_op, done) == offsetof(struct uffdio_zeropage, zeropage) &&
+                   sizeof(struct range_op) == sizeof(struct uffdio_continue) &&
+                   offsetof(struct range_op, done) == offsetof(struct uffdio_continue, mapped),
+               "UFFDIO_ZEROPAGE and UFFDIO_CONTINUE layouts");
+
+static int range_op(int fd, unsigned long req, uint64_t dst, uint64_t len)
 {
 	uint64_t done = 0;
 
 	while (done < len) {
-		struct uffdio_zeropage z = {.range = {.start = dst + done, .len = len - done}};
+		struct range_op op = {.range = {.start = dst + done, .len = len - done}};
 
-		if (ioctl(fd, UFFDIO_ZEROPAGE, &z) == 0)
+		if (ioctl(fd, req, &op) == 0)
 			return 0;
-		if (z.zeropage > 0) {
-			done += (uint64_t)z.zeropage;
+		if (op.done > 0) {
+			done += (uint64_t)op.done;
 			continue;
 		}
-		return z.zeropage < 0 ? (int)z.zeropage : -errno;
+		return op.done < 0 ? (int)op.done : -errno;
 	}
 	return 0;
 }
 
+int uffd_zeropage(int fd, uint64_t dst, uint64_t len)
+{
+	return range_op(fd, UFFDIO_ZEROPAGE, dst, len);
+}
+
 int uffd_continue(int fd, uint64_t dst, uint64_t len)
 {
-	uint64_t done = 0;
-
-	while (done < len) {
-		struct uffdio_continue c = {.range = {.start = dst + done, .len = len - done}};
-
-		if (ioctl(fd, UFFDIO_CONTINUE, &c) == 0)
-			return 0;
-		if (c.mapped > 0) {
-			done += (uint64_t)c.mapped;
-			continue;
-		}
-		return c.mapped < 0 ? (int)c.mapped : -errno;
-	}
-	return 0;
+	return range_op(fd, UFFDIO_CONTINUE, dst, len);
 }
 
 int uffd_wake(int fd, uint64_t addr, uint64_t len)

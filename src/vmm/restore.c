@@ -648,7 +648,8 @@ static int load_vm_state(struct restore *rs, struct vm *vm)
 
 int vmm_restore(const struct vmm_restore_config *cfg, struct vmm_outcome *out)
 {
-	struct restore rs = {.cfg = cfg, .out = out, .mem_fd = -1, .csum_fd = -1};
+	struct restore rs = {
+	    .cfg = cfg, .out = out, .mem_fd = -1, .csum_fd = -1, .uf = {.kick_uffd = -1}};
 	struct guest_mem want;
 	struct kvm_sys sys = {.fd = -1};
 
