@@ -21,6 +21,13 @@ next to each task alone, and the ideal overlap max(cpu, io); then short faults
 (its delay filter): plain lazy, lazy + background prefetch, working-set replay
 (REAP), against eager from the local file (fully resident) and lazy from it.
 
+--experiment migrate: post-copy live migration between two lazyvm processes on
+loopback (`lazyvm run --migrate-to` -> `lazyvm migrate --listen`), 2 vCPUs, a
+fixed mixed workload, for growing guest memory: downtime (vCPUs parked at the
+source -> running at the destination), transfer time (-> every page at the
+destination, when the source may exit), blocktime (vCPU time waiting for pages)
+and bytes sent, against memory size.
+
 --experiment intake: how faults reach lazyvm, lazy restores with fault-around
 off: a blocking UFFD handler thread, a busy-polling one, and userfault exits
 (--intake exit), for 1 and 2 vCPUs; each vCPU runs a scan and a random task.
@@ -78,7 +85,8 @@ def main():
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--cold", action="store_true", help="drop the page cache before every restore")
     ap.add_argument("--quick", action="store_true", help="32M/64M, 2M working set, 1 rep (smoke test)")
-    ap.add_argument("--experiment", choices=["load", "intake", "apf", "remote"], default="load")
+    ap.add_argument("--experiment", choices=["load", "intake", "apf", "remote", "migrate"],
+                    default="load")
     a = ap.parse_args()
     if a.experiment == "intake":
         return intake_experiment(a)
@@ -86,6 +94,8 @@ def main():
         return apf_experiment(a)
     if a.experiment == "remote":
         return remote_experiment(a)
+    if a.experiment == "migrate":
+        return migrate_experiment(a)
     if a.quick:
         a.sizes, a.ws, a.reps = "32M,64M", "2M", 1
     sizes = a.sizes.split(",")
@@ -284,6 +294,73 @@ def remote_experiment(a):
         if server:
             server.kill()
             server.wait()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+def migrate_once(lazyvm, tmp, mem, work):
+    """One migration on loopback: (source JSON, destination JSON)."""
+    err = os.path.join(tmp, "dst.err")
+    with open(err, "w") as ef:
+        dst = subprocess.Popen([lazyvm, "migrate", "--listen", "127.0.0.1:0", "--accept-timeout", "60s",
+                                "--json"], stdout=subprocess.PIPE, stderr=ef, text=True)
+    addr = None
+    for _ in range(200):
+        for line in open(err):
+            if line.startswith("lazyvm migrate: listening on "):
+                addr = line.split()[-1]
+        if addr:
+            break
+        time.sleep(0.02)
+    if not addr:
+        dst.kill()
+        sys.exit(f"restore_bench: the destination did not listen: {open(err).read()}")
+    src = sh([lazyvm, "run", "--mem", mem, "--vcpus", "2", "--workload", work, "--migrate-to", addr,
+              "--json"])
+    out, _ = dst.communicate(timeout=600)
+    try:
+        s, d = json.loads(src.stdout.strip().splitlines()[-1]), json.loads(out.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        sys.exit(f"restore_bench: migration {mem}: no JSON: {src.stdout}{src.stderr} / {out}")
+    if not (s["ok"] and d["ok"]):
+        sys.exit(f"restore_bench: migration {mem} failed: {s['error']} / {d['error']}")
+    return s, d
+
+def migrate_experiment(a):
+    reps = 1 if a.quick else a.reps
+    sizes = ["32M", "64M"] if a.quick else ["128M", "512M", "2G"]
+    work = "scan:2M+random:2M:100+compute:2000" if a.quick else "scan:16M+random:16M:1000+compute:20000"
+    tmp = tempfile.mkdtemp(prefix="lazyvm-migrate-bench.")
+    t_start = time.time()
+    try:
+        def run_one(mem):
+            s, d = migrate_once(a.lazyvm, tmp, mem, work)
+            # interleave() prints restore/run/total; give it the destination's view.
+            return dict(d, src=s)
+        results = interleave(reps, sizes, run_one)
+        med = lambda k, f: statistics.median(f(j) for j in results[k])
+        header("Post-copy live migration: downtime, transfer, blocktime and bytes vs memory size",
+               f"Guest: 2 vCPUs, workload {work}, migrated at the snapshot point (the run phase runs"
+               f" and verifies at the destination); both ends on loopback, NBD from the source's"
+               f" built-in server; {reps} reps interleaved; cells are medians")
+        print("| memory | downtime_ms | transfer_ms | dest run_ms | blocktime vCPU0 / vCPU1 (ms) | all blocked (ms)"
+              " | waits | state KiB | pages sent | zero pages (not sent) | MiB sent | sent / memory |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for m in sizes:
+            mib = int(m[:-1]) * (1024 if m.endswith("G") else 1)
+            sent = med(m, lambda j: j["src"]["bytes_sent"])
+            print(f"| {m} | {med(m, lambda j: j['src']['downtime_ms']):.1f} | "
+                  f"{med(m, lambda j: j['src']['transfer_ms']):.1f} | {med(m, lambda j: j['run_ms']):.1f} | "
+                  f"{med(m, lambda j: j['blocktime_ms'][0]):.1f} / {med(m, lambda j: j['blocktime_ms'][1]):.1f} | "
+                  f"{med(m, lambda j: j['blocktime_all_ms']):.2f} | {med(m, lambda j: sum(j['blocktime_faults'])):.0f} | "
+                  f"{med(m, lambda j: j['src']['state_bytes']) / 1024:.0f} | "
+                  f"{med(m, lambda j: j['src']['pages'] - j['src']['pages_zero']):.0f} | "
+                  f"{med(m, lambda j: j['src']['pages_zero']):.0f} | {sent / 2**20:.1f} | "
+                  f"{sent / 2**20 / mib:.3f} |")
+        lo, hi = sizes[0], sizes[-1]
+        dt = lambda k: med(k, lambda j: j["src"]["downtime_ms"])
+        print(f"\n- downtime {hi} / {lo}: **{dt(hi) / dt(lo):.2f}x** for "
+              f"{int(hi[:-1]) * (1024 if hi.endswith('G') else 1) // int(lo[:-1])}x the memory")
+        print(f"\nBenchmark wall time: {time.time() - t_start:.1f} s\n")
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "lazyvm/blocktime.h"
 #include "lazyvm/metrics.h"
 #include "lazyvm/source.h"
 
@@ -40,6 +41,10 @@ struct engine_config {
 	 * installed in one UFFDIO_COPY (Linux's fault-around for file mappings
 	 * does 16). 0 or 1: the faulting page only. Small pages only; <= 64. */
 	unsigned fault_around;
+	/* Optional (borrowed): waits of faulting threads are accounted here, by
+	 * the tid in each UFFD message (UFFD_FEATURE_THREAD_ID) or of the thread
+	 * calling engine_resolve. */
+	struct blocktime *blocktime;
 };
 
 /* One registered range of the address space and where its bytes live. */
@@ -116,9 +121,20 @@ int engine_prefetch(struct engine *eng, unsigned slot, const uint64_t *pages, si
 /* Starts background prefetch through resolver `slot`: every missing page,
  * region by region, chunk_pages contiguous pages a read; paused while demand
  * faults arrived within quiet_ns. Stops by itself when nothing is missing, or
- * at engine_stop. 0 or -errno. */
+ * at engine_stop. `done` (optional) is called from the background thread once
+ * every page is in (present, or known zero), not when it stops early.
+ * 0 or -errno. */
 int engine_background_start(struct engine *eng, unsigned slot, unsigned chunk_pages,
-                            uint64_t quiet_ns);
+                            uint64_t quiet_ns, void (*done)(void *arg), void *arg);
+/* Waits for the background thread to end (every page in, or the engine
+ * stopped or failed). */
+void engine_background_join(struct engine *eng);
+
+/* Before engine_start: the pages of [addr, addr + len) are known to be zero
+ * (the page source says so, e.g. a migration source's zero-page map). They
+ * are never read: a fault on one installs a zero page. 0, -EINVAL (outside
+ * the regions, unaligned, huge pages), -EBUSY once started. */
+int engine_mark_zero(struct engine *eng, uint64_t addr, uint64_t len);
 
 /* Is the page at host address addr installed? */
 bool engine_page_present(struct engine *eng, uint64_t addr);

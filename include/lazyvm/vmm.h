@@ -31,12 +31,26 @@ struct vmm_run_config {
 	const void *image; /* the guest image, loaded flat at GUEST_IMAGE_GPA */
 	enum vmm_apf apf;  /* != OFF: the guest enables the PV async PF protocol */
 	size_t image_len;
+	/* Post-copy migration to a `lazyvm migrate --listen` at this HOST:PORT:
+	 * at the snapshot point, or migrate_after_ns after the start when set. */
+	const char *migrate_to;
+	uint64_t migrate_after_ns;
 };
 
 enum vmm_load {
 	VMM_LOAD_EAGER, /* read the whole memory file, verify every page, then run */
 	VMM_LOAD_MMAP,  /* map the memory file MAP_PRIVATE (Firecracker's File backend) */
 	VMM_LOAD_LAZY,  /* userfaultfd + the fault engine: each page fetched when touched */
+};
+
+/* Called from lazyvm's threads during a restore (all optional). */
+struct vmm_restore_hooks {
+	/* The VM state is loaded and the vCPUs are about to run: from here on
+	 * this process owns the VM (a migration destination tells its source). */
+	void (*ready)(void *arg);
+	/* Background prefetch has every page in (present, or known zero). */
+	void (*transferred)(void *arg);
+	void *arg;
 };
 
 struct vmm_restore_config {
@@ -47,10 +61,13 @@ struct vmm_restore_config {
 	const char *record_ws;      /* lazy: write the pages the guest touched here */
 	const char *prefetch_ws;    /* lazy: install this recorded working set first */
 	bool background;            /* lazy: fetch every other page in the background */
-	unsigned handler_threads;   /* lazy: engine threads */
-	enum engine_intake intake;  /* lazy */
-	bool exit_intake;           /* lazy: faults as vCPU exits (userfault exits)
-	                             * instead of UFFD messages; `intake` unused */
+	bool background_finish;     /* and keep fetching after the guest is done, until
+	                             * every page is in (a migration's last pages) */
+	const struct vmm_restore_hooks *hooks;
+	unsigned handler_threads;  /* lazy: engine threads */
+	enum engine_intake intake; /* lazy */
+	bool exit_intake;          /* lazy: faults as vCPU exits (userfault exits)
+	                            * instead of UFFD messages; `intake` unused */
 	enum vmm_apf apf;
 	enum vmm_apf_policy policy;
 	unsigned fault_around; /* lazy: pages per fault (engine_config) */
@@ -65,6 +82,14 @@ struct vmm_outcome {
 	uint64_t t_run_start_ns;   /* run phase start */
 	uint64_t t_done_ns;        /* guest reported DONE */
 	bool snapshot_written;
+	/* migration source (lazyvm run --migrate-to) */
+	bool migrated;            /* the VM left for the destination, which has every page */
+	char migrate_note[512];   /* why it did not, when the VM went on here */
+	uint64_t mig_downtime_ns; /* vCPUs parked here -> the destination took over */
+	uint64_t mig_transfer_ns; /* took over -> it has every page */
+	uint64_t mig_state_bytes; /* state file + page checksums */
+	uint64_t mig_pages, mig_pages_zero;    /* guest pages; of them all-zero, never sent */
+	uint64_t mig_bytes_sent, mig_requests; /* guest memory over NBD */
 	/* memory loading */
 	uint64_t faults;          /* lazy: UFFD faults; mmap: the process's page faults */
 	uint64_t pages_installed; /* pages put in guest memory by lazyvm */
@@ -82,6 +107,26 @@ struct vmm_outcome {
 	uint64_t prefetch_ms_x1000;          /* time the replay took, in microseconds */
 	uint64_t apf_io_wakeups, apf_notify_signals;
 	uint64_t apf_sync_ns, apf_async_ns; /* vCPU time per class of fault */
+	/* post-copy blocktime (lazy restores): time each vCPU spent blocked on
+	 * missing pages, and the time all of them were blocked at once */
+	unsigned nvcpus;
+	uint64_t blocktime_ns[8], blocktime_faults[8];
+	uint64_t blocktime_all_ns;
+	uint64_t pages_zero_known;             /* pages the snapshot says are zero: never read */
+	uint64_t t_ready_ns, t_transferred_ns; /* hooks: vCPUs about to run, all pages in */
+};
+
+/* A migration destination (`lazyvm migrate`): listens, takes one VM from a
+ * `lazyvm run --migrate-to` source and runs it, pulling its memory lazily
+ * over NBD from the source (src/vmm/migrate.h has the protocol). */
+struct vmm_migrate_in_config {
+	const char *listen;         /* HOST:PORT; port 0 = any (see listening) */
+	uint64_t accept_timeout_ns; /* 0: wait for a source for ever */
+	/* How to restore: load must be lazy with a UFFD intake; dir, source_uri,
+	 * background and hooks are filled in. */
+	struct vmm_restore_config restore;
+	void (*listening)(void *arg, const char *addr); /* the bound HOST:PORT */
+	void *arg;
 };
 
 const char *vmm_load_name(enum vmm_load l);
@@ -95,5 +140,7 @@ int vmm_probe_exits(bool all, char *buf, size_t len);
  * with outcome->error saying why. Neither exits the process. */
 int vmm_run(const struct vmm_run_config *cfg, struct vmm_outcome *out);
 int vmm_restore(const struct vmm_restore_config *cfg, struct vmm_outcome *out);
+/* 0 when the guest finished at the destination with every page in. */
+int vmm_migrate_in(const struct vmm_migrate_in_config *cfg, struct vmm_outcome *out);
 
 #endif

@@ -7,6 +7,7 @@ int cmd_fc_client(int argc, char **argv);
 int cmd_run(int argc, char **argv);
 int cmd_restore(int argc, char **argv);
 int cmd_probe(int argc, char **argv);
+int cmd_migrate(int argc, char **argv);
 
 /* Option parsing helpers: print "lazyvm CMD: --opt: why" and return -1 on error. */
 int cli_size(const char *cmd, const char *opt, const char *val, unsigned long long *out);

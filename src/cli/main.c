@@ -16,8 +16,8 @@ static const struct {
 } commands[] = {
     {"run", cmd_run, "boot the bundled guest in lazyvm's KVM VMM; optionally snapshot it"},
     {"probe", cmd_probe, "say which userfault exit backends work on this host"},
-    {"probe", cmd_probe, "say which userfault exit backends work on this host"},
     {"restore", cmd_restore, "restore a snapshot: eager, mmap, or lazy (pages on first touch)"},
+    {"migrate", cmd_migrate, "receive a VM by post-copy live migration (lazyvm run --migrate-to)"},
     {"fc-handler", cmd_fc_handler, "serve Firecracker's page faults from a snapshot memory file"},
     {"fc-client", cmd_fc_client,
      "play Firecracker's part of the UFFD hand-off against a handler, verify every byte"},

@@ -24,6 +24,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include "lazyvm/blocktime.h"
 #include "lazyvm/compat.h"
 #include "lazyvm/log.h"
 #include "lazyvm/pagemap.h"
@@ -84,6 +85,8 @@ struct engine {
 	bool bg_started;
 	unsigned bg_slot, bg_chunk;
 	uint64_t bg_quiet_ns;
+	void (*bg_done)(void *arg);
+	void *bg_done_arg;
 	/* working-set recording: source page numbers installed, in order */
 	pthread_mutex_t rec_lock;
 	bool recording;
@@ -307,6 +310,9 @@ static int intake_batch(struct worker *w, struct todo *todo, int *nmsgs)
 		}
 		uint64_t idx = (addr - reg->r.host_addr) >> reg->shift;
 		enum page_state prev = pagemap_claim(reg->pm, idx);
+		if (eng->cfg.blocktime && prev != PAGE_PRESENT && msgs[i].arg.pagefault.feat.ptid)
+			blocktime_begin(eng->cfg.blocktime, (int)msgs[i].arg.pagefault.feat.ptid,
+			                page_addr(reg, idx), now);
 		if (prev == PAGE_INFLIGHT) {
 			ctr_add(&w->m.faults_shared, 1);
 		} else if (prev == PAGE_PRESENT) {
@@ -413,6 +419,8 @@ static int install_one(struct worker *w, struct todo *t)
 				pagemap_set_range(reg->pm, t->idx + j, 1, PAGE_PRESENT);
 	}
 	pthread_rwlock_unlock(&eng->install_lock);
+	if (eng->cfg.blocktime && (o == UFFD_DONE || o == UFFD_EXISTS))
+		blocktime_end_range(eng->cfg.blocktime, addr, len, lv_now_ns());
 
 	switch (o) {
 	case UFFD_EXISTS:
@@ -733,11 +741,21 @@ static void *background_main(void *arg)
 			idx += run;
 		}
 	}
+	/* Nothing missing any more; pages demand faults were installing at the
+	 * end of the pass are in once nothing is INFLIGHT. */
+	for (size_t r = 0; r < eng->nregions && eng->bg_done; r++)
+		while (!atomic_load(&eng->stopping) && engine_status(eng) == ENGINE_RUNNING &&
+		       pagemap_count(eng->regions[r].pm, PAGE_INFLIGHT) +
+		               pagemap_count(eng->regions[r].pm, PAGE_MISSING) >
+		           0)
+			lv_sleep_ns(100 * 1000);
+	if (eng->bg_done && !atomic_load(&eng->stopping) && engine_status(eng) == ENGINE_RUNNING)
+		eng->bg_done(eng->bg_done_arg);
 	return NULL;
 }
 
 int engine_background_start(struct engine *eng, unsigned slot, unsigned chunk_pages,
-                            uint64_t quiet_ns)
+                            uint64_t quiet_ns, void (*done)(void *arg), void *arg)
 {
 	int r;
 
@@ -747,10 +765,38 @@ int engine_background_start(struct engine *eng, unsigned slot, unsigned chunk_pa
 	eng->bg_slot = slot;
 	eng->bg_chunk = chunk_pages;
 	eng->bg_quiet_ns = quiet_ns;
+	eng->bg_done = done;
+	eng->bg_done_arg = arg;
 	r = -pthread_create(&eng->bg_thread, NULL, background_main, eng);
 	if (r == 0)
 		eng->bg_started = true;
 	return r;
+}
+
+void engine_background_join(struct engine *eng)
+{
+	if (eng->bg_started) {
+		pthread_join(eng->bg_thread, NULL);
+		eng->bg_started = false;
+	}
+}
+
+int engine_mark_zero(struct engine *eng, uint64_t addr, uint64_t len)
+{
+	if (eng->workers)
+		return -EBUSY;
+	for (uint64_t a = addr; a < addr + len;) {
+		struct region *reg = region_find(eng, a);
+		if (!reg || reg->r.page_size != 4096 || a % 4096 || len % 4096)
+			return -EINVAL;
+		uint64_t idx = (a - reg->r.host_addr) >> reg->shift;
+		uint64_t n = (reg->r.host_addr + reg->r.size - a) / 4096;
+		if (n > (addr + len - a) / 4096)
+			n = (addr + len - a) / 4096;
+		pagemap_set_range(reg->pm, idx, n, PAGE_REMOVED);
+		a += n * 4096;
+	}
+	return 0;
 }
 
 int engine_stop(struct engine *eng)
@@ -818,12 +864,17 @@ int engine_resolve(struct engine *eng, unsigned slot, uint64_t addr, struct engi
 	idx = (addr - reg->r.host_addr) >> reg->shift;
 	ctr_add(&w->m.faults, 1);
 	atomic_store_explicit(&eng->last_demand_ns, t0, memory_order_relaxed);
+	if (eng->cfg.blocktime)
+		blocktime_begin(eng->cfg.blocktime, (int)gettid(), page_addr(reg, idx), t0);
 	for (;;) {
 		if (engine_status(eng) != ENGINE_RUNNING)
 			return -EIO;
 		prev = pagemap_claim(reg->pm, idx);
 		if (prev == PAGE_PRESENT) {
 			ctr_add(&w->m.faults_stale, 1);
+			if (eng->cfg.blocktime)
+				blocktime_end_thread(eng->cfg.blocktime, (int)gettid(),
+				                     lv_now_ns());
 			return 0;
 		}
 		if (prev != PAGE_INFLIGHT)
@@ -834,6 +885,7 @@ int engine_resolve(struct engine *eng, unsigned slot, uint64_t addr, struct engi
 		       engine_status(eng) == ENGINE_RUNNING)
 			sched_yield();
 	}
+	/* From here the install (or its failure) ends this thread's wait. */
 	struct todo t = {.reg = reg,
 	                 .idx = idx,
 	                 .npages = claim_run(eng, reg, idx, prev, WORKER_BUF_BYTES),

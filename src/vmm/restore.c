@@ -17,6 +17,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "lazyvm/blocktime.h"
 #include "lazyvm/log.h"
 #include "lazyvm/source.h"
 #include "lazyvm/uffd.h"
@@ -43,6 +44,7 @@ struct restore {
 	unsigned eng_prefetch_slot; /* resolver slot for working-set replay */
 	struct apf apf;
 	bool have_apf;
+	struct blocktime *bt;
 };
 
 /* Records why the restore fails (the first reason wins) and returns err. */
@@ -289,6 +291,48 @@ static int load_eager(struct restore *rs, struct guest_mem *m)
 	return 0;
 }
 
+/* Pages the snapshot says are all zeros (SNAP_ZERO_PAGES, from a migration
+ * source that looked) are never read: a fault on one installs a zero page. */
+static int mark_zero_pages(struct restore *rs, struct guest_mem *m)
+{
+	uint64_t npages = m->size / SNAP_PAGE_SIZE, len;
+	const uint64_t *zero = snap_find(&rs->rd, SNAP_ZERO_PAGES, 0, &len);
+
+	if (!zero)
+		return 0;
+	if (len != (npages + 63) / 64 * sizeof(*zero))
+		return fail(rs, -EINVAL, "snapshot: zero-page map of %llu bytes for %llu pages",
+		            (unsigned long long)len, (unsigned long long)npages);
+	for (uint64_t pg = 0; pg < npages;) {
+		if (!(zero[pg / 64] >> (pg % 64) & 1)) {
+			pg++;
+			continue;
+		}
+		uint64_t end = pg + 1;
+		while (end < npages && zero[end / 64] >> (end % 64) & 1)
+			end++;
+		/* A run may cross slots: mark it slot by slot. */
+		for (uint64_t p = pg; p < end;) {
+			uint8_t *host = guest_mem_ptr(m, p * SNAP_PAGE_SIZE, SNAP_PAGE_SIZE);
+			uint64_t n = 1;
+			while (p + n < end &&
+			       guest_mem_ptr(m, (p + n) * SNAP_PAGE_SIZE, SNAP_PAGE_SIZE) ==
+			           host + n * SNAP_PAGE_SIZE)
+				n++;
+			int r = host ? engine_mark_zero(rs->eng, (uint64_t)(uintptr_t)host,
+			                                n * SNAP_PAGE_SIZE)
+			             : -EFAULT;
+			if (r < 0)
+				return fail(rs, r, "marking zero pages at 0x%llx: %s",
+				            (unsigned long long)(p * SNAP_PAGE_SIZE), strerror(-r));
+			p += n;
+		}
+		rs->out->pages_zero_known += end - pg;
+		pg = end;
+	}
+	return 0;
+}
+
 static int start_lazy(struct restore *rs, struct guest_mem *m)
 {
 	char why[256] = "";
@@ -319,9 +363,12 @@ static int start_lazy(struct restore *rs, struct guest_mem *m)
 	/* Exit intake, sigbus: KVM cannot fault a missing page in and exits
 	 * instead; no UFFD messages are read at all. Kick: blocking faults whose
 	 * messages name the faulting thread, so the right vCPU can be kicked. */
-	uint64_t features = !rs->cfg->exit_intake                   ? 0
-	                    : rs->uf.backend == EXIT_BACKEND_SIGBUS ? UFFD_FEATURE_SIGBUS
-	                                                            : UFFD_FEATURE_THREAD_ID;
+	/* UFFD intake: messages name the faulting thread too, for the blocktime. */
+	uint64_t features = rs->cfg->exit_intake && rs->uf.backend == EXIT_BACKEND_SIGBUS
+	                        ? UFFD_FEATURE_SIGBUS
+	                        : UFFD_FEATURE_THREAD_ID;
+	if ((r = blocktime_create(rs->rd.hdr.nr_vcpus, &rs->bt)) < 0)
+		return fail(rs, r, "blocktime: %s", strerror(-r));
 	uffd = uffd_open(features, NULL, why, sizeof(why));
 	if (uffd < 0)
 		return fail(rs, uffd, "userfaultfd: %s %s", strerror(-uffd), why);
@@ -348,6 +395,7 @@ static int start_lazy(struct restore *rs, struct guest_mem *m)
 	    .intake = rs->cfg->intake,
 	    .busy_idle_ns = 10 * 1000 * 1000,
 	    .fault_around = rs->cfg->fault_around,
+	    .blocktime = rs->bt,
 	    .name = "restore"};
 	rs->uf.kick_uffd =
 	    rs->uf.backend == EXIT_BACKEND_KICK ? fcntl(uffd, F_DUPFD_CLOEXEC, 0) : -1;
@@ -363,6 +411,8 @@ static int start_lazy(struct restore *rs, struct guest_mem *m)
 		if ((r = engine_add_region(rs->eng, &er)) < 0)
 			return fail(rs, r, "fault engine region %u: %s", i, strerror(-r));
 	}
+	if ((r = mark_zero_pages(rs, m)) < 0)
+		return r;
 	if ((r = engine_start(rs->eng)) < 0)
 		return fail(rs, r, "starting the fault engine: %s", strerror(-r));
 	rs->eng_prefetch_slot = ec.resolvers - 1;
@@ -620,6 +670,31 @@ out:
 	return 0;
 }
 
+static void transferred(void *arg)
+{
+	struct restore *rs = arg;
+
+	rs->out->t_transferred_ns = lv_now_ns();
+	if (rs->cfg->hooks && rs->cfg->hooks->transferred)
+		rs->cfg->hooks->transferred(rs->cfg->hooks->arg);
+}
+
+/* Per vCPU (by the tids its threads registered) and all-blocked totals. */
+static void report_blocktime(struct restore *rs, struct vm *vm)
+{
+	struct blocktime_report bt;
+
+	blocktime_get(rs->bt, &bt);
+	rs->out->nvcpus = vm->nvcpus;
+	rs->out->blocktime_all_ns = bt.all_ns;
+	for (unsigned i = 0; i < bt.nthreads; i++)
+		for (unsigned v = 0; v < vm->nvcpus && v < 8; v++)
+			if (bt.t[i].tid == atomic_load(&vm->vcpus[v].tid)) {
+				rs->out->blocktime_ns[v] = bt.t[i].wait_ns;
+				rs->out->blocktime_faults[v] = bt.t[i].faults;
+			}
+}
+
 static int load_vm_state(struct restore *rs, struct vm *vm)
 {
 	char why[256];
@@ -718,7 +793,8 @@ int vmm_restore(const struct vmm_restore_config *cfg, struct vmm_outcome *out)
 	/* 16 pages (64 KiB) a chunk; paused while a demand fault came in the last
 	 * 2 ms, so a demand fault waits for at most one chunk. */
 	if (cfg->background && rs.eng &&
-	    (r = engine_background_start(rs.eng, rs.eng_prefetch_slot, 16, 2 * 1000 * 1000)) < 0) {
+	    (r = engine_background_start(rs.eng, rs.eng_prefetch_slot, 16, 2 * 1000 * 1000,
+	                                 transferred, &rs)) < 0) {
 		fail(&rs, r, "background prefetch: %s", strerror(-r));
 		goto out_vm;
 	}
@@ -737,9 +813,20 @@ int vmm_restore(const struct vmm_restore_config *cfg, struct vmm_outcome *out)
 		snprintf(out->exit_backend, sizeof(out->exit_backend), "%s",
 		         exit_backend_name(rs.uf.backend));
 	}
+	vm->blocktime = rs.bt;
+	out->t_ready_ns = lv_now_ns();
+	if (cfg->hooks && cfg->hooks->ready)
+		cfg->hooks->ready(cfg->hooks->arg);
 	r = run_watched(&rs, vm);
 	if (rs.have_uf)
 		userfault_kick_stop(&rs.uf);
+	/* A migration's destination owns every page only once all have come. */
+	if (cfg->background_finish && rs.eng && r == 0) {
+		lv_info("guest done; waiting for the last pages to arrive");
+		engine_background_join(rs.eng);
+	}
+	if (rs.bt)
+		report_blocktime(&rs, vm);
 	if (cfg->record_ws && rs.eng)
 		record_ws(&rs);
 	fill_vm_outcome(vm, r, out);
@@ -809,6 +896,7 @@ out:
 		close(rs.csum_fd);
 	if (rs.state)
 		munmap(rs.state, rs.state_len);
+	blocktime_destroy(rs.bt);
 	if (sys.fd >= 0)
 		kvm_sys_close(&sys);
 	return r;

@@ -185,96 +185,135 @@ static int write_file(const char *path, const void *buf, size_t len, char *why, 
 	return write_parts(path, &part, 1, why, whylen);
 }
 
-/* Writes guest RAM to dir/memory and fills crcs[] (one per page). */
-static int save_memory(struct vm *vm, const char *path, uint32_t *crcs, char *why, size_t whylen)
+/* Pages of anonymous guest RAM that were never touched (or were dropped)
+ * are neither present nor swapped: they read as zeros without looking.
+ * /proc/self/pagemap says so for 8 bytes a page, so a sparse 2 GiB guest is
+ * classified by reading 4 MiB instead of 2 GiB. Fills absent[] (a bit a page
+ * of the slot); false when pagemap cannot be read (then every page is looked at). */
+#define PM_PRESENT (1ull << 63)
+#define PM_SWAPPED (1ull << 62)
+static bool untouched_pages(const struct mem_slot *s, uint64_t *absent)
 {
-	struct iovec parts[VMM_MAX_SLOTS];
+	uint64_t n = s->size / SNAP_PAGE_SIZE, buf[4096];
+	int fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+	bool ok = fd >= 0;
+
+	for (uint64_t i = 0; ok && i < n;) {
+		uint64_t want = n - i < 4096 ? n - i : 4096;
+		off_t at = (off_t)(((uintptr_t)s->host / SNAP_PAGE_SIZE + i) * sizeof(uint64_t));
+		ssize_t got = pread(fd, buf, want * sizeof(uint64_t), at);
+
+		if (got <= 0 || got % sizeof(uint64_t)) {
+			ok = false;
+			break;
+		}
+		for (uint64_t k = 0; k < (uint64_t)got / sizeof(uint64_t); k++, i++)
+			if (!(buf[k] & (PM_PRESENT | PM_SWAPPED)))
+				absent[i / 64] |= 1ull << (i % 64);
+	}
+	if (fd >= 0)
+		close(fd);
+	return ok;
+}
+
+/* Checksums every page of guest RAM into crcs[]; with zero != NULL, also sets
+ * bit i of zero[] for every page that is all zeros (its CRC is then known
+ * without computing it). */
+static void checksum_memory(struct vm *vm, uint32_t *crcs, uint64_t *zero)
+{
+	static const uint8_t zpage[SNAP_PAGE_SIZE];
+	uint32_t zcrc = crc32c(0, zpage, SNAP_PAGE_SIZE);
 
 	for (unsigned i = 0; i < vm->mem.nslots; i++) {
 		const struct mem_slot *s = &vm->mem.slots[i];
+		uint64_t *absent = NULL;
 
-		for (uint64_t off = 0; off < s->size; off += SNAP_PAGE_SIZE)
-			crcs[(s->file_off + off) / SNAP_PAGE_SIZE] =
-			    crc32c(0, s->host + off, SNAP_PAGE_SIZE);
-		parts[i] = (struct iovec){.iov_base = s->host, .iov_len = s->size};
+		if (zero && !vm->mem.file_mapped) {
+			absent = calloc((s->size / SNAP_PAGE_SIZE + 63) / 64, sizeof(*absent));
+			if (absent && !untouched_pages(s, absent)) {
+				free(absent);
+				absent = NULL;
+			}
+		}
+		for (uint64_t off = 0; off < s->size; off += SNAP_PAGE_SIZE) {
+			uint64_t pg = (s->file_off + off) / SNAP_PAGE_SIZE,
+			         k = off / SNAP_PAGE_SIZE;
+			const uint8_t *p = s->host + off;
+
+			if (absent && (absent[k / 64] >> (k % 64) & 1)) {
+				zero[pg / 64] |= 1ull << (pg % 64);
+				crcs[pg] = zcrc;
+			} else if (zero && p[0] == 0 && !memcmp(p, p + 1, SNAP_PAGE_SIZE - 1)) {
+				zero[pg / 64] |= 1ull << (pg % 64);
+				crcs[pg] = zcrc;
+			} else {
+				crcs[pg] = crc32c(0, p, SNAP_PAGE_SIZE);
+			}
+		}
+		free(absent);
 	}
-	return write_parts(path, parts, vm->mem.nslots, why, whylen);
 }
 
-int snapshot_save(struct vm *vm, char *why, size_t whylen)
+int snapshot_build(struct vm *vm, struct snap_writer *w, uint32_t *crcs, uint64_t *zero, char *why,
+                   size_t whylen)
 {
-	const char *dir = vm->cfg.snapshot_dir;
 	uint64_t npages = vm->mem.size / SNAP_PAGE_SIZE;
-	struct snap_writer w = {0};
 	struct snap_header hdr = {.format_version = SNAP_FORMAT_VERSION,
 	                          .guest_abi_version = GUEST_ABI_VERSION,
 	                          .mem_size = vm->mem.size,
 	                          .nr_vcpus = vm->nvcpus,
 	                          .nr_regions = vm->mem.nslots,
 	                          .page_size = SNAP_PAGE_SIZE};
-	char path[4096], tmp[4096];
-	uint32_t *crcs = NULL;
 	int r;
 
 	memcpy(hdr.magic, SNAP_MAGIC, 8);
-	if (mkdir(dir, 0700) < 0 && errno != EEXIST) {
-		snprintf(why, whylen, "cannot create directory %s: %s", dir, strerror(errno));
-		return -errno;
-	}
-	crcs = malloc(npages * sizeof(*crcs));
-	w.buf = malloc(w.cap = 1 << 20);
-	if (!crcs || !w.buf) {
-		r = -ENOMEM;
+	memset(w, 0, sizeof(*w));
+	w->buf = malloc(w->cap = 1 << 20);
+	if (!w->buf) {
 		snprintf(why, whylen, "out of memory");
-		goto out;
+		return -ENOMEM;
 	}
-	memcpy(w.buf, &hdr, sizeof(hdr));
-	w.len = sizeof(hdr);
+	memcpy(w->buf, &hdr, sizeof(hdr));
+	w->len = sizeof(hdr);
 	for (unsigned i = 0; i < vm->mem.nslots; i++) {
 		const struct mem_slot *s = &vm->mem.slots[i];
 		struct snap_region reg = {.gpa = s->gpa, .size = s->size, .file_off = s->file_off};
-		snap_put(&w, SNAP_REGION, i, &reg, sizeof(reg));
+		snap_put(w, SNAP_REGION, i, &reg, sizeof(reg));
 	}
 	for (unsigned i = 0; i < vm->nvcpus; i++) {
-		r = arch_vcpu_save(&vm->vcpus[i], &w);
+		r = arch_vcpu_save(&vm->vcpus[i], w);
 		if (r < 0) {
 			snprintf(why, whylen, "saving vCPU %u: %s", i, strerror(-r));
-			goto out;
+			return r;
 		}
 	}
 	for (unsigned i = 0; vm->apf && i < vm->nvcpus; i++) {
 		struct snap_apf sa = {.msr_en = vm->apf->vcpus[i].msr_en,
 		                      .vector = vm->apf->vcpus[i].vector};
-		snap_put(&w, SNAP_APF, i, &sa, sizeof(sa));
+		snap_put(w, SNAP_APF, i, &sa, sizeof(sa));
 	}
 	for (uint32_t chip = 0; chip < 3; chip++) {
 		struct kvm_irqchip ic = {.chip_id = chip};
 		if (ioctl(vm->fd, KVM_GET_IRQCHIP, &ic) < 0) {
 			r = -errno;
 			snprintf(why, whylen, "KVM_GET_IRQCHIP %u: %s", chip, strerror(errno));
-			goto out;
+			return r;
 		}
-		snap_put(&w, SNAP_IRQCHIP, chip, &ic, sizeof(ic));
+		snap_put(w, SNAP_IRQCHIP, chip, &ic, sizeof(ic));
 	}
 	struct kvm_clock_data clock = {0};
 	if (ioctl(vm->fd, KVM_GET_CLOCK, &clock) == 0)
-		snap_put(&w, SNAP_CLOCK, 0, &clock, sizeof(clock));
-	snprintf(path, sizeof(path), "%s/memory", dir);
-	r = save_memory(vm, path, crcs, why, whylen);
-	if (r < 0)
-		goto out;
+		snap_put(w, SNAP_CLOCK, 0, &clock, sizeof(clock));
+	checksum_memory(vm, crcs, zero);
+	if (zero)
+		snap_put(w, SNAP_ZERO_PAGES, 0, zero, (npages + 63) / 64 * sizeof(*zero));
 	/* The page checksums go to their own file, read lazily on restore; the
 	 * state file keeps one CRC per chunk of it, so it stays small. */
-	snprintf(path, sizeof(path), "%s/checksums", dir);
-	r = write_file(path, crcs, npages * sizeof(*crcs), why, whylen);
-	if (r < 0)
-		goto out;
 	uint64_t nchunks = (npages + CSUM_CHUNK_PAGES - 1) / CSUM_CHUNK_PAGES;
 	uint32_t *chunk_crcs = malloc(nchunks * sizeof(*chunk_crcs));
 	if (!chunk_crcs) {
-		r = -ENOMEM;
 		snprintf(why, whylen, "out of memory");
-		goto out;
+		return -ENOMEM;
 	}
 	for (uint64_t c = 0; c < nchunks; c++) {
 		uint64_t n = npages - c * CSUM_CHUNK_PAGES;
@@ -282,14 +321,47 @@ int snapshot_save(struct vm *vm, char *why, size_t whylen)
 		    crc32c(0, crcs + c * CSUM_CHUNK_PAGES,
 		           (n < CSUM_CHUNK_PAGES ? n : CSUM_CHUNK_PAGES) * sizeof(*crcs));
 	}
-	snap_put(&w, SNAP_CSUM_CHUNKS, 0, chunk_crcs, nchunks * sizeof(*chunk_crcs));
+	snap_put(w, SNAP_CSUM_CHUNKS, 0, chunk_crcs, nchunks * sizeof(*chunk_crcs));
 	free(chunk_crcs);
-	snap_seal(&w);
-	if (w.error) {
-		r = w.error;
-		snprintf(why, whylen, "building the state file: %s", strerror(-r));
-		goto out;
+	snap_seal(w);
+	if (w->error) {
+		snprintf(why, whylen, "building the state file: %s", strerror(-w->error));
+		return w->error;
 	}
+	return 0;
+}
+
+int snapshot_save(struct vm *vm, char *why, size_t whylen)
+{
+	const char *dir = vm->cfg.snapshot_dir;
+	uint64_t npages = vm->mem.size / SNAP_PAGE_SIZE;
+	struct snap_writer w = {0};
+	struct iovec parts[VMM_MAX_SLOTS];
+	char path[4096], tmp[4096];
+	uint32_t *crcs = NULL;
+	int r;
+
+	if (mkdir(dir, 0700) < 0 && errno != EEXIST) {
+		snprintf(why, whylen, "cannot create directory %s: %s", dir, strerror(errno));
+		return -errno;
+	}
+	crcs = malloc(npages * sizeof(*crcs));
+	if (!crcs) {
+		snprintf(why, whylen, "out of memory");
+		return -ENOMEM;
+	}
+	if ((r = snapshot_build(vm, &w, crcs, NULL, why, whylen)) < 0)
+		goto out;
+	for (unsigned i = 0; i < vm->mem.nslots; i++)
+		parts[i] = (struct iovec){.iov_base = vm->mem.slots[i].host,
+		                          .iov_len = vm->mem.slots[i].size};
+	snprintf(path, sizeof(path), "%s/memory", dir);
+	if ((r = write_parts(path, parts, vm->mem.nslots, why, whylen)) < 0)
+		goto out;
+	snprintf(path, sizeof(path), "%s/checksums", dir);
+	r = write_file(path, crcs, npages * sizeof(*crcs), why, whylen);
+	if (r < 0)
+		goto out;
 	/* Write then rename: a state file is either whole or absent. */
 	snprintf(tmp, sizeof(tmp), "%s/state.tmp", dir);
 	snprintf(path, sizeof(path), "%s/state", dir);

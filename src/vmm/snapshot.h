@@ -54,6 +54,8 @@ enum snap_section_type {
 	SNAP_IRQCHIP = 30,   /* struct kvm_irqchip, index = chip id (PIC master, slave, IOAPIC) */
 	SNAP_CLOCK = 31,     /* struct kvm_clock_data */
 	SNAP_CSUM_CHUNKS = 40, /* u32 CRC-32C of each 4 KiB chunk of the checksums file */
+	SNAP_ZERO_PAGES = 41,  /* optional: u64 bitmap, bit i set = page i is all zeros (the
+	                        * restore never reads it; written by migration) */
 };
 
 struct snap_region {
@@ -93,6 +95,14 @@ struct snap_reader {
 	size_t len; /* without the trailer */
 	struct snap_header hdr;
 };
+
+struct vm;
+/* Builds the sealed state file of a paused VM into *w (malloc'd buffer; the
+ * caller frees w->buf) and fills crcs[] with every page's CRC-32C. With zero
+ * != NULL (zeroed, a bit per page), finds the all-zero pages, sets their bits
+ * and records the map in the state (SNAP_ZERO_PAGES). 0 or -errno, why set. */
+int snapshot_build(struct vm *vm, struct snap_writer *w, uint32_t *crcs, uint64_t *zero, char *why,
+                   size_t whylen);
 
 /* Checks magic, versions, trailer, and that the sections tile the file
  * exactly. Returns 0 or -EINVAL with the problem in why. */

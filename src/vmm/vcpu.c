@@ -7,7 +7,9 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <unistd.h>
 
+#include "lazyvm/blocktime.h"
 #include "lazyvm/guest_compute.h"
 #include "lazyvm/log.h"
 #include "lazyvm/units.h"
@@ -62,7 +64,7 @@ static int snapshot_point(struct vcpu *v)
 	char why[512];
 	int r;
 
-	if (!vm->cfg.snapshot_dir) {
+	if (!vm->cfg.snapshot_dir && !vm->cfg.migrate) {
 		vm_fail(vm,
 		        "vCPU %u: the guest asked for a snapshot, but no --snapshot-dir was given",
 		        v->index);
@@ -80,6 +82,10 @@ static int snapshot_point(struct vcpu *v)
 	pthread_mutex_unlock(&vm->lock);
 	if (atomic_load(&vm->state) != VM_PAUSING)
 		return -ECANCELED;
+	if (vm->cfg.migrate) {
+		vm_migrate_parked(vm);
+		return 0;
+	}
 	r = snapshot_save(vm, why, sizeof(why));
 	if (r < 0) {
 		vm_fail(vm, "writing the snapshot to %s: %s", vm->cfg.snapshot_dir, why);
@@ -328,6 +334,9 @@ void *vcpu_thread(void *arg)
 	struct vcpu *v = arg;
 	struct vm *vm = v->vm;
 
+	atomic_store(&v->tid, (int)gettid());
+	if (vm->blocktime)
+		blocktime_register_vcpu(vm->blocktime, v->tid);
 	userfault_vcpu_started(v);
 	for (;;) {
 		int state = atomic_load(&vm->state);

@@ -11,6 +11,7 @@
 #include "lazyvm/log.h"
 #include "lazyvm/units.h"
 #include "apf.h"
+#include "migrate.h"
 #include "vcpu.h"
 #include "vmm.h"
 
@@ -179,6 +180,23 @@ void vm_mem_revoke(struct vm *vm)
 	pthread_rwlock_unlock(&vm->mem_gate);
 }
 
+void vm_migrate_parked(struct vm *vm)
+{
+	char why[512];
+	int r = migrate_out(vm, vm->cfg.migrate, why, sizeof(why));
+
+	if (r == 0) {
+		vm->migrated = true;
+		vm_set_state(vm, VM_STOPPING);
+	} else if (r == -EAGAIN) {
+		lv_warn("migration failed, the VM goes on here: %s", why);
+		snprintf(vm->migrate_note, sizeof(vm->migrate_note), "%s", why);
+		vm_set_state(vm, VM_RUNNING);
+	} else {
+		vm_fail(vm, "migration: %s", why);
+	}
+}
+
 void vm_fail(struct vm *vm, const char *fmt, ...)
 {
 	va_list ap;
@@ -227,5 +245,5 @@ int vm_run(struct vm *vm)
 	}
 	if (vm->report.error[0])
 		return -EIO;
-	return vm->report.done || vm->snapshot_taken ? 0 : -EIO;
+	return vm->report.done || vm->snapshot_taken || vm->migrated ? 0 : -EIO;
 }

@@ -82,6 +82,7 @@ struct vcpu {
 	size_t serial_len;
 	uint64_t exits;
 	_Atomic bool in_run; /* inside KVM_RUN (the kick backend only kicks these) */
+	_Atomic int tid;     /* of its thread, once started */
 };
 
 /* What the guest reported. */
@@ -106,9 +107,11 @@ struct vm_config {
 	uint32_t timeslice_us;
 	uint64_t seed;
 	const char *workload;
-	const char *snapshot_dir; /* take a snapshot at the snapshot point, then stop */
-	bool quiet_console;       /* don't echo the guest's console */
-	bool capture_apf_msrs;    /* guest APF MSR accesses exit to the VMM (apf.h) */
+	const char *snapshot_dir;    /* take a snapshot at the snapshot point, then stop */
+	bool quiet_console;          /* don't echo the guest's console */
+	bool capture_apf_msrs;       /* guest APF MSR accesses exit to the VMM (apf.h) */
+	struct migrate_out *migrate; /* migrate instead of writing a snapshot (migrate.h) */
+	bool migrate_timed;          /* at a time (run.c), not at the snapshot point */
 };
 
 struct vm {
@@ -123,11 +126,14 @@ struct vm {
 	_Atomic int state;
 	unsigned paused; /* vCPUs parked for a snapshot */
 	bool snapshot_taken;
+	bool migrated;          /* the VM has left for a migration destination */
+	char migrate_note[512]; /* why a migration did not happen, when the VM went on */
 	struct vm_report report;
 	pthread_mutex_t console_lock;
 	int kick_signal;
-	struct userfault *uf; /* exit-based intake, NULL otherwise */
-	struct apf *apf;      /* async page faults, NULL when off */
+	struct userfault *uf;        /* exit-based intake, NULL otherwise */
+	struct apf *apf;             /* async page faults, NULL when off */
+	struct blocktime *blocktime; /* vCPU threads register with it, NULL when off */
 	/* The VMM's own accesses to guest RAM hold this for reading; revoking
 	 * RAM (a failed restore makes it PROT_NONE) holds it for writing. */
 	pthread_rwlock_t mem_gate;
@@ -150,6 +156,11 @@ bool vm_mem_enter(struct vm *vm);
 void vm_mem_exit(struct vm *vm);
 /* Makes guest RAM inaccessible (PROT_NONE) once no VMM access is under way. */
 void vm_mem_revoke(struct vm *vm);
+
+/* With every vCPU parked (the caller is a vCPU at the snapshot point or the
+ * migration timer): migrates the VM out. Afterwards the VM is STOPPING
+ * (migrated, or lost) or RUNNING again (the destination refused; noted). */
+void vm_migrate_parked(struct vm *vm);
 
 /* Records the first fatal error and stops every vCPU. */
 void vm_fail(struct vm *vm, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

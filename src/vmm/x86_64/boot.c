@@ -59,8 +59,10 @@ int arch_load_guest(struct vm *vm, const void *image, size_t image_len)
 	bi->seed = vm->cfg.seed;
 	bi->timeslice_us = vm->cfg.timeslice_us;
 	bi->apic_ns_per_tick = 1; /* KVM's emulated APIC bus: 1 GHz */
-	bi->flags =
-	    (vm->cfg.snapshot_dir ? GUEST_BOOT_SNAPSHOT : 0) | (vm->apf ? GUEST_BOOT_APF : 0);
+	bi->flags = (vm->cfg.snapshot_dir || (vm->cfg.migrate && !vm->cfg.migrate_timed)
+	                 ? GUEST_BOOT_SNAPSHOT
+	                 : 0) |
+	            (vm->apf ? GUEST_BOOT_APF : 0);
 	if (strlen(vm->cfg.workload) >= sizeof(bi->workload))
 		return -ENAMETOOLONG;
 	strcpy(bi->workload, vm->cfg.workload);

@@ -1,0 +1,393 @@
+/* Post-copy migration, the source's side (migrate.h), and the wire helpers
+ * both sides use. */
+#include "migrate.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "lazyvm/log.h"
+#include "lazyvm/nbd_server.h"
+#include "lazyvm/units.h"
+#include "snapshot.h"
+#include "vmm.h"
+
+#define CONNECT_TIMEOUT_MS 5000
+#define ACCEPT_TIMEOUT_MS  60000 /* the destination validates and builds the VM */
+
+int mig_split_addr(const char *addr, char *host, size_t hostlen, char *port, size_t portlen)
+{
+	const char *colon, *h = addr;
+	size_t hl;
+
+	if (addr[0] == '[') {
+		const char *close = strchr(addr, ']');
+		if (!close || close[1] != ':')
+			return -EINVAL;
+		h = addr + 1;
+		hl = (size_t)(close - h);
+		colon = close + 1;
+	} else {
+		colon = strrchr(addr, ':');
+		if (!colon)
+			return -EINVAL;
+		hl = (size_t)(colon - addr);
+	}
+	if (hl == 0 || hl >= hostlen || strlen(colon + 1) == 0 || strlen(colon + 1) >= portlen)
+		return -EINVAL;
+	memcpy(host, h, hl);
+	host[hl] = 0;
+	snprintf(port, portlen, "%s", colon + 1);
+	for (const char *p = port; *p; p++)
+		if (*p < '0' || *p > '9')
+			return -EINVAL;
+	return 0;
+}
+
+int mig_send_all(int fd, const void *buf, size_t len)
+{
+	const char *p = buf;
+
+	while (len) {
+		ssize_t n = send(fd, p, len, MSG_NOSIGNAL);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		p += n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+int mig_recv_all(int fd, void *buf, size_t len, int timeout_ms)
+{
+	char *p = buf;
+
+	while (len) {
+		struct pollfd pfd = {.fd = fd, .events = POLLIN};
+		int pr = poll(&pfd, 1, timeout_ms);
+		if (pr < 0 && errno == EINTR)
+			continue;
+		if (pr < 0)
+			return -errno;
+		if (pr == 0)
+			return -ETIMEDOUT;
+		ssize_t n = recv(fd, p, len, 0);
+		if (n < 0) {
+			if (errno == EINTR || errno == EAGAIN)
+				continue;
+			return -errno;
+		}
+		if (n == 0)
+			return -ECONNRESET;
+		p += n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+int mig_send_msg(int fd, uint32_t kind, const uint64_t arg[4], const char *text)
+{
+	struct mig_msg m = {.magic = MIG_MAGIC, .version = MIG_VERSION, .kind = kind};
+
+	if (arg)
+		memcpy(m.arg, arg, sizeof(m.arg));
+	if (text)
+		snprintf(m.text, sizeof(m.text), "%s", text);
+	return mig_send_all(fd, &m, sizeof(m));
+}
+
+int mig_recv_msg(int fd, struct mig_msg *m, int timeout_ms, char *why, size_t whylen)
+{
+	int r = mig_recv_all(fd, m, sizeof(*m), timeout_ms);
+
+	if (r < 0) {
+		snprintf(why, whylen, "%s",
+		         r == -ECONNRESET  ? "the peer closed the connection"
+		         : r == -ETIMEDOUT ? "the peer sent nothing in time"
+		                           : strerror(-r));
+		return r;
+	}
+	if (m->magic != MIG_MAGIC) {
+		snprintf(why, whylen, "the peer does not speak lazyvm migration (magic 0x%08x)",
+		         m->magic);
+		return -EPROTO;
+	}
+	if (m->version != MIG_VERSION) {
+		snprintf(why, whylen, "the peer speaks migration version %u; this lazyvm speaks %u",
+		         m->version, MIG_VERSION);
+		return -EPROTO;
+	}
+	m->text[sizeof(m->text) - 1] = 0;
+	return 0;
+}
+
+void mig_tune_socket(int fd)
+{
+	int one = 1;
+
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
+}
+
+/* Connects with a deadline. */
+static int connect_to(const char *to, char *why, size_t whylen)
+{
+	char host[256], port[16];
+	struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *ai, *a;
+	int fd = -1, r;
+
+	if (mig_split_addr(to, host, sizeof(host), port, sizeof(port)) < 0) {
+		snprintf(why, whylen, "'%s' is not HOST:PORT", to);
+		return -EINVAL;
+	}
+	if ((r = getaddrinfo(host, port, &hints, &ai)) != 0) {
+		snprintf(why, whylen, "cannot resolve %s: %s", host, gai_strerror(r));
+		return -EHOSTUNREACH;
+	}
+	r = -ECONNREFUSED;
+	for (a = ai; a && fd < 0; a = a->ai_next) {
+		fd = socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+		if (fd < 0) {
+			r = -errno;
+			continue;
+		}
+		if (connect(fd, a->ai_addr, a->ai_addrlen) < 0 && errno != EINPROGRESS) {
+			r = -errno;
+		} else {
+			struct pollfd p = {.fd = fd, .events = POLLOUT};
+			int err = 0;
+			socklen_t el = sizeof(err);
+			int pr = poll(&p, 1, CONNECT_TIMEOUT_MS);
+			if (pr == 0)
+				r = -ETIMEDOUT;
+			else if (pr < 0 || getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &el) < 0)
+				r = -errno;
+			else if (err)
+				r = -err;
+			else
+				r = 0;
+		}
+		if (r < 0) {
+			close(fd);
+			fd = -1;
+		}
+	}
+	freeaddrinfo(ai);
+	if (fd < 0) {
+		snprintf(why, whylen, "cannot reach %s: %s", to, strerror(-r));
+		return r;
+	}
+	/* Blocking from here on; waits are bounded with poll. */
+	int fl = fcntl(fd, F_GETFL);
+	fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
+	mig_tune_socket(fd);
+	return fd;
+}
+
+int migrate_connect(struct migrate_out *mo, const char *to, uint64_t mem_size, unsigned nvcpus,
+                    char *why, size_t whylen)
+{
+	uint64_t arg[4] = {mem_size, nvcpus};
+	struct mig_msg m;
+	char w[160];
+	int r;
+
+	memset(mo, 0, sizeof(*mo));
+	mo->to = to;
+	mo->fd = connect_to(to, why, whylen);
+	if (mo->fd < 0)
+		return mo->fd;
+	if ((r = mig_send_msg(mo->fd, MIG_HELLO, arg, NULL)) < 0 ||
+	    (r = mig_recv_msg(mo->fd, &m, CONNECT_TIMEOUT_MS, w, sizeof(w))) < 0) {
+		if (r != -EPROTO && r > -4096)
+			snprintf(w, sizeof(w), "%s", strerror(-r));
+		snprintf(why, whylen, "migration destination %s: %s", to, w);
+		goto fail;
+	}
+	if (m.kind == MIG_REFUSE) {
+		snprintf(why, whylen, "migration destination %s refuses: %s", to, m.text);
+		r = -ECONNREFUSED;
+		goto fail;
+	}
+	if (m.kind != MIG_HELLO) {
+		snprintf(why, whylen, "migration destination %s answered HELLO with message %u", to,
+		         m.kind);
+		r = -EPROTO;
+		goto fail;
+	}
+	return 0;
+fail:
+	close(mo->fd);
+	mo->fd = -1;
+	return r;
+}
+
+void migrate_close(struct migrate_out *mo)
+{
+	if (mo->fd >= 0)
+		close(mo->fd);
+	mo->fd = -1;
+}
+
+/* The address the destination reached us on: the NBD server listens there. */
+static int local_addr(int fd, char *host, size_t hostlen)
+{
+	struct sockaddr_storage ss;
+	socklen_t sl = sizeof(ss);
+
+	if (getsockname(fd, (struct sockaddr *)&ss, &sl) < 0)
+		return -errno;
+	if (getnameinfo((struct sockaddr *)&ss, sl, host, (socklen_t)hostlen, NULL, 0,
+	                NI_NUMERICHOST) != 0)
+		return -EINVAL;
+	return 0;
+}
+
+/* Every page not known to be zero must have gone out in some read. */
+static int check_all_sent(struct vm *vm, struct nbd_server *srv, const uint64_t *zero, char *why,
+                          size_t whylen)
+{
+	uint64_t npages = vm->mem.size / SNAP_PAGE_SIZE;
+
+	for (uint64_t pg = 0; pg < npages; pg++) {
+		if (zero[pg / 64] >> (pg % 64) & 1)
+			continue;
+		uint64_t end = pg + 1;
+		while (end < npages && !(zero[end / 64] >> (end % 64) & 1))
+			end++;
+		if (!nbd_server_range_sent(srv, pg * SNAP_PAGE_SIZE, (end - pg) * SNAP_PAGE_SIZE)) {
+			uint64_t p = pg;
+			while (nbd_server_range_sent(srv, p * SNAP_PAGE_SIZE, SNAP_PAGE_SIZE))
+				p++;
+			snprintf(
+			    why, whylen,
+			    "the destination says it has every page, but page 0x%llx was never "
+			    "sent",
+			    (unsigned long long)(p * SNAP_PAGE_SIZE));
+			return -EPROTO;
+		}
+		pg = end;
+	}
+	return 0;
+}
+
+int migrate_out(struct vm *vm, struct migrate_out *mo, char *why, size_t whylen)
+{
+	uint64_t npages = vm->mem.size / SNAP_PAGE_SIZE;
+	struct nbd_export_region regions[VMM_MAX_SLOTS];
+	struct nbd_server_config sc = {.regions = regions, .nregions = vm->mem.nslots};
+	struct nbd_server *srv = NULL;
+	struct snap_writer w = {0};
+	struct mig_msg m;
+	char host[INET6_ADDRSTRLEN + 1], w2[256];
+	uint32_t *crcs = malloc(npages * sizeof(*crcs));
+	uint64_t *zero = calloc((npages + 63) / 64, sizeof(*zero));
+	/* Whether the VM may go on here after a failure: until the offer is out,
+	 * and after it only on a REFUSE or a close without ACCEPT (TCP delivers
+	 * in order, so an ACCEPT sent before the close would have arrived). A
+	 * timeout is ambiguous: the destination may be running the VM. */
+	bool resumable = true;
+	int r;
+
+	mo->t_pause_ns = lv_now_ns();
+	mo->pages_total = npages;
+	if (!crcs || !zero) {
+		snprintf(why, whylen, "out of memory");
+		r = -ENOMEM;
+		goto out;
+	}
+	if ((r = snapshot_build(vm, &w, crcs, zero, why, whylen)) < 0)
+		goto out;
+	for (uint64_t i = 0; i < (npages + 63) / 64; i++)
+		mo->pages_zero += (uint64_t)__builtin_popcountll(zero[i]);
+	mo->state_bytes = w.len + npages * sizeof(*crcs);
+	/* Guest RAM, in snapshot file order, served where the destination reached us. */
+	for (unsigned i = 0; i < vm->mem.nslots; i++)
+		regions[i] = (struct nbd_export_region){.host = vm->mem.slots[i].host,
+		                                        .len = vm->mem.slots[i].size};
+	if ((r = local_addr(mo->fd, host, sizeof(host))) < 0) {
+		snprintf(why, whylen, "the control connection's local address: %s", strerror(-r));
+		goto out;
+	}
+	sc.bind_addr = host;
+	if ((r = nbd_server_start(&sc, &srv, w2, sizeof(w2))) < 0) {
+		snprintf(why, whylen, "cannot serve guest memory over NBD on %s: %s", host, w2);
+		goto out;
+	}
+	uint64_t arg[4] = {w.len, npages * sizeof(*crcs), nbd_server_port(srv)};
+	if ((r = mig_send_msg(mo->fd, MIG_OFFER, arg, NULL)) < 0 ||
+	    (r = mig_send_all(mo->fd, w.buf, w.len)) < 0 ||
+	    (r = mig_send_all(mo->fd, crcs, npages * sizeof(*crcs))) < 0) {
+		snprintf(why, whylen, "sending the VM state to %s: %s", mo->to, strerror(-r));
+		goto out;
+	}
+	if ((r = mig_recv_msg(mo->fd, &m, ACCEPT_TIMEOUT_MS, w2, sizeof(w2))) < 0) {
+		resumable = r == -ECONNRESET;
+		snprintf(why, whylen, "waiting for %s to take the VM over: %s%s", mo->to, w2,
+		         resumable ? "" : "; it may be running the VM, so it does not go on here");
+		goto out;
+	}
+	if (m.kind == MIG_REFUSE) {
+		snprintf(why, whylen, "%s refused the VM: %s", mo->to, m.text);
+		r = -ECONNREFUSED;
+		goto out;
+	}
+	/* Past this point the VM runs at the destination: there is no going back. */
+	resumable = false;
+	if (m.kind != MIG_ACCEPT) {
+		snprintf(why, whylen, "%s answered the offer with message %u", mo->to, m.kind);
+		r = -EPROTO;
+		goto out;
+	}
+	mo->t_accept_ns = lv_now_ns();
+	lv_info("migration: %s took the VM over after %.1f ms; serving %llu pages (%llu zero, "
+	        "not sent)",
+	        mo->to, (double)(mo->t_accept_ns - mo->t_pause_ns) / 1e6,
+	        (unsigned long long)npages, (unsigned long long)mo->pages_zero);
+	if ((r = mig_recv_msg(mo->fd, &m, -1, w2, sizeof(w2))) < 0) {
+		snprintf(why, whylen, "%s failed before it had every page (%s): the VM is lost",
+		         mo->to, w2);
+		goto out;
+	}
+	if (m.kind != MIG_DONE) {
+		snprintf(why, whylen, "%s sent message %u instead of DONE: the VM is lost", mo->to,
+		         m.kind);
+		r = -EPROTO;
+		goto out;
+	}
+	mo->t_done_ns = lv_now_ns();
+	/* The server counts a page once its send returned, which can be just
+	 * after the destination got it and said DONE: allow it a moment. */
+	for (uint64_t until = lv_now_ns() + 500 * 1000 * 1000;;) {
+		r = check_all_sent(vm, srv, zero, why, whylen);
+		if (r == 0 || lv_now_ns() > until)
+			break;
+		lv_sleep_ns(1000 * 1000);
+	}
+out:
+	if (srv) {
+		struct nbd_server_stats st;
+		nbd_server_stats(srv, &st);
+		mo->nbd_bytes_sent = st.bytes_sent;
+		mo->nbd_requests = st.requests;
+		nbd_server_stop(srv);
+	}
+	free(w.buf);
+	free(crcs);
+	free(zero);
+	if (r < 0 && resumable)
+		return -EAGAIN;
+	return r;
+}

@@ -1,0 +1,134 @@
+#!/bin/bash
+# Post-copy live migration between two lazyvm processes on loopback: the
+# guest verifies all its data at the destination; refusals, a destination or
+# source that dies mid-transfer, and peers that do not speak the protocol.
+set -u
+B=${B:-build}
+LAZYVM=$(realpath "$B/lazyvm")
+T=$(mktemp -d /tmp/lazyvm-migrate-test.XXXXXX)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null; done; rm -rf "$T"; }
+trap cleanup EXIT
+failures=0
+ok() { echo "ok - $*"; }
+not_ok() { echo "not ok - $*"; failures=$((failures + 1)); }
+WL="scan:4M+random:4M:300+compute:2000+edge:64k"
+
+# dest NAME ARGS...: a destination on an ephemeral loopback port, in the
+# background; sets $dst_pid and $addr (from its "listening on" line).
+dest() {
+    local name=$1; shift
+    # No timeout wrapper: $dst_pid must be lazyvm itself (tests kill it);
+    # --accept-timeout and the test runner's timeout bound it.
+    { "$@" >"$T/$name.out" 2>"$T/$name.err" & } 2>/dev/null
+    dst_pid=$!
+    pids+=($dst_pid)
+    addr=""
+    for _ in $(seq 100); do
+        addr=$(cat "$T/$name.out" "$T/$name.err" | sed -n 's/^lazyvm migrate: listening on //p')
+        [ -n "$addr" ] && return 0
+        sleep 0.05
+    done
+    echo "destination $name did not listen: $(cat "$T/$name.err")"; return 1
+}
+
+# 1. At the snapshot point, 2 vCPUs, mixed workload: the run phase verifies
+#    every byte at the destination; the source exits 0 once every page is there.
+dest snap "$LAZYVM" migrate --listen 127.0.0.1:0 --accept-timeout 60s --json || exit 1
+src=$(timeout 120 "$LAZYVM" run --mem 64M --vcpus 2 --workload "$WL" --migrate-to "$addr" --json 2>"$T/src.err"); src_rc=$?
+{ wait "$dst_pid"; } 2>/dev/null; rc=$?; d=$(cat "$T/snap.out")
+if [ "$src_rc" -eq 0 ] && grep -q '"migrated":true' <<<"$src" && [ "$rc" -eq 0 ] &&
+    grep -q '"ok":true' <<<"$d" && grep -q '"results":4,"results_failed":0' <<<"$d"; then
+    ok "migration at the snapshot point, 2 vCPUs: the guest verified all 4 tasks at the destination"
+else
+    not_ok "snapshot-point migration: source $src_rc $src / destination $rc $d $(tail -3 "$T/snap.err")"
+fi
+# Every non-zero page crossed once; zero pages never; blocktime per vCPU reported.
+python3 - "$src" "$d" <<'PY' && ok "accounting: non-zero pages sent once, zero pages not sent, blocktime for 2 vCPUs" || not_ok "accounting: $src / $d"
+import json, sys
+s, d = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+nonzero = s["pages"] - s["pages_zero"]
+assert s["pages"] == 64 * 256, s
+assert s["pages_zero"] > 0 and nonzero > 2 * 256, s           # 8 MiB+ of data was written
+assert s["bytes_sent"] == nonzero * 4096, (s["bytes_sent"], nonzero)
+assert d["bytes_read"] == s["bytes_sent"], (d["bytes_read"], s["bytes_sent"])
+assert d["pages_zero_known"] == s["pages_zero"], d
+assert len(d["blocktime_ms"]) == 2 and len(d["blocktime_faults"]) == 2, d
+assert sum(d["blocktime_faults"]) > 0 and d["blocktime_all_ms"] <= max(d["blocktime_ms"]), d
+assert s["downtime_ms"] > 0 and s["transfer_ms"] > 0 and d["transfer_ms"] > 0, (s, d)
+PY
+
+# 2. At an arbitrary time (mid-workload, wherever the vCPUs are).
+dest timed "$LAZYVM" migrate --listen 127.0.0.1:0 --accept-timeout 60s || exit 1
+src=$(timeout 120 "$LAZYVM" run --mem 64M --vcpus 2 --workload "$WL" --migrate-to "$addr" --migrate-after 300ms 2>"$T/src.err"); src_rc=$?
+{ wait "$dst_pid"; } 2>/dev/null; rc=$?; d=$(cat "$T/timed.out")
+if [ "$src_rc" -eq 0 ] && grep -q "migrated: downtime" <<<"$src" && [ "$rc" -eq 0 ] && grep -q "ok: 4 task(s) verified" <<<"$d"; then
+    ok "migration 300 ms into the run: the guest verified all 4 tasks at the destination"
+else
+    not_ok "timed migration: source $src_rc $src $(tail -3 "$T/src.err") / destination $rc $d $(tail -3 "$T/timed.err")"
+fi
+
+# 3. A destination that cannot take the VM (no KVM there) refuses; the VM
+#    goes on at the source, verifies its data, and the status says it did not move.
+dest nokvm unshare -m sh -c "mount --bind /dev/null /dev/kvm && exec $LAZYVM migrate --listen 127.0.0.1:0 --accept-timeout 60s" || exit 1
+src=$(timeout 120 "$LAZYVM" run --mem 32M --vcpus 2 --workload "$WL" --migrate-to "$addr" 2>&1); src_rc=$?
+{ wait "$dst_pid"; } 2>/dev/null; rc=$?
+if [ "$src_rc" -eq 1 ] && grep -q "the guest finished here because the migration failed: .*refused" <<<"$src" &&
+    grep -q "random:4M:300: pass" <<<"$src" && [ "$rc" -eq 1 ]; then
+    ok "destination without KVM refused: the VM went on at the source and verified its data (status 1)"
+else
+    not_ok "refusal: source $src_rc $(tail -4 <<<"$src") / destination $rc $(tail -2 "$T/nokvm.out")"
+fi
+
+# 4. The destination dies after taking the VM over: the source says the VM is
+#    lost and exits 1 (it cannot run it: the destination may have changed it).
+dest dies "$LAZYVM" migrate --listen 127.0.0.1:0 --accept-timeout 60s --source-latency 20ms || exit 1
+{ "$LAZYVM" run --mem 64M --vcpus 2 --workload "$WL" --migrate-to "$addr" >"$T/src4.out" 2>&1 & } 2>/dev/null
+src_pid=$!; pids+=($src_pid)
+for _ in $(seq 200); do grep -q "took the VM over" "$T/src4.out" && break; sleep 0.05; done
+kill -9 "$dst_pid"
+{ wait "$src_pid"; } 2>/dev/null; src_rc=$?
+if [ "$src_rc" -eq 1 ] && grep -q "failed before it had every page.*the VM is lost" "$T/src4.out"; then
+    ok "destination killed mid-transfer: source reports the VM lost, status 1"
+else
+    not_ok "destination killed: source $src_rc $(tail -3 "$T/src4.out")"
+fi
+
+# 5. The source dies mid-transfer: the destination's page reads fail, are
+#    retried within bounds, then the VM stops with the reason; no page is
+#    made up.
+dest orphan "$LAZYVM" migrate --listen 127.0.0.1:0 --accept-timeout 60s --source-latency 20ms || exit 1
+{ "$LAZYVM" run --mem 64M --vcpus 2 --workload "$WL" --migrate-to "$addr" >"$T/src5.out" 2>&1 & } 2>/dev/null
+src_pid=$!; pids+=($src_pid)
+for _ in $(seq 200); do grep -q "took the VM over" "$T/src5.out" && break; sleep 0.05; done
+kill -9 "$src_pid"; { wait "$src_pid"; } 2>/dev/null
+start=$(date +%s); { wait "$dst_pid"; } 2>/dev/null; rc=$?; took=$(( $(date +%s) - start ))
+d=$(cat "$T/orphan.out" "$T/orphan.err")
+if [ "$rc" -eq 1 ] && grep -q "lazyvm migrate: serving guest memory: .*nbd://.*Input/output error" <<<"$d" && ! grep -q "FAIL\|mismatch" <<<"$d" && [ "$took" -lt 60 ]; then
+    ok "source killed mid-transfer: destination stopped the VM with the reason after ${took}s, status 1"
+else
+    not_ok "source killed: destination $rc after ${took}s: $(tail -4 <<<"$d")"
+fi
+
+# 6. Nobody listening; a peer that is not lazyvm; a bad address.
+out=$(timeout 30 "$LAZYVM" run --mem 32M --workload scan:1M --migrate-to 127.0.0.1:1 2>&1); rc=$?
+[ "$rc" -eq 1 ] && grep -q "cannot reach 127.0.0.1:1" <<<"$out" && ok "no destination: refused at once, status 1" ||
+    not_ok "no destination: $rc $out"
+dest garbage "$LAZYVM" migrate --listen 127.0.0.1:0 --accept-timeout 30s || exit 1
+python3 - "$addr" <<'PY'
+import socket, sys, time
+h, p = sys.argv[1].rsplit(":", 1)
+s = socket.create_connection((h, int(p)))
+s.sendall(b"GET / HTTP/1.0\r\n\r\n" + b"x" * 300)
+time.sleep(0.5)
+PY
+{ wait "$dst_pid"; } 2>/dev/null; rc=$?
+[ "$rc" -eq 1 ] && grep -q "does not speak lazyvm migration" "$T/garbage.err" "$T/garbage.out" &&
+    ok "a peer speaking HTTP: destination says it does not speak lazyvm migration, status 1" ||
+    not_ok "garbage peer: $rc $(cat "$T/garbage.out" "$T/garbage.err" | tail -3)"
+out=$("$LAZYVM" run --migrate-to nowhere 2>&1); rc=$?
+[ "$rc" -eq 1 ] && grep -q "'nowhere' is not HOST:PORT" <<<"$out" && ok "bad address named" || not_ok "bad address: $rc $out"
+out=$("$LAZYVM" run --migrate-after 1s 2>&1); rc=$?
+[ "$rc" -eq 2 ] && ok "--migrate-after without --migrate-to: usage error" || not_ok "usage: $rc $out"
+
+[ "$failures" -eq 0 ]
