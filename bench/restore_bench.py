@@ -331,12 +331,33 @@ def migrate_experiment(a):
     tmp = tempfile.mkdtemp(prefix="lazyvm-migrate-bench.")
     t_start = time.time()
     try:
-        def run_one(mem):
-            s, d = migrate_once(a.lazyvm, tmp, mem, work)
-            # interleave() prints restore/run/total; give it the destination's view.
+        shm = tempfile.mkdtemp(prefix="lazyvm-migrate-bench.", dir="/dev/shm")
+
+        def run_one(key):
+            kind, mem = key
+            if kind == "post-copy":
+                s, d = migrate_once(a.lazyvm, tmp, mem, work)
+                # interleave() prints restore/run/total; give it the destination's view.
+                return dict(d, src=s)
+            # Stop-and-copy, what a snapshot-based move does today: the whole
+            # memory written to a shared tmpfs, then read back (eager restore).
+            snap = os.path.join(shm, "snap")
+            shutil.rmtree(snap, ignore_errors=True)
+            r = sh([a.lazyvm, "run", "--mem", mem, "--vcpus", "2", "--workload", work,
+                    "--snapshot-dir", snap, "--json"])
+            s = json.loads(r.stdout.strip().splitlines()[-1])
+            d = restore_json(a.lazyvm, snap, ["--load", "eager"])
+            shutil.rmtree(snap, ignore_errors=True)
             return dict(d, src=s)
-        results = interleave(reps, sizes, run_one)
-        med = lambda k, f: statistics.median(f(j) for j in results[k])
+        try:
+            results = interleave(reps, [(k, m) for m in sizes for k in ("post-copy", "stop-and-copy")],
+                                 run_one)
+        finally:
+            shutil.rmtree(shm, ignore_errors=True)
+        post = {m: results[("post-copy", m)] for m in sizes}
+        stop = {m: results[("stop-and-copy", m)] for m in sizes}
+        med = lambda k, f: statistics.median(f(j) for j in post[k])
+        smed = lambda k, f: statistics.median(f(j) for j in stop[k])
         header("Post-copy live migration: downtime, transfer, blocktime and bytes vs memory size",
                f"Guest: 2 vCPUs, workload {work}, migrated at the snapshot point (the run phase runs"
                f" and verifies at the destination); both ends on loopback, NBD from the source's"
@@ -355,6 +376,18 @@ def migrate_experiment(a):
                   f"{med(m, lambda j: j['src']['pages'] - j['src']['pages_zero']):.0f} | "
                   f"{med(m, lambda j: j['src']['pages_zero']):.0f} | {sent / 2**20:.1f} | "
                   f"{sent / 2**20 / mib:.3f} |")
+        print("\nAgainst stop-and-copy (the VM paused while its whole memory is written to a shared"
+              " tmpfs and read back: `run --snapshot-dir` on /dev/shm, then `restore --load eager`):\n")
+        print("| memory | post-copy downtime_ms | stop-and-copy downtime_ms (write + read) | ratio |"
+              " post-copy MiB sent | stop-and-copy MiB moved |")
+        print("|---|---:|---:|---:|---:|---:|")
+        for m in sizes:
+            mib = int(m[:-1]) * (1024 if m.endswith("G") else 1)
+            pd = med(m, lambda j: j["src"]["downtime_ms"])
+            sd = smed(m, lambda j: j["src"]["snapshot_ms"] + j["restore_ms"])
+            print(f"| {m} | {pd:.1f} | {sd:.1f} ({smed(m, lambda j: j['src']['snapshot_ms']):.0f} + "
+                  f"{smed(m, lambda j: j['restore_ms']):.0f}) | **{sd / pd:.0f}x** | "
+                  f"{med(m, lambda j: j['src']['bytes_sent']) / 2**20:.1f} | {mib} |")
         lo, hi = sizes[0], sizes[-1]
         dt = lambda k: med(k, lambda j: j["src"]["downtime_ms"])
         print(f"\n- downtime {hi} / {lo}: **{dt(hi) / dt(lo):.2f}x** for "

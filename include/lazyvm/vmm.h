@@ -82,6 +82,7 @@ struct vmm_outcome {
 	uint64_t t_run_start_ns;   /* run phase start */
 	uint64_t t_done_ns;        /* guest reported DONE */
 	bool snapshot_written;
+	uint64_t snapshot_ns; /* writing it, with every vCPU parked */
 	/* migration source (lazyvm run --migrate-to) */
 	bool migrated;            /* the VM left for the destination, which has every page */
 	char migrate_note[512];   /* why it did not, when the VM went on here */

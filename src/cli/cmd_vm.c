@@ -63,7 +63,7 @@ static const char restore_help[] =
     "  --record-ws FILE     lazy: write the pages installed, in order (a working set)\n"
     "  --prefetch-ws FILE   lazy: install that working set in bulk first (a missing or\n"
     "                       stale file only costs a warning)\n"
-    "  --background-prefetch  lazy, UFFD intake: fetch every untouched page in the\n"
+    "  --background-prefetch  lazy: fetch every untouched page in the\n"
     "                       background, 64 KiB at a time, yielding to demand faults\n"
     "  --source-latency DUR lazy: every page read takes DUR (stands for remote storage)\n"
     "  --handler-threads N  lazy: fault-handling threads (default 1)\n"
@@ -101,9 +101,14 @@ static const char migrate_help[] =
     "                       --json)\n"
     "  --accept-timeout DUR give up when no source came within DUR (default: wait)\n"
     "  --handler-threads N  fault-handling threads (default 1)\n"
-    "  --intake block|busy  how handler threads wait for faults (default block)\n"
+    "  --intake block|busy|exit  a handler thread blocking in poll (default) or\n"
+    "                       spinning, or the vCPUs' own exits (userfault exits)\n"
     "  --fault-around N     pages installed per fault, 1 to 64 (default 16)\n"
     "  --source-latency DUR add DUR to every page read (a slower network)\n"
+    "  --apf off|user|exitless  async page faults while pages come (default off;\n"
+    "                       user and exitless need --intake exit)\n"
+    "  --policy sync|async|hybrid  which faults become async (default hybrid: when\n"
+    "                       --source-latency >= 100us)\n"
     "  --json               print one JSON object at the end (console to stderr):\n"
     "                       the restore fields plus state_bytes, downtime_ms (state\n"
     "                       received -> vCPUs run), transfer_ms (vCPUs run -> every\n"
@@ -175,13 +180,15 @@ static void report(const char *what, const char *load, uint64_t t0, const struct
 		for (unsigned i = 0; i < o->nvcpus && i < 8; i++)
 			printf("%s%llu", i ? "," : "", (unsigned long long)o->blocktime_faults[i]);
 		printf(
-		    "],\"migrated\":%s,\"state_bytes\":%llu,\"downtime_ms\":%.3f,"
+		    "],\"snapshot_ms\":%.3f,\"migrated\":%s,\"state_bytes\":%llu,\"downtime_ms\":%."
+		    "3f,"
 		    "\"transfer_ms\":%.3f,\"pages\":%llu,\"pages_zero\":%llu,\"bytes_sent\":%llu,"
 		    "\"nbd_requests\":%llu,\"migrate_note\":",
-		    o->migrated ? "true" : "false", (unsigned long long)o->mig_state_bytes,
-		    (double)o->mig_downtime_ns / 1e6, (double)o->mig_transfer_ns / 1e6,
-		    (unsigned long long)o->mig_pages, (unsigned long long)o->mig_pages_zero,
-		    (unsigned long long)o->mig_bytes_sent, (unsigned long long)o->mig_requests);
+		    (double)o->snapshot_ns / 1e6, o->migrated ? "true" : "false",
+		    (unsigned long long)o->mig_state_bytes, (double)o->mig_downtime_ns / 1e6,
+		    (double)o->mig_transfer_ns / 1e6, (unsigned long long)o->mig_pages,
+		    (unsigned long long)o->mig_pages_zero, (unsigned long long)o->mig_bytes_sent,
+		    (unsigned long long)o->mig_requests);
 		print_json_string(o->migrate_note);
 		printf(",\"error\":");
 		print_json_string(o->error);
@@ -359,13 +366,13 @@ int cmd_run(int argc, char **argv)
 	return o.ok ? 0 : 1;
 }
 
-/* The fault-engine options restore and migrate share. Returns 1 when `c` was
- * one of them, 0 when not, -1 after printing why its value is bad.
- * `exit_ok`: --intake exit is allowed. */
-static int engine_option(const char *cmd, int c, const char *arg, struct vmm_restore_config *cfg,
-                         bool exit_ok)
+/* The fault-handling options restore and migrate share. Returns 1 when `c`
+ * was one of them, 0 when not, -1 after printing why its value is bad. */
+static int engine_option(const char *cmd, int c, const char *arg, struct vmm_restore_config *cfg)
 {
 	static const char *const intakes[] = {"block", "busy", "exit"};
+	static const char *const apfs[] = {"off", "user", "exitless", "kernel"};
+	static const char *const policies[] = {"sync", "async", "hybrid"};
 	unsigned long long v;
 	int k;
 
@@ -382,10 +389,22 @@ static int engine_option(const char *cmd, int c, const char *arg, struct vmm_res
 	case 'A':
 		return cli_uint(cmd, "--fault-around", arg, 1, 64, &cfg->fault_around) < 0 ? -1 : 1;
 	case 'i':
-		if (cli_choice(cmd, "--intake", arg, intakes, exit_ok ? 3 : 2, &k) < 0)
+		if (cli_choice(cmd, "--intake", arg, intakes, 3, &k) < 0)
 			return -1;
 		cfg->intake = k == 1 ? ENGINE_INTAKE_BUSY : ENGINE_INTAKE_BLOCK;
 		cfg->exit_intake = k == 2;
+		return 1;
+	case 'P':
+		/* in enum vmm_apf order */
+		if (cli_choice(cmd, "--apf", arg, apfs, 4, &k) < 0)
+			return -1;
+		cfg->apf = (enum vmm_apf)k;
+		return 1;
+	case 'O':
+		/* in enum vmm_apf_policy order */
+		if (cli_choice(cmd, "--policy", arg, policies, 3, &k) < 0)
+			return -1;
+		cfg->policy = (enum vmm_apf_policy)k;
 		return 1;
 	default: return 0;
 	}
@@ -433,24 +452,6 @@ int cmd_restore(int argc, char **argv)
 			cfg.load = (enum vmm_load)k;
 			break;
 		}
-		case 'P': {
-			/* in enum vmm_apf order */
-			static const char *const apfs[] = {"off", "user", "exitless", "kernel"};
-			int k;
-			if (CLI_CHOICE(cmd, "--apf", optarg, apfs, &k) < 0)
-				return 2;
-			cfg.apf = (enum vmm_apf)k;
-			break;
-		}
-		case 'O': {
-			/* in enum vmm_apf_policy order */
-			static const char *const policies[] = {"sync", "async", "hybrid"};
-			int k;
-			if (CLI_CHOICE(cmd, "--policy", optarg, policies, &k) < 0)
-				return 2;
-			cfg.policy = (enum vmm_apf_policy)k;
-			break;
-		}
 		case 'U': cfg.source_uri = optarg; break;
 		case 'R': cfg.record_ws = optarg; break;
 		case 'W': cfg.prefetch_ws = optarg; break;
@@ -458,7 +459,7 @@ int cmd_restore(int argc, char **argv)
 		case 'j': json = true; break;
 		case 'h': fputs(restore_help, stdout); return 0;
 		default:
-			if ((e = engine_option(cmd, c, optarg, &cfg, true)) > 0)
+			if ((e = engine_option(cmd, c, optarg, &cfg)) > 0)
 				break;
 			if (e == 0)
 				fputs("Run 'lazyvm restore --help' for the options.\n", stderr);
@@ -525,6 +526,8 @@ int cmd_migrate(int argc, char **argv)
 	    {"intake", required_argument, 0, 'i'},
 	    {"fault-around", required_argument, 0, 'A'},
 	    {"source-latency", required_argument, 0, 'L'},
+	    {"apf", required_argument, 0, 'P'},
+	    {"policy", required_argument, 0, 'O'},
 	    {"json", no_argument, 0, 'j'},
 	    {"help", no_argument, 0, 'h'},
 	    {0, 0, 0, 0},
@@ -554,7 +557,7 @@ int cmd_migrate(int argc, char **argv)
 		case 'j': json = true; break;
 		case 'h': fputs(migrate_help, stdout); return 0;
 		default:
-			if ((e = engine_option(cmd, c, optarg, &cfg.restore, false)) > 0)
+			if ((e = engine_option(cmd, c, optarg, &cfg.restore)) > 0)
 				break;
 			if (e == 0)
 				fputs("Run 'lazyvm migrate --help' for the options.\n", stderr);

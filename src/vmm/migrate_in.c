@@ -255,10 +255,9 @@ int vmm_migrate_in(const struct vmm_migrate_in_config *cfg, struct vmm_outcome *
 	memset(out, 0, sizeof(*out));
 	pthread_mutex_init(&mi.lock, NULL);
 	dir[0] = 0;
-	if (rc.load != VMM_LOAD_LAZY || rc.exit_intake || rc.source_uri || rc.record_ws) {
+	if (rc.load != VMM_LOAD_LAZY || rc.source_uri || rc.record_ws || rc.prefetch_ws) {
 		snprintf(out->error, sizeof(out->error),
-		         "a migration destination restores lazily with a UFFD intake (block or "
-		         "busy), from the source");
+		         "a migration destination restores lazily, from the source");
 		return -EINVAL;
 	}
 	lfd = listen_on(cfg->listen, bound, sizeof(bound), why, sizeof(why));

@@ -389,9 +389,10 @@ static int start_lazy(struct restore *rs, struct guest_mem *m)
 	    .threads = rs->cfg->exit_intake       ? 0
 	               : rs->cfg->handler_threads ? rs->cfg->handler_threads
 	                                          : 1,
-	    /* vCPUs, then the async PF I/O workers, then the kick intake thread */
-	    /* (the last slot also replays a working set, before the guest runs) */
-	    .resolvers = rs->cfg->exit_intake ? rs->rd.hdr.nr_vcpus + APF_IO_WORKERS + 1 : 1,
+	    /* vCPUs, then the async PF I/O workers, then the kick intake thread,
+	     * then the last: working-set replay (before the guest runs), then
+	     * background prefetch (while it runs) */
+	    .resolvers = rs->cfg->exit_intake ? rs->rd.hdr.nr_vcpus + APF_IO_WORKERS + 2 : 1,
 	    .intake = rs->cfg->intake,
 	    .busy_idle_ns = 10 * 1000 * 1000,
 	    .fault_around = rs->cfg->fault_around,
@@ -734,10 +735,9 @@ int vmm_restore(const struct vmm_restore_config *cfg, struct vmm_outcome *out)
 	int r;
 
 	memset(out, 0, sizeof(*out));
-	if (cfg->background && (cfg->load != VMM_LOAD_LAZY || cfg->exit_intake)) {
+	if (cfg->background && cfg->load != VMM_LOAD_LAZY) {
 		snprintf(out->error, sizeof(out->error),
-		         "--background-prefetch works with --load lazy and a UFFD intake (block or "
-		         "busy)");
+		         "--background-prefetch works with --load lazy");
 		return -EINVAL;
 	}
 	if (cfg->load == VMM_LOAD_MMAP && cfg->source_uri) {

@@ -41,6 +41,7 @@ void fill_vm_outcome(struct vm *vm, int r, struct vmm_outcome *out)
 	out->t_run_start_ns = rep->t_resume_ns ? rep->t_resume_ns : rep->t_first_entry_ns;
 	out->t_done_ns = rep->t_done_ns;
 	out->snapshot_written = vm->snapshot_taken;
+	out->snapshot_ns = rep->snapshot_ns;
 	out->migrated = vm->migrated;
 	snprintf(out->migrate_note, sizeof(out->migrate_note), "%s", vm->migrate_note);
 	if (vm->cfg.migrate) {

@@ -86,7 +86,9 @@ static int snapshot_point(struct vcpu *v)
 		vm_migrate_parked(vm);
 		return 0;
 	}
+	uint64_t t0 = lv_now_ns();
 	r = snapshot_save(vm, why, sizeof(why));
+	vm->report.snapshot_ns = lv_now_ns() - t0;
 	if (r < 0) {
 		vm_fail(vm, "writing the snapshot to %s: %s", vm->cfg.snapshot_dir, why);
 		return r;

@@ -97,6 +97,7 @@ struct vm_report {
 	uint64_t t_first_entry_ns; /* first KVM_RUN of this process */
 	uint64_t t_resume_ns;      /* run phase start: after PREPARED/SNAPSHOT, or restore */
 	uint64_t t_done_ns;
+	uint64_t snapshot_ns; /* writing the snapshot (all vCPUs parked) */
 	uint64_t guest_apf_not_present, guest_apf_ready; /* from DONE */
 };
 

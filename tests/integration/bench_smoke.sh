@@ -9,4 +9,5 @@ echo "$out" | grep -E '^\| 64M \| lazy ' || { echo "$out"; echo "restore_bench t
 echo "$out" | grep -E '^\| 2 \| exit \|' || { echo "$out"; echo "intake table missing"; exit 1; }
 echo "$out" | grep -E '^\| both, apf user \|' || { echo "$out"; echo "apf table missing"; exit 1; }
 echo "$out" | grep -E '^\| nbd 1ms, working-set replay \|' || { echo "$out"; echo "remote table missing"; exit 1; }
+echo "$out" | grep -E '^\| 64M \| [0-9.]+ \| [0-9.]+ \|' || { echo "$out"; echo "migrate table missing"; exit 1; }
 echo "bench smoke: ok"

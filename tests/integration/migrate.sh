@@ -68,6 +68,20 @@ else
     not_ok "timed migration: source $src_rc $src $(tail -3 "$T/src.err") / destination $rc $d $(tail -3 "$T/timed.err")"
 fi
 
+# 2b. The destination with userfault exits and async page faults: while a
+#     page comes from the source, the guest runs another task.
+dest apf "$LAZYVM" migrate --listen 127.0.0.1:0 --accept-timeout 60s --json --intake exit --apf user --policy async --source-latency 1ms || exit 1
+src=$(timeout 120 "$LAZYVM" run --mem 64M --vcpus 2 --workload "$WL" --migrate-to "$addr" 2>"$T/src.err"); src_rc=$?
+{ wait "$dst_pid"; } 2>/dev/null; rc=$?; d=$(cat "$T/apf.out")
+if [ "$src_rc" -eq 0 ] && [ "$rc" -eq 0 ] && python3 -c '
+import json, sys; d = json.loads(sys.argv[1])
+assert d["ok"] and d["results"] == 4 and d["results_failed"] == 0, d
+assert d["exit_backend"] and d["guest_apf_not_present"] > 0 and d["pages_background"] > 0, d' "$d"; then
+    ok "destination with --intake exit --apf user: $(grep -o '"guest_apf_not_present":[0-9]*' <<<"$d"), all 4 tasks verified"
+else
+    not_ok "apf destination: source $src_rc / destination $rc $d $(tail -3 "$T/apf.err")"
+fi
+
 # 3. A destination that cannot take the VM (no KVM there) refuses; the VM
 #    goes on at the source, verifies its data, and the status says it did not move.
 dest nokvm unshare -m sh -c "mount --bind /dev/null /dev/kvm && exec $LAZYVM migrate --listen 127.0.0.1:0 --accept-timeout 60s" || exit 1
