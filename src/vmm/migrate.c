@@ -133,12 +133,19 @@ int mig_recv_msg(int fd, struct mig_msg *m, int timeout_ms, char *why, size_t wh
 	return 0;
 }
 
+/* No Nagle; and keepalive probes after 5 s of silence, every 2 s, 3 of them:
+ * both sides wait for the other without a deadline at times (the source for
+ * DONE, the destination for the offer), so a peer whose machine vanished
+ * without closing is noticed in about 11 s instead of TCP's default 2 hours. */
 void mig_tune_socket(int fd)
 {
-	int one = 1;
+	int one = 1, idle = 5, intvl = 2, cnt = 3;
 
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 	setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
+	setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof(idle));
+	setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof(intvl));
+	setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof(cnt));
 }
 
 /* Connects with a deadline. */

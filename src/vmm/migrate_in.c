@@ -26,6 +26,7 @@
 
 struct mig_in {
 	int fd;
+	const char *dir; /* the received state and checksums */
 	pthread_mutex_t lock;
 	bool accepted, transferred, done_sent;
 	int send_error;
@@ -45,10 +46,24 @@ static void send_locked(struct mig_in *mi, uint32_t kind)
 	}
 }
 
+static void remove_dir(const char *dir)
+{
+	char path[300];
+
+	snprintf(path, sizeof(path), "%s/state", dir);
+	unlink(path);
+	snprintf(path, sizeof(path), "%s/checksums", dir);
+	unlink(path);
+	rmdir(dir);
+}
+
 static void hook_ready(void *arg)
 {
 	struct mig_in *mi = arg;
 
+	/* The restore has read the state and holds the checksums open: nothing
+	 * is left behind in the temporary directory even if we are killed. */
+	remove_dir(mi->dir);
 	pthread_mutex_lock(&mi->lock);
 	send_locked(mi, MIG_ACCEPT);
 	mi->accepted = true;
@@ -231,17 +246,6 @@ out:
 	return r;
 }
 
-static void remove_dir(const char *dir)
-{
-	char path[300];
-
-	snprintf(path, sizeof(path), "%s/state", dir);
-	unlink(path);
-	snprintf(path, sizeof(path), "%s/checksums", dir);
-	unlink(path);
-	rmdir(dir);
-}
-
 int vmm_migrate_in(const struct vmm_migrate_in_config *cfg, struct vmm_outcome *out)
 {
 	struct mig_in mi = {.fd = -1};
@@ -311,6 +315,7 @@ int vmm_migrate_in(const struct vmm_migrate_in_config *cfg, struct vmm_outcome *
 		goto out;
 	}
 	rc.dir = dir;
+	mi.dir = dir;
 	rc.source_uri = uri;
 	rc.background = true;
 	rc.background_finish = true;
