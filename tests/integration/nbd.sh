@@ -29,7 +29,7 @@ restore() { timeout 120 "$LAZYVM" restore "$T/snap" --source "nbd://127.0.0.1:$p
     { echo "snapshot failed"; exit 1; }
 
 serve file "$T/snap/memory" || exit 1
-for mode in "--load lazy" "--load eager" "--load lazy --intake exit" "--load lazy --intake exit --apf user --policy async" "--load lazy --background-prefetch"; do
+for mode in "--load lazy" "--load lazy --intake busy" "--load eager" "--load lazy --intake exit" "--load lazy --intake exit --apf user --policy async" "--load lazy --background-prefetch" "--load lazy --intake exit --background-prefetch"; do
     # shellcheck disable=SC2086
     out=$(restore $mode); rc=$?
     if [ "$rc" -eq 0 ] && grep -q "ok: 4 task" <<<"$out"; then ok "NBD $mode: guest verified all data"
