@@ -81,6 +81,9 @@ awk -F' [|] ' '
             printf "- run phase, replay (1 ms) vs fully resident in 4 KiB pages (THP off): %.0f vs %.0f ms (**%.2fx**)\n", med[r1, 3], med[res4k, 3], med[r1, 3] / med[res4k, 3]
         if (med[loc, 5] > 0 && med[res4k, 3] > 0)
             printf "- where plain lazy time goes: its run phase from the local file, without any latency, is %.0f ms: %.0f ms of KVM mapping the pages 4 KiB at a time (the THP-off resident run phase) and %.0f ms for %.0f demand faults (%.1f ms a fault: the VMM and the userfaultfd under TCG); 1 ms a read adds %.0f ms, 200 us adds %.0f ms\n", med[loc, 3], med[res4k, 3], med[loc, 3] - med[res4k, 3], med[loc, 5], (med[loc, 3] - med[res4k, 3]) / med[loc, 5], med[l1, 3] - med[loc, 3], med[l2, 3] - med[loc, 3]
+        nc = "replay 1ms, no huge-page collapse"
+        if (med[nc, 2] > 0)
+            printf "- making the replayed 2 MiB pieces huge pages (MADV_COLLAPSE): replay total %.0f ms with, %.0f ms without (**%.2fx**); run phase %.0f vs %.0f ms\n", med[r1, 2], med[nc, 2], med[nc, 2] / med[r1, 2], med[r1, 3], med[nc, 3]
         if (med[r1, 6] > 0)
             printf "- the replay installs %.0f pages up front in %.0f ms (1 ms) / %.0f ms (200 us): %.0f us a page\n", med[r1, 6], med[r1, 8], med[r2, 8], med[r1, 8] * 1000 / med[r1, 6]
     }' "$rows"

@@ -37,6 +37,12 @@
 #define SO_PEERPIDFD 77
 #endif
 
+/* madvise: synchronous collapse into transparent huge pages (Linux 6.1; glibc
+ * 2.36 lacks the name). */
+#ifndef MADV_COLLAPSE
+#define MADV_COLLAPSE 25
+#endif
+
 /* KVM after 6.1: memslots v2 (6.8) and the KVM userfault series (J. Houghton,
  * v1 Dec 2024 .. v3 Jun 2025, not upstream; values from the series). */
 #include <linux/kvm.h>

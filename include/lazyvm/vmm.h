@@ -113,7 +113,8 @@ struct vmm_outcome {
 	unsigned nvcpus;
 	uint64_t blocktime_ns[8], blocktime_faults[8];
 	uint64_t blocktime_all_ns;
-	uint64_t pages_zero_known;             /* pages the snapshot says are zero: never read */
+	uint64_t pages_zero_known; /* pages the snapshot says are zero: never read */
+	uint64_t huge_collapsed;   /* 2 MiB pieces made huge pages once fully installed */
 	uint64_t t_ready_ns, t_transferred_ns; /* hooks: vCPUs about to run, all pages in */
 };
 

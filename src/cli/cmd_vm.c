@@ -172,7 +172,9 @@ static void report(const char *what, const char *load, uint64_t t0, const struct
 		    (unsigned long long)o->ws_recorded, (unsigned long long)o->ws_prefetched,
 		    (double)o->prefetch_ms_x1000 / 1e3, (unsigned long long)o->pages_background);
 		print_json_string(o->apf_note);
-		printf(",\"pages_zero_known\":%llu,\"blocktime_all_ms\":%.3f,\"blocktime_ms\":[",
+		printf(",\"huge_collapsed\":%llu,\"pages_zero_known\":%llu,\"blocktime_all_ms\":%."
+		       "3f,\"blocktime_ms\":[",
+		       (unsigned long long)o->huge_collapsed,
 		       (unsigned long long)o->pages_zero_known, (double)o->blocktime_all_ns / 1e6);
 		for (unsigned i = 0; i < o->nvcpus && i < 8; i++)
 			printf("%s%.3f", i ? "," : "", (double)o->blocktime_ns[i] / 1e6);

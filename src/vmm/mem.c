@@ -7,6 +7,24 @@
 
 #define SLOT_ALIGN (2ull << 20)
 
+/* Anonymous RAM at a 2 MiB-aligned address, so that a fully installed 2 MiB
+ * piece can become one transparent huge page (restore.c collapses them) and
+ * KVM can map it with one large page. */
+static void *map_aligned(uint64_t len)
+{
+	uint8_t *p = mmap(NULL, len + SLOT_ALIGN, PROT_READ | PROT_WRITE,
+	                  MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	uint64_t head;
+
+	if (p == MAP_FAILED)
+		return p;
+	head = (SLOT_ALIGN - (uintptr_t)p % SLOT_ALIGN) % SLOT_ALIGN;
+	if (head)
+		munmap(p, head);
+	munmap(p + head + len, SLOT_ALIGN - head);
+	return p + head;
+}
+
 int guest_mem_map(struct guest_mem *m, uint64_t size, unsigned nslots, enum mem_backing b, int fd)
 {
 	uint64_t per;
@@ -32,8 +50,7 @@ int guest_mem_map(struct guest_mem *m, uint64_t size, unsigned nslots, enum mem_
 			p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_NORESERVE, fd,
 			         (off_t)s->file_off);
 		else
-			p = mmap(NULL, len, PROT_READ | PROT_WRITE,
-			         MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+			p = map_aligned(len);
 		if (p == MAP_FAILED) {
 			int err = errno;
 			guest_mem_unmap(m);

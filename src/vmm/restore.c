@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "lazyvm/blocktime.h"
+#include "lazyvm/compat.h"
 #include "lazyvm/log.h"
 #include "lazyvm/source.h"
 #include "lazyvm/uffd.h"
@@ -45,6 +46,8 @@ struct restore {
 	struct apf apf;
 	bool have_apf;
 	struct blocktime *bt;
+	const struct guest_mem *mem; /* guest RAM, once mapped */
+	_Atomic uint64_t huge;       /* 2 MiB pieces collapsed into huge pages */
 };
 
 /* Records why the restore fails (the first reason wins) and returns err. */
@@ -671,10 +674,39 @@ out:
 	return 0;
 }
 
+/* Every 2 MiB piece of guest RAM whose pages are all installed becomes one
+ * transparent huge page (MADV_COLLAPSE, Linux 6.1). UFFDIO_COPY installs
+ * 4 KiB pages, so without this KVM maps a lazily restored guest 4 KiB at a
+ * time for ever, where an eagerly loaded one may get 2 MiB pages. While the
+ * userfaultfd is armed the kernel refuses to collapse a piece with a page
+ * missing (it would fill the hole with zeros), so this can never make up a
+ * page. Best effort: a refusal only means smaller pages. LAZYVM_COLLAPSE=0
+ * turns it off (for measuring it). */
+static void collapse_installed(struct restore *rs)
+{
+	const char *env = getenv("LAZYVM_COLLAPSE");
+	const struct guest_mem *m = rs->mem;
+
+	if ((env && !strcmp(env, "0")) || !m)
+		return;
+	for (unsigned i = 0; i < m->nslots; i++)
+		for (uint64_t off = 0; off + (2u << 20) <= m->slots[i].size; off += 2u << 20) {
+			uint8_t *p = m->slots[i].host + off;
+			bool all = (uintptr_t)p % (2u << 20) == 0;
+
+			for (unsigned k = 0; k < 512 && all; k++)
+				all = engine_page_present(rs->eng,
+				                          (uint64_t)(uintptr_t)(p + k * 4096));
+			if (all && madvise(p, 2u << 20, MADV_COLLAPSE) == 0)
+				atomic_fetch_add(&rs->huge, 1);
+		}
+}
+
 static void transferred(void *arg)
 {
 	struct restore *rs = arg;
 
+	collapse_installed(rs);
 	rs->out->t_transferred_ns = lv_now_ns();
 	if (rs->cfg->hooks && rs->cfg->hooks->transferred)
 		rs->cfg->hooks->transferred(rs->cfg->hooks->arg);
@@ -790,6 +822,9 @@ int vmm_restore(const struct vmm_restore_config *cfg, struct vmm_outcome *out)
 		goto out_vm;
 	if (cfg->prefetch_ws && rs.eng && (r = prefetch_ws(&rs, vm)) < 0)
 		goto out_vm;
+	rs.mem = &vm->mem;
+	if (cfg->prefetch_ws && rs.eng)
+		collapse_installed(&rs);
 	/* 16 pages (64 KiB) a chunk; paused while a demand fault came in the last
 	 * 2 ms, so a demand fault waits for at most one chunk. */
 	if (cfg->background && rs.eng &&
@@ -827,6 +862,7 @@ int vmm_restore(const struct vmm_restore_config *cfg, struct vmm_outcome *out)
 	}
 	if (rs.bt)
 		report_blocktime(&rs, vm);
+	out->huge_collapsed = atomic_load(&rs.huge);
 	if (cfg->record_ws && rs.eng)
 		record_ws(&rs);
 	fill_vm_outcome(vm, r, out);

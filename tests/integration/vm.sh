@@ -187,8 +187,9 @@ rec=$(json_field ws_recorded <<<"$out" 2>/dev/null || echo 0)
 for intake in block exit; do
     out=$(timeout 60 "$LAZYVM" restore "$T/snap-1" --prefetch-ws "$ws" --intake "$intake" --json 2>"$T/err"); rc=$?
     if [ "$rc" -eq 0 ] && [ "$(json_field ok <<<"$out")" = True ] &&
-        [ "$(json_field ws_prefetched <<<"$out")" -eq "$rec" ] && [ "$(json_field faults <<<"$out")" -eq 0 ]; then
-        ok "replay ($intake intake): $rec pages installed before the guest ran, then no fault at all"
+        [ "$(json_field ws_prefetched <<<"$out")" -eq "$rec" ] && [ "$(json_field faults <<<"$out")" -eq 0 ] &&
+        [ "$(json_field huge_collapsed <<<"$out")" -gt 0 ]; then
+        ok "replay ($intake intake): $rec pages installed before the guest ran, $(json_field huge_collapsed <<<"$out") fully replayed 2 MiB piece(s) made huge pages, then no fault at all"
     else
         not_ok "replay ($intake): status $rc $out"
     fi
