@@ -428,7 +428,9 @@ static int install_one(struct worker *w, struct todo *t)
 		uffd_wake(eng->cfg.uffd, addr, ps);
 		/* fall through */
 	case UFFD_DONE:
-		if (eng->recording && !zero)
+		/* Zero installs too: a page the snapshot marks zero is part of the
+		 * working set (its replay installs it without reading). */
+		if (eng->recording)
 			record_run(eng, reg, t->idx, t->npages);
 		ctr_add(zero ? &w->m.pages_zeroed : &w->m.pages_copied, t->npages);
 		ctr_add(&w->m.pages_around, t->npages - 1);
@@ -952,24 +954,33 @@ int engine_prefetch(struct engine *eng, unsigned slot, const uint64_t *pages, si
 	for (size_t i = 0; i <= n; i++) {
 		struct region *reg = NULL;
 		uint64_t idx = 0;
+		bool zero = false;
 
 		if (i < n && (reg = region_of_src(eng, pages[i], &idx)) &&
-		    (reg->r.page_size != 4096 || !pagemap_claim_missing(reg->pm, idx)))
-			reg = NULL; /* already in (or a huge page): nothing to do */
+		    reg->r.page_size == 4096) {
+			enum page_state prev = pagemap_claim(reg->pm, idx);
+			if (prev == PAGE_REMOVED)
+				zero = true; /* known zero: installed as a zero page, not read */
+			else if (prev != PAGE_MISSING)
+				reg = NULL; /* already in, or being installed */
+		} else {
+			reg = NULL; /* outside the regions, or a huge page */
+		}
 		/* Merge into the last run when it continues it. */
-		if (reg && nt && todo[nt - 1].reg == reg &&
+		if (reg && !zero && nt && !todo[nt - 1].zero && todo[nt - 1].reg == reg &&
 		    todo[nt - 1].idx + todo[nt - 1].npages == idx &&
 		    used + 4096 <= WORKER_BUF_BYTES) {
 			todo[nt - 1].npages++;
 			used += 4096;
 			continue;
 		}
-		if (nt &&
-		    (i == n || nt == EVENT_BATCH || (reg && used + 4096 > WORKER_BUF_BYTES))) {
+		if (nt && (i == n || nt == EVENT_BATCH ||
+		           (reg && !zero && used + 4096 > WORKER_BUF_BYTES))) {
 			serve_batch(w, todo, nt);
 			if (engine_status(eng) != ENGINE_RUNNING) {
 				if (reg)
-					pagemap_finish(reg->pm, idx, PAGE_MISSING);
+					pagemap_finish(reg->pm, idx,
+					               zero ? PAGE_REMOVED : PAGE_MISSING);
 				return -EIO;
 			}
 			for (unsigned k = 0; k < nt; k++)
@@ -981,9 +992,10 @@ int engine_prefetch(struct engine *eng, unsigned slot, const uint64_t *pages, si
 			todo[nt++] = (struct todo){.reg = reg,
 			                           .idx = idx,
 			                           .npages = 1,
-			                           .data = w->buf + used,
+			                           .zero = zero,
+			                           .data = zero ? NULL : w->buf + used,
 			                           .t0 = lv_now_ns()};
-			used += 4096;
+			used += zero ? 0 : 4096;
 		}
 	}
 	return 0;

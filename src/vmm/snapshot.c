@@ -339,6 +339,7 @@ int snapshot_save(struct vm *vm, char *why, size_t whylen)
 	struct iovec parts[VMM_MAX_SLOTS];
 	char path[4096], tmp[4096];
 	uint32_t *crcs = NULL;
+	uint64_t *zero = NULL;
 	int r;
 
 	if (mkdir(dir, 0700) < 0 && errno != EEXIST) {
@@ -346,11 +347,15 @@ int snapshot_save(struct vm *vm, char *why, size_t whylen)
 		return -errno;
 	}
 	crcs = malloc(npages * sizeof(*crcs));
-	if (!crcs) {
+	/* The zero-page map: a lazy restore never reads those pages (from a
+	 * remote store, that is traffic saved); the memory file keeps them. */
+	zero = calloc((npages + 63) / 64, sizeof(*zero));
+	if (!crcs || !zero) {
 		snprintf(why, whylen, "out of memory");
-		return -ENOMEM;
+		r = -ENOMEM;
+		goto out;
 	}
-	if ((r = snapshot_build(vm, &w, crcs, NULL, why, whylen)) < 0)
+	if ((r = snapshot_build(vm, &w, crcs, zero, why, whylen)) < 0)
 		goto out;
 	for (unsigned i = 0; i < vm->mem.nslots; i++)
 		parts[i] = (struct iovec){.iov_base = vm->mem.slots[i].host,
@@ -375,6 +380,7 @@ int snapshot_save(struct vm *vm, char *why, size_t whylen)
 	r = 0;
 out:
 	free(crcs);
+	free(zero);
 	free(w.buf);
 	return r;
 }

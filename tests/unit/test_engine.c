@@ -22,6 +22,8 @@ struct rig {
 };
 
 static unsigned rig_fault_around; /* engine_config.fault_around for rig_up */
+static unsigned rig_resolvers;    /* engine_config.resolvers for rig_up */
+static uint64_t rig_zero_pages;   /* the first pages of memory are marked known-zero */
 
 static unsigned char pattern(uint64_t off)
 {
@@ -70,6 +72,7 @@ static void rig_up(struct rig *rig, uint64_t size, uint64_t page, unsigned threa
 	                            .intake = intake,
 	                            .busy_idle_ns = 5 * 1000 * 1000,
 	                            .fault_around = rig_fault_around,
+	                            .resolvers = rig_resolvers,
 	                            .name = "test"};
 	CHECK_OK(engine_create(&cfg, &rig->eng));
 	/* Two regions: the second half of memory is served from the first half of
@@ -84,6 +87,8 @@ static void rig_up(struct rig *rig, uint64_t size, uint64_t page, unsigned threa
 	                           .page_size = page};
 	CHECK_OK(engine_add_region(rig->eng, &hi));
 	CHECK_OK(engine_add_region(rig->eng, &lo));
+	if (rig_zero_pages)
+		CHECK_OK(engine_mark_zero(rig->eng, lo.host_addr, rig_zero_pages * 4096));
 	CHECK_OK(engine_start(rig->eng));
 }
 
@@ -412,28 +417,30 @@ static void test_remap_and_unmap(void)
 	CHECK_EQ(write(fd, buf, 2 * MB), 2 * MB);
 	close(fd);
 	CHECK_OK(source_file_open(path, 0, &src));
-	uffd = uffd_open(UFFD_FEATURE_EVENT_REMAP | UFFD_FEATURE_EVENT_UNMAP, NULL, why, sizeof(why));
+	uffd =
+	    uffd_open(UFFD_FEATURE_EVENT_REMAP | UFFD_FEATURE_EVENT_UNMAP, NULL, why, sizeof(why));
 	CHECK(uffd >= 0);
-	unsigned char *a = mmap(NULL, MB, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	unsigned char *b = mmap(NULL, MB, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	unsigned char *a =
+	    mmap(NULL, MB, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	unsigned char *b =
+	    mmap(NULL, MB, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	CHECK(a != MAP_FAILED && b != MAP_FAILED);
-	CHECK_OK(uffd_register(uffd, (uint64_t)(uintptr_t)a, MB, UFFDIO_REGISTER_MODE_MISSING, 0, why,
-	                       sizeof(why)));
-	CHECK_OK(uffd_register(uffd, (uint64_t)(uintptr_t)b, MB, UFFDIO_REGISTER_MODE_MISSING, 0, why,
-	                       sizeof(why)));
+	CHECK_OK(uffd_register(uffd, (uint64_t)(uintptr_t)a, MB, UFFDIO_REGISTER_MODE_MISSING, 0,
+	                       why, sizeof(why)));
+	CHECK_OK(uffd_register(uffd, (uint64_t)(uintptr_t)b, MB, UFFDIO_REGISTER_MODE_MISSING, 0,
+	                       why, sizeof(why)));
 	struct engine_config cfg = {.uffd = uffd, .source = src, .threads = 1, .name = "remap"};
 	CHECK_OK(engine_create(&cfg, &eng));
-	struct engine_region ra = {.host_addr = (uint64_t)(uintptr_t)a, .size = MB, .src_off = 0,
-	                           .page_size = 4096};
-	struct engine_region rb = {.host_addr = (uint64_t)(uintptr_t)b, .size = MB, .src_off = MB,
-	                           .page_size = 4096};
+	struct engine_region ra = {
+	    .host_addr = (uint64_t)(uintptr_t)a, .size = MB, .src_off = 0, .page_size = 4096};
+	struct engine_region rb = {
+	    .host_addr = (uint64_t)(uintptr_t)b, .size = MB, .src_off = MB, .page_size = 4096};
 	CHECK_OK(engine_add_region(eng, &ra));
 	CHECK_OK(engine_add_region(eng, &rb));
 	CHECK_OK(engine_start(eng));
 	CHECK_EQ(a[5], pattern(5));
 	/* Move region a somewhere new: faults there come from a's file range. */
-	unsigned char *moved = mremap(a, MB, MB, MREMAP_MAYMOVE | MREMAP_FIXED,
-	                              b + 64 * MB);
+	unsigned char *moved = mremap(a, MB, MB, MREMAP_MAYMOVE | MREMAP_FIXED, b + 64 * MB);
 	CHECK(moved != MAP_FAILED);
 	for (uint64_t i = 0; i < MB; i += 4096)
 		CHECK_EQ(moved[i + 7], pattern(i + 7));
@@ -463,8 +470,51 @@ static void test_remap_and_unmap(void)
 	free(buf);
 }
 
+static void bg_done(void *arg)
+{
+	atomic_store((_Atomic int *)arg, 1);
+}
+
+/* Pages marked known-zero (a snapshot's zero-page map) are never read: a
+ * working-set replay installs them as zero pages, demand faults and the
+ * background pass too; everything else still comes from the source. */
+static void test_known_zero_pages(void)
+{
+	struct rig rig;
+	struct metrics m;
+	uint64_t want[128], installed = 0;
+	_Atomic int done = 0;
+
+	rig_resolvers = 2;
+	rig_zero_pages = 64;
+	rig_up(&rig, 4 * MB, 4096, 1, ENGINE_INTAKE_BLOCK, 0);
+	CHECK_EQ(engine_mark_zero(rig.eng, (uint64_t)(uintptr_t)rig.mem, 4096), -EBUSY);
+	for (uint64_t i = 0; i < 128; i++) /* memory pages 0..127: source pages size/2 + i */
+		want[i] = rig.size / 2 / 4096 + i;
+	CHECK_OK(engine_prefetch(rig.eng, 0, want, 128, &installed));
+	CHECK_EQ(installed, 128);
+	engine_metrics(rig.eng, &m);
+	CHECK_EQ(m.bytes_read, 64 * 4096);
+	CHECK_EQ(m.pages_zeroed, 64);
+	CHECK_EQ(m.faults, 0);
+	for (uint64_t i = 0; i < 128 * 4096; i++)
+		CHECK_EQ(rig.mem[i], i < 64 * 4096 ? 0 : expected(&rig, i));
+	CHECK_OK(engine_background_start(rig.eng, 1, 16, 0, bg_done, (void *)&done));
+	engine_background_join(rig.eng);
+	CHECK_EQ(atomic_load(&done), 1);
+	engine_metrics(rig.eng, &m);
+	CHECK_EQ(m.bytes_read, rig.size - 64 * 4096);
+	CHECK_EQ(m.faults, 0);
+	for (uint64_t i = 128 * 4096; i < rig.size; i++)
+		CHECK_EQ(rig.mem[i], expected(&rig, i));
+	rig_down(&rig);
+	rig_resolvers = 0;
+	rig_zero_pages = 0;
+}
+
 TEST_MAIN(TEST(test_faults_one_handler), TEST(test_faults_two_handlers),
           TEST(test_faults_busy_intake), TEST(test_faults_io_uring), TEST(test_remove_gives_zeros),
           TEST(test_source_failure_is_reported), TEST(test_huge_pages),
           TEST(test_region_validation), TEST(test_fault_around_sequential),
-          TEST(test_fault_around_random_and_remove), TEST(test_remap_and_unmap))
+          TEST(test_fault_around_random_and_remove), TEST(test_remap_and_unmap),
+          TEST(test_known_zero_pages))
