@@ -1,0 +1,71 @@
+/* vmm_restore's pieces, shared between restore.c (validating the snapshot,
+ * loading memory eagerly or by mmap, putting the VM back, the run) and
+ * restore_lazy.c (everything the lazy load adds: the fault engine and its
+ * watcher, userfault exits, async page faults, zero pages, working sets,
+ * huge pages). Private to src/vmm. */
+#ifndef LAZYVM_RESTORE_H
+#define LAZYVM_RESTORE_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "lazyvm/blocktime.h"
+#include "lazyvm/engine.h"
+#include "lazyvm/source.h"
+#include "lazyvm/vmm.h"
+#include "apf.h"
+#include "snapshot.h"
+#include "userfault.h"
+#include "vmm.h"
+
+struct restore {
+	const struct vmm_restore_config *cfg;
+	struct vmm_outcome *out;
+	uint8_t *state;
+	size_t state_len;
+	struct snap_reader rd;
+	const uint32_t *chunk_crcs; /* of the checksums file, from the state file */
+	int mem_fd, csum_fd;
+	struct source *src;
+	struct engine *eng;
+	struct userfault uf;
+	bool have_uf;
+	struct kvm_sys *sys;
+	unsigned eng_prefetch_slot; /* resolver slot for working-set replay */
+	struct apf apf;
+	bool have_apf;
+	struct blocktime *bt;
+	const struct guest_mem *mem; /* guest RAM, once mapped */
+	_Atomic uint64_t huge;       /* 2 MiB pieces collapsed into huge pages */
+};
+
+/* Records why the restore fails (the first reason wins) and returns err. */
+int restore_fail(struct restore *rs, int err, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* The memory (DIR/memory or the NBD export) as a checked source in rs->src:
+ * every page it gives is verified against the snapshot's checksums. */
+int restore_open_source(struct restore *rs, uint64_t mem_size);
+
+/* Lazy load: userfaultfd over guest RAM (or the userfault exit set-up), the
+ * fault engine on rs->src, zero pages marked; working-set recording started
+ * when asked. */
+int restore_start_lazy(struct restore *rs, struct guest_mem *m);
+/* vm_run, with a watcher that stops the VM if the engine fails. */
+int restore_run_watched(struct restore *rs, struct vm *vm);
+/* sigbus exits: install the guest's core (IDT, GDT, stacks...) first. */
+int restore_prefetch_core(struct restore *rs, struct vm *vm);
+/* The guest's async PF state where --apf wants it; starts the APF workers. */
+int restore_setup_apf(struct restore *rs, struct vm *vm);
+/* Working sets (REAP): write the one recorded; replay one (a bad or stale
+ * file only warns). */
+void restore_record_ws(struct restore *rs);
+int restore_prefetch_ws(struct restore *rs, struct vm *vm);
+/* Fully installed 2 MiB pieces of rs->mem become transparent huge pages. */
+void restore_collapse(struct restore *rs);
+/* The background pass has every page: collapse, note the time, tell the hook. */
+void restore_transferred(void *arg);
+
+#endif
