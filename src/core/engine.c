@@ -30,69 +30,7 @@
 #include "lazyvm/pagemap.h"
 #include "lazyvm/uffd.h"
 #include "lazyvm/units.h"
-
-#define EVENT_BATCH 64u
-/* Source buffer of a worker: a batch reads at most this many bytes, so an engine
- * with huge pages reads fewer messages at a time (see batch_max). MAP_NORESERVE:
- * an engine of small pages only ever touches 256 KiB of it. */
-#define WORKER_BUF_BYTES (8u << 20)
-#define HUGE_PAGE_MAX    (2u << 20)
-#define RETRY_LIMIT      10000u
-
-struct region {
-	struct engine_region r;
-	struct pagemap *pm;
-	unsigned shift; /* log2(page_size) */
-};
-
-struct worker {
-	struct engine *eng;
-	pthread_t thread;
-	bool started;
-	struct metrics m;
-	char *buf; /* WORKER_BUF_BYTES, for source reads */
-};
-
-/* One page a batch will install. */
-struct todo {
-	struct region *reg;
-	uint64_t idx;    /* the faulting page */
-	uint32_t npages; /* claimed run [idx, idx + npages): fault-around */
-	bool zero;       /* install zeros: the range was removed (npages == 1) */
-	char *data;      /* source bytes in the worker's buffer */
-	uint64_t t0;     /* when its fault message was read */
-};
-
-struct engine {
-	struct engine_config cfg;
-	char name[64];
-	struct region *regions; /* sorted by host_addr */
-	size_t nregions;
-	struct worker *workers;
-	pthread_rwlock_t install_lock;
-	int stop_efd;
-	int event_efd;
-	_Atomic bool stopping;
-	_Atomic int status;
-	pthread_mutex_t error_lock;
-	char error[512];
-	void *zeros;        /* HUGE_PAGE_MAX zero bytes, for huge pages (no ZEROPAGE there) */
-	unsigned batch_max; /* messages per read: every fault of a batch fits in a buffer */
-	unsigned nworkers;  /* threads + resolvers */
-	/* background prefetch */
-	_Atomic uint64_t last_demand_ns; /* last demand fault seen */
-	pthread_t bg_thread;
-	bool bg_started;
-	unsigned bg_slot, bg_chunk;
-	uint64_t bg_quiet_ns;
-	void (*bg_done)(void *arg);
-	void *bg_done_arg;
-	/* working-set recording: source page numbers installed, in order */
-	pthread_mutex_t rec_lock;
-	bool recording;
-	uint64_t *rec;
-	size_t nrec, caprec;
-};
+#include "engine_internal.h"
 
 static void engine_finish(struct engine *eng, enum engine_status st, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
@@ -125,7 +63,7 @@ static void engine_finish(struct engine *eng, enum engine_status st, const char 
 		(void)0;
 }
 
-static struct region *region_find(struct engine *eng, uint64_t addr)
+struct region *engine_region_find(struct engine *eng, uint64_t addr)
 {
 	size_t lo = 0, hi = eng->nregions;
 
@@ -141,11 +79,6 @@ static struct region *region_find(struct engine *eng, uint64_t addr)
 			return reg;
 	}
 	return NULL;
-}
-
-static inline uint64_t page_addr(const struct region *reg, uint64_t idx)
-{
-	return reg->r.host_addr + (idx << reg->shift);
 }
 
 /* Marks every page overlapping [start, end) removed. Caller holds install_lock
@@ -190,7 +123,7 @@ static int handle_event(struct worker *w, const struct uffd_msg *msg)
 	case UFFD_EVENT_REMAP: {
 		uint64_t from = msg->arg.remap.from, to = msg->arg.remap.to,
 		         len = msg->arg.remap.len;
-		struct region *reg = region_find(eng, from);
+		struct region *reg = engine_region_find(eng, from);
 
 		ctr_add(&w->m.remap_events, 1);
 		if (!reg || reg->r.host_addr != from || reg->r.size != len) {
@@ -202,7 +135,7 @@ static int handle_event(struct worker *w, const struct uffd_msg *msg)
 			return -EPROTO;
 		}
 		reg->r.host_addr = to;
-		/* Keep the table sorted for region_find. */
+		/* Keep the table sorted for engine_region_find. */
 		for (size_t i = 0; i + 1 < eng->nregions; i++)
 			for (size_t j = 0; j + 1 < eng->nregions - i; j++)
 				if (eng->regions[j].r.host_addr > eng->regions[j + 1].r.host_addr) {
@@ -220,31 +153,6 @@ static int handle_event(struct worker *w, const struct uffd_msg *msg)
 }
 
 static int install_one(struct worker *w, struct todo *t);
-
-/* Appends a run's source page numbers to the working-set record. */
-static void record_run(struct engine *eng, struct region *reg, uint64_t idx, uint32_t n)
-{
-	uint64_t first = (reg->r.src_off + (idx << reg->shift)) / 4096;
-	uint64_t count = (uint64_t)n << (reg->shift - 12);
-
-	pthread_mutex_lock(&eng->rec_lock);
-	if (eng->nrec + count > eng->caprec) {
-		size_t cap = eng->caprec ? eng->caprec * 2 : 4096;
-		while (cap < eng->nrec + count)
-			cap *= 2;
-		uint64_t *p = realloc(eng->rec, cap * sizeof(*p));
-		if (!p) {
-			eng->recording = false; /* out of memory: stop recording, serve on */
-			pthread_mutex_unlock(&eng->rec_lock);
-			return;
-		}
-		eng->rec = p;
-		eng->caprec = cap;
-	}
-	for (uint64_t i = 0; i < count; i++)
-		eng->rec[eng->nrec++] = first + i;
-	pthread_mutex_unlock(&eng->rec_lock);
-}
 
 /* Gives claimed pages back uninstalled (the map stays true when a worker
  * stops or must retry). */
@@ -296,7 +204,7 @@ static int intake_batch(struct worker *w, struct todo *todo, int *nmsgs)
 			continue;
 		}
 		uint64_t addr = msgs[i].arg.pagefault.address;
-		struct region *reg = region_find(eng, addr);
+		struct region *reg = engine_region_find(eng, addr);
 
 		ctr_add(&w->m.faults, 1);
 		atomic_store_explicit(&eng->last_demand_ns, now, memory_order_relaxed);
@@ -431,7 +339,7 @@ static int install_one(struct worker *w, struct todo *t)
 		/* Zero installs too: a page the snapshot marks zero is part of the
 		 * working set (its replay installs it without reading). */
 		if (eng->recording)
-			record_run(eng, reg, t->idx, t->npages);
+			engine_record_run(eng, reg, t->idx, t->npages);
 		ctr_add(zero ? &w->m.pages_zeroed : &w->m.pages_copied, t->npages);
 		ctr_add(&w->m.pages_around, t->npages - 1);
 		hist_record(&w->m.latency, lv_now_ns() - t->t0);
@@ -456,7 +364,7 @@ static int install_one(struct worker *w, struct todo *t)
 
 /* Reads the source bytes of a batch's pages (in one batch when there are
  * several) and installs every page. */
-static void serve_batch(struct worker *w, struct todo *todo, unsigned n)
+void engine_serve_batch(struct worker *w, struct todo *todo, unsigned n)
 {
 	struct engine *eng = w->eng;
 	struct source_req reqs[EVENT_BATCH];
@@ -574,7 +482,7 @@ static void *worker_main(void *arg)
 			block = false;
 			last_msg = lv_now_ns();
 		}
-		serve_batch(w, todo, (unsigned)n);
+		engine_serve_batch(w, todo, (unsigned)n);
 	}
 	return NULL;
 }
@@ -703,114 +611,13 @@ err_stop:
 	return r;
 }
 
-/* Background prefetch: walks every region for missing pages and installs them
- * a chunk (up to bg_chunk contiguous pages, one read, one copy) at a time. It
- * yields to demand: while faults arrived in the last bg_quiet_ns it sleeps, so
- * a demand fault waits at most for the one chunk in flight (CRIU's lazy-pages
- * daemon backs off the same way). Ends when nothing is missing. */
-static void *background_main(void *arg)
-{
-	struct engine *eng = arg;
-	struct worker *w = &eng->workers[eng->cfg.threads + eng->bg_slot];
-
-	for (size_t r = 0; r < eng->nregions; r++) {
-		struct region *reg = &eng->regions[r];
-		uint64_t idx = 0, n = pagemap_pages(reg->pm);
-
-		if (reg->r.page_size != 4096)
-			continue;
-		while (!atomic_load(&eng->stopping) && engine_status(eng) == ENGINE_RUNNING) {
-			uint64_t now = lv_now_ns();
-
-			if (now - atomic_load_explicit(&eng->last_demand_ns, memory_order_relaxed) <
-			    eng->bg_quiet_ns) {
-				lv_sleep_ns(eng->bg_quiet_ns / 2);
-				continue;
-			}
-			idx = pagemap_find(reg->pm, idx, PAGE_MISSING);
-			if (idx >= n)
-				break;
-			if (!pagemap_claim_missing(reg->pm, idx))
-				continue; /* a demand fault took it meanwhile */
-			uint32_t run = 1;
-			while (run < eng->bg_chunk && idx + run < n &&
-			       pagemap_claim_missing(reg->pm, idx + run))
-				run++;
-			struct todo t = {
-			    .reg = reg, .idx = idx, .npages = run, .data = w->buf, .t0 = now};
-			serve_batch(w, &t, 1);
-			ctr_add(&w->m.pages_background, run);
-			idx += run;
-		}
-	}
-	/* Nothing missing any more; pages demand faults were installing at the
-	 * end of the pass are in once nothing is INFLIGHT. */
-	for (size_t r = 0; r < eng->nregions && eng->bg_done; r++)
-		while (!atomic_load(&eng->stopping) && engine_status(eng) == ENGINE_RUNNING &&
-		       pagemap_count(eng->regions[r].pm, PAGE_INFLIGHT) +
-		               pagemap_count(eng->regions[r].pm, PAGE_MISSING) >
-		           0)
-			lv_sleep_ns(100 * 1000);
-	if (eng->bg_done && !atomic_load(&eng->stopping) && engine_status(eng) == ENGINE_RUNNING)
-		eng->bg_done(eng->bg_done_arg);
-	return NULL;
-}
-
-int engine_background_start(struct engine *eng, unsigned slot, unsigned chunk_pages,
-                            uint64_t quiet_ns, void (*done)(void *arg), void *arg)
-{
-	int r;
-
-	if (!eng->workers || slot >= eng->cfg.resolvers || eng->bg_started || chunk_pages < 1 ||
-	    (uint64_t)chunk_pages * 4096 > WORKER_BUF_BYTES)
-		return -EINVAL;
-	eng->bg_slot = slot;
-	eng->bg_chunk = chunk_pages;
-	eng->bg_quiet_ns = quiet_ns;
-	eng->bg_done = done;
-	eng->bg_done_arg = arg;
-	r = -pthread_create(&eng->bg_thread, NULL, background_main, eng);
-	if (r == 0)
-		eng->bg_started = true;
-	return r;
-}
-
-void engine_background_join(struct engine *eng)
-{
-	if (eng->bg_started) {
-		pthread_join(eng->bg_thread, NULL);
-		eng->bg_started = false;
-	}
-}
-
-int engine_mark_zero(struct engine *eng, uint64_t addr, uint64_t len)
-{
-	if (eng->workers)
-		return -EBUSY;
-	for (uint64_t a = addr; a < addr + len;) {
-		struct region *reg = region_find(eng, a);
-		if (!reg || reg->r.page_size != 4096 || a % 4096 || len % 4096)
-			return -EINVAL;
-		uint64_t idx = (a - reg->r.host_addr) >> reg->shift;
-		uint64_t n = (reg->r.host_addr + reg->r.size - a) / 4096;
-		if (n > (addr + len - a) / 4096)
-			n = (addr + len - a) / 4096;
-		pagemap_set_range(reg->pm, idx, n, PAGE_REMOVED);
-		a += n * 4096;
-	}
-	return 0;
-}
-
 int engine_stop(struct engine *eng)
 {
 	uint64_t one = 1;
 	int expected = ENGINE_RUNNING;
 
 	atomic_store(&eng->stopping, true);
-	if (eng->bg_started) {
-		pthread_join(eng->bg_thread, NULL);
-		eng->bg_started = false;
-	}
+	engine_background_join(eng);
 	if (write(eng->stop_efd, &one, sizeof(one)) < 0)
 		(void)0; /* already signalled to the limit: still stops */
 	for (unsigned i = 0; eng->workers && i < eng->nworkers; i++) {
@@ -859,7 +666,7 @@ int engine_resolve(struct engine *eng, unsigned slot, uint64_t addr, struct engi
 		return -EINVAL;
 	w = &eng->workers[eng->cfg.threads + slot];
 	pthread_rwlock_rdlock(&eng->install_lock);
-	reg = region_find(eng, addr);
+	reg = engine_region_find(eng, addr);
 	pthread_rwlock_unlock(&eng->install_lock);
 	if (!reg)
 		return -EFAULT;
@@ -894,7 +701,7 @@ int engine_resolve(struct engine *eng, unsigned slot, uint64_t addr, struct engi
 	                 .zero = prev == PAGE_REMOVED,
 	                 .data = w->buf,
 	                 .t0 = t0};
-	serve_batch(w, &t, 1);
+	engine_serve_batch(w, &t, 1);
 	if (engine_status(eng) != ENGINE_RUNNING)
 		return -EIO;
 	if (pagemap_get(reg->pm, idx) != PAGE_PRESENT)
@@ -904,106 +711,9 @@ int engine_resolve(struct engine *eng, unsigned slot, uint64_t addr, struct engi
 	return 0;
 }
 
-void engine_record_start(struct engine *eng)
-{
-	eng->recording = true;
-}
-
-size_t engine_record_get(struct engine *eng, uint64_t **pages)
-{
-	size_t n;
-
-	pthread_mutex_lock(&eng->rec_lock);
-	n = eng->nrec;
-	*pages = n ? malloc(n * sizeof(**pages)) : NULL;
-	if (*pages)
-		memcpy(*pages, eng->rec, n * sizeof(**pages));
-	else
-		n = 0;
-	pthread_mutex_unlock(&eng->rec_lock);
-	return n;
-}
-
-/* The region holding source page `sp` (4 KiB units), and its page index. */
-static struct region *region_of_src(struct engine *eng, uint64_t sp, uint64_t *idx)
-{
-	uint64_t off = sp * 4096;
-
-	for (size_t i = 0; i < eng->nregions; i++) {
-		struct region *reg = &eng->regions[i];
-		if (off >= reg->r.src_off && off - reg->r.src_off < reg->r.size) {
-			*idx = (off - reg->r.src_off) >> reg->shift;
-			return reg;
-		}
-	}
-	return NULL;
-}
-
-int engine_prefetch(struct engine *eng, unsigned slot, const uint64_t *pages, size_t n,
-                    uint64_t *installed)
-{
-	struct worker *w;
-	struct todo todo[EVENT_BATCH];
-	unsigned nt = 0;
-	size_t used = 0;
-
-	*installed = 0;
-	if (!eng->workers || slot >= eng->cfg.resolvers)
-		return -EINVAL;
-	w = &eng->workers[eng->cfg.threads + slot];
-	for (size_t i = 0; i <= n; i++) {
-		struct region *reg = NULL;
-		uint64_t idx = 0;
-		bool zero = false;
-
-		if (i < n && (reg = region_of_src(eng, pages[i], &idx)) &&
-		    reg->r.page_size == 4096) {
-			enum page_state prev = pagemap_claim(reg->pm, idx);
-			if (prev == PAGE_REMOVED)
-				zero = true; /* known zero: installed as a zero page, not read */
-			else if (prev != PAGE_MISSING)
-				reg = NULL; /* already in, or being installed */
-		} else {
-			reg = NULL; /* outside the regions, or a huge page */
-		}
-		/* Merge into the last run when it continues it. */
-		if (reg && !zero && nt && !todo[nt - 1].zero && todo[nt - 1].reg == reg &&
-		    todo[nt - 1].idx + todo[nt - 1].npages == idx &&
-		    used + 4096 <= WORKER_BUF_BYTES) {
-			todo[nt - 1].npages++;
-			used += 4096;
-			continue;
-		}
-		if (nt && (i == n || nt == EVENT_BATCH ||
-		           (reg && !zero && used + 4096 > WORKER_BUF_BYTES))) {
-			serve_batch(w, todo, nt);
-			if (engine_status(eng) != ENGINE_RUNNING) {
-				if (reg)
-					pagemap_finish(reg->pm, idx,
-					               zero ? PAGE_REMOVED : PAGE_MISSING);
-				return -EIO;
-			}
-			for (unsigned k = 0; k < nt; k++)
-				*installed += todo[k].npages;
-			nt = 0;
-			used = 0;
-		}
-		if (reg) {
-			todo[nt++] = (struct todo){.reg = reg,
-			                           .idx = idx,
-			                           .npages = 1,
-			                           .zero = zero,
-			                           .data = zero ? NULL : w->buf + used,
-			                           .t0 = lv_now_ns()};
-			used += zero ? 0 : 4096;
-		}
-	}
-	return 0;
-}
-
 bool engine_page_present(struct engine *eng, uint64_t addr)
 {
-	struct region *reg = region_find(eng, addr);
+	struct region *reg = engine_region_find(eng, addr);
 
 	return reg && pagemap_get(reg->pm, (addr - reg->r.host_addr) >> reg->shift) == PAGE_PRESENT;
 }
