@@ -15,6 +15,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "lazyvm/fdio.h"
 #include "lazyvm/log.h"
 #include "lazyvm/nbd_server.h"
 #include "lazyvm/units.h"
@@ -53,23 +54,6 @@ int mig_split_addr(const char *addr, char *host, size_t hostlen, char *port, siz
 	return 0;
 }
 
-int mig_send_all(int fd, const void *buf, size_t len)
-{
-	const char *p = buf;
-
-	while (len) {
-		ssize_t n = send(fd, p, len, MSG_NOSIGNAL);
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			return -errno;
-		}
-		p += n;
-		len -= (size_t)n;
-	}
-	return 0;
-}
-
 int mig_recv_all(int fd, void *buf, size_t len, int timeout_ms)
 {
 	char *p = buf;
@@ -105,7 +89,7 @@ int mig_send_msg(int fd, uint32_t kind, const uint64_t arg[4], const char *text)
 		memcpy(m.arg, arg, sizeof(m.arg));
 	if (text)
 		snprintf(m.text, sizeof(m.text), "%s", text);
-	return mig_send_all(fd, &m, sizeof(m));
+	return lv_write_all(fd, &m, sizeof(m));
 }
 
 int mig_recv_msg(int fd, struct mig_msg *m, int timeout_ms, char *why, size_t whylen)
@@ -335,8 +319,8 @@ int migrate_out(struct vm *vm, struct migrate_out *mo, char *why, size_t whylen)
 	}
 	uint64_t arg[4] = {w.len, npages * sizeof(*crcs), nbd_server_port(srv)};
 	if ((r = mig_send_msg(mo->fd, MIG_OFFER, arg, NULL)) < 0 ||
-	    (r = mig_send_all(mo->fd, w.buf, w.len)) < 0 ||
-	    (r = mig_send_all(mo->fd, crcs, npages * sizeof(*crcs))) < 0) {
+	    (r = lv_write_all(mo->fd, w.buf, w.len)) < 0 ||
+	    (r = lv_write_all(mo->fd, crcs, npages * sizeof(*crcs))) < 0) {
 		snprintf(why, whylen, "sending the VM state to %s: %s", mo->to, strerror(-r));
 		goto out;
 	}

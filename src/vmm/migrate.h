@@ -74,7 +74,6 @@ int migrate_out(struct vm *vm, struct migrate_out *mo, char *why, size_t whylen)
  * most timeout_ms for each piece (-1: for ever) and return -ECONNRESET when
  * the peer closed, -ETIMEDOUT, -EPROTO for a foreign or other-version peer
  * (why says which). */
-int mig_send_all(int fd, const void *buf, size_t len);
 int mig_recv_all(int fd, void *buf, size_t len, int timeout_ms);
 int mig_send_msg(int fd, uint32_t kind, const uint64_t arg[4], const char *text);
 int mig_recv_msg(int fd, struct mig_msg *m, int timeout_ms, char *why, size_t whylen);

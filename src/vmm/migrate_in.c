@@ -147,28 +147,6 @@ static int source_uri(int fd, uint64_t port, char *uri, size_t len)
 	return 0;
 }
 
-static int write_whole(const char *path, const void *buf, size_t len)
-{
-	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-	const char *p = buf;
-
-	if (fd < 0)
-		return -errno;
-	while (len) {
-		ssize_t n = write(fd, p, len);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0) {
-			int e = errno;
-			close(fd);
-			return -e;
-		}
-		p += n;
-		len -= (size_t)n;
-	}
-	return close(fd) < 0 ? -errno : 0;
-}
-
 /* Receives HELLO and OFFER with its payloads into dir (state, checksums).
  * Returns 0 with *port the source's NBD port, or -errno with out->error set
  * (and the REFUSE, when the source should hear why, already sent). */
@@ -232,12 +210,12 @@ static int receive_vm(struct mig_in *mi, const char *dir, uint64_t *port, struct
 	}
 	out->mig_state_bytes = state_len + csums_len;
 	snprintf(path, sizeof(path), "%s/checksums", dir);
-	if ((r = write_whole(path, csums, csums_len)) == 0) {
+	if ((r = snap_write_file(path, csums, csums_len, why, sizeof(why))) == 0) {
 		snprintf(path, sizeof(path), "%s/state", dir);
-		r = write_whole(path, state, state_len);
+		r = snap_write_file(path, state, state_len, why, sizeof(why));
 	}
 	if (r < 0) {
-		snprintf(out->error, sizeof(out->error), "writing %.300s: %s", path, strerror(-r));
+		snprintf(out->error, sizeof(out->error), "%s", why);
 		mig_send_msg(mi->fd, MIG_REFUSE, NULL, out->error);
 	}
 out:

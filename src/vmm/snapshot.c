@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "lazyvm/crc32c.h"
+#include "lazyvm/fdio.h"
 #include "lazyvm/source.h"
 #include "apf.h"
 #include "vcpu.h"
@@ -140,23 +141,6 @@ const void *snap_find(const struct snap_reader *r, uint32_t type, uint32_t index
 	return NULL;
 }
 
-static int write_all(int fd, const void *buf, size_t len)
-{
-	const char *p = buf;
-
-	while (len) {
-		ssize_t n = write(fd, p, len);
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			return -errno;
-		}
-		p += n;
-		len -= (size_t)n;
-	}
-	return 0;
-}
-
 /* Creates `path` from n buffers, fsynced. 0 or -errno with why filled. */
 static int write_parts(const char *path, const struct iovec *parts, unsigned n, char *why,
                        size_t whylen)
@@ -169,7 +153,7 @@ static int write_parts(const char *path, const struct iovec *parts, unsigned n, 
 		return -errno;
 	}
 	for (unsigned i = 0; i < n && !r; i++)
-		r = write_all(fd, parts[i].iov_base, parts[i].iov_len);
+		r = lv_write_all(fd, parts[i].iov_base, parts[i].iov_len);
 	if (!r && fsync(fd) < 0)
 		r = -errno;
 	if (r)
@@ -178,7 +162,7 @@ static int write_parts(const char *path, const struct iovec *parts, unsigned n, 
 	return r;
 }
 
-static int write_file(const char *path, const void *buf, size_t len, char *why, size_t whylen)
+int snap_write_file(const char *path, const void *buf, size_t len, char *why, size_t whylen)
 {
 	struct iovec part = {.iov_base = (void *)buf, .iov_len = len};
 
@@ -364,13 +348,13 @@ int snapshot_save(struct vm *vm, char *why, size_t whylen)
 	if ((r = write_parts(path, parts, vm->mem.nslots, why, whylen)) < 0)
 		goto out;
 	snprintf(path, sizeof(path), "%s/checksums", dir);
-	r = write_file(path, crcs, npages * sizeof(*crcs), why, whylen);
+	r = snap_write_file(path, crcs, npages * sizeof(*crcs), why, whylen);
 	if (r < 0)
 		goto out;
 	/* Write then rename: a state file is either whole or absent. */
 	snprintf(tmp, sizeof(tmp), "%s/state.tmp", dir);
 	snprintf(path, sizeof(path), "%s/state", dir);
-	if ((r = write_file(tmp, w.buf, w.len, why, whylen)) < 0)
+	if ((r = snap_write_file(tmp, w.buf, w.len, why, whylen)) < 0)
 		goto out;
 	if (rename(tmp, path) < 0) {
 		r = -errno;

@@ -96,6 +96,9 @@ struct snap_reader {
 	struct snap_header hdr;
 };
 
+/* Creates path with those bytes, fsynced. 0 or -errno with why filled. */
+int snap_write_file(const char *path, const void *buf, size_t len, char *why, size_t whylen);
+
 struct vm;
 /* Builds the sealed state file of a paused VM into *w (malloc'd buffer; the
  * caller frees w->buf) and fills crcs[] with every page's CRC-32C. With zero
