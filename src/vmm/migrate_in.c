@@ -147,35 +147,76 @@ static int source_uri(int fd, uint64_t port, char *uri, size_t len)
 	return 0;
 }
 
-/* Receives HELLO and OFFER with its payloads into dir (state, checksums).
+/* Waits (until the deadline, 0: for ever) for a source that says HELLO
+ * properly, and answers it. A connection that does not (a port scanner, a
+ * client of something else, a bad HELLO) is dropped with a warning and the
+ * wait goes on: a stray connection must not cost the VM its destination.
+ * Returns the connection, or -errno with out->error set. */
+static int accept_source(int lfd, const char *bound, uint64_t deadline, uint64_t *mem,
+                         struct vmm_outcome *out)
+{
+	for (;;) {
+		struct pollfd p = {.fd = lfd, .events = POLLIN};
+		uint64_t now = lv_now_ns();
+		int timeout = !deadline         ? -1
+		              : now >= deadline ? 0
+		                                : (int)((deadline - now) / 1000000);
+		struct sockaddr_storage ss;
+		socklen_t sl = sizeof(ss);
+		char peer[INET6_ADDRSTRLEN + 1] = "?", why[256];
+		struct mig_msg m;
+		int r, fd;
+
+		while ((r = poll(&p, 1, timeout)) < 0 && errno == EINTR)
+			;
+		if (r <= 0) {
+			snprintf(out->error, sizeof(out->error),
+			         "no migration source connected to %s in time", bound);
+			return -ETIMEDOUT;
+		}
+		fd = accept4(lfd, (struct sockaddr *)&ss, &sl, SOCK_CLOEXEC);
+		if (fd < 0)
+			continue; /* the peer gave up already */
+		getnameinfo((struct sockaddr *)&ss, sl, peer, sizeof(peer), NULL, 0,
+		            NI_NUMERICHOST);
+		mig_tune_socket(fd);
+		r = mig_recv_msg(fd, &m, HELLO_TIMEOUT_MS, why, sizeof(why));
+		if (r == 0 &&
+		    (m.kind != MIG_HELLO || m.arg[0] < GUEST_MEM_MIN || m.arg[0] > GUEST_MEM_MAX ||
+		     m.arg[0] % SNAP_PAGE_SIZE || m.arg[1] < 1 || m.arg[1] > GUEST_MAX_VCPUS)) {
+			snprintf(why, sizeof(why),
+			         "bad HELLO (message %u, %llu bytes of RAM, %llu vCPUs)", m.kind,
+			         (unsigned long long)m.arg[0], (unsigned long long)m.arg[1]);
+			mig_send_msg(fd, MIG_REFUSE, NULL, why);
+			r = -EPROTO;
+		}
+		if (r == 0 && (r = mig_send_msg(fd, MIG_HELLO, NULL, NULL)) < 0)
+			snprintf(why, sizeof(why), "%s", strerror(-r));
+		if (r < 0) {
+			lv_warn("migration: ignored a connection from %s: %s; still waiting", peer,
+			        why);
+			close(fd);
+			continue;
+		}
+		*mem = m.arg[0];
+		lv_info("migration: source %s connected (%llu MiB of RAM, %llu vCPUs); waiting for "
+		        "the VM",
+		        peer, (unsigned long long)(m.arg[0] >> 20), (unsigned long long)m.arg[1]);
+		return fd;
+	}
+}
+
+/* Receives the OFFER with its payloads into dir (state, checksums).
  * Returns 0 with *port the source's NBD port, or -errno with out->error set
  * (and the REFUSE, when the source should hear why, already sent). */
-static int receive_vm(struct mig_in *mi, const char *dir, uint64_t *port, struct vmm_outcome *out)
+static int receive_vm(struct mig_in *mi, const char *dir, uint64_t mem, uint64_t *port,
+                      struct vmm_outcome *out)
 {
 	struct mig_msg m;
 	char why[256], path[300];
 	uint8_t *state = NULL, *csums = NULL;
 	int r;
 
-	if ((r = mig_recv_msg(mi->fd, &m, HELLO_TIMEOUT_MS, why, sizeof(why))) < 0) {
-		snprintf(out->error, sizeof(out->error), "migration source: %s", why);
-		return r;
-	}
-	uint64_t mem = m.arg[0], vcpus = m.arg[1];
-	if (m.kind != MIG_HELLO || mem < GUEST_MEM_MIN || mem > GUEST_MEM_MAX ||
-	    mem % SNAP_PAGE_SIZE || vcpus < 1 || vcpus > GUEST_MAX_VCPUS) {
-		snprintf(out->error, sizeof(out->error),
-		         "migration source: bad HELLO (message %u, %llu bytes of RAM, %llu vCPUs)",
-		         m.kind, (unsigned long long)mem, (unsigned long long)vcpus);
-		mig_send_msg(mi->fd, MIG_REFUSE, NULL, out->error);
-		return -EPROTO;
-	}
-	if ((r = mig_send_msg(mi->fd, MIG_HELLO, NULL, NULL)) < 0) {
-		snprintf(out->error, sizeof(out->error), "migration source: %s", strerror(-r));
-		return r;
-	}
-	lv_info("migration: source connected (%llu MiB of RAM, %llu vCPUs); waiting for the VM",
-	        (unsigned long long)(mem >> 20), (unsigned long long)vcpus);
 	/* The source decides when to move: the offer may take as long as it likes. */
 	if ((r = mig_recv_msg(mi->fd, &m, -1, why, sizeof(why))) < 0) {
 		snprintf(out->error, sizeof(out->error), "migration source: %s", why);
@@ -249,25 +290,13 @@ int vmm_migrate_in(const struct vmm_migrate_in_config *cfg, struct vmm_outcome *
 	}
 	if (cfg->listening)
 		cfg->listening(cfg->arg, bound);
-	struct pollfd p = {.fd = lfd, .events = POLLIN};
-	int timeout = cfg->accept_timeout_ns ? (int)(cfg->accept_timeout_ns / 1000000) : -1;
-	while ((r = poll(&p, 1, timeout)) < 0 && errno == EINTR)
-		;
-	if (r <= 0) {
-		snprintf(out->error, sizeof(out->error),
-		         "no migration source connected to %s within %llu ms", bound,
-		         (unsigned long long)(cfg->accept_timeout_ns / 1000000));
-		close(lfd);
-		return -ETIMEDOUT;
-	}
-	mi.fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+	uint64_t mem = 0;
+	mi.fd = accept_source(lfd, bound,
+	                      cfg->accept_timeout_ns ? lv_now_ns() + cfg->accept_timeout_ns : 0,
+	                      &mem, out);
 	close(lfd); /* one VM per destination */
-	if (mi.fd < 0) {
-		r = -errno;
-		snprintf(out->error, sizeof(out->error), "accept: %s", strerror(-r));
-		return r;
-	}
-	mig_tune_socket(mi.fd);
+	if (mi.fd < 0)
+		return mi.fd;
 	const char *tmp = getenv("TMPDIR");
 	snprintf(dir, sizeof(dir), "%s/lazyvm-migrate-XXXXXX",
 	         access("/dev/shm", W_OK) == 0 ? "/dev/shm"
@@ -281,7 +310,7 @@ int vmm_migrate_in(const struct vmm_migrate_in_config *cfg, struct vmm_outcome *
 		goto out;
 	}
 	struct vmm_outcome rx = {0};
-	if ((r = receive_vm(&mi, dir, &port, &rx)) < 0) {
+	if ((r = receive_vm(&mi, dir, mem, &port, &rx)) < 0) {
 		memcpy(out->error, rx.error, sizeof(out->error));
 		goto out;
 	}
