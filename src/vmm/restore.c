@@ -478,6 +478,19 @@ int vmm_restore(const struct vmm_restore_config *cfg, struct vmm_outcome *out)
 out_vm:
 	if (rs.have_apf)
 		apf_destroy(&rs.apf);
+	/* The vCPU threads are gone: close the userfaultfd (the engine's and the
+	 * kick thread's copy) before KVM lets go of the VM. KVM's own async PF
+	 * may have a kernel worker waiting on a fault that will never be served
+	 * (the engine failed), and destroying the VM waits for that worker; the
+	 * last close of the userfaultfd releases it. No guest runs again. */
+	if (rs.have_uf)
+		userfault_kick_stop(&rs.uf);
+	if (rs.eng)
+		engine_destroy(rs.eng);
+	rs.eng = NULL;
+	if (rs.uf.kick_uffd >= 0)
+		close(rs.uf.kick_uffd);
+	rs.uf.kick_uffd = -1;
 	vm_destroy(vm);
 out:
 	/* The engine goes after the vCPUs (they may wait on it) and before the memory. */
