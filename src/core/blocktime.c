@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -19,8 +20,9 @@ struct blocktime {
 	pthread_mutex_t lock;
 	unsigned nvcpus;
 	unsigned nslots;
-	unsigned nwaiting;
-	uint64_t all_since; /* when nwaiting reached nvcpus */
+	unsigned nwaiting;      /* vCPUs waiting */
+	_Atomic unsigned nopen; /* waits open, of any thread: installs skip the lock at 0 */
+	uint64_t all_since;     /* when nwaiting reached nvcpus */
 	uint64_t all_ns;
 	uint64_t untracked;
 	struct slot s[BLOCKTIME_MAX];
@@ -51,6 +53,7 @@ void blocktime_destroy(struct blocktime *bt)
 static void end_wait(struct blocktime *bt, struct slot *s, uint64_t now)
 {
 	s->waiting = false;
+	atomic_fetch_sub_explicit(&bt->nopen, 1, memory_order_relaxed);
 	s->faults++;
 	s->wait_ns += now - s->since;
 	if (!s->vcpu)
@@ -98,6 +101,7 @@ void blocktime_begin(struct blocktime *bt, int tid, uint64_t addr, uint64_t now)
 		if (s->waiting)
 			end_wait(bt, s, now);
 		s->waiting = true;
+		atomic_fetch_add_explicit(&bt->nopen, 1, memory_order_relaxed);
 		s->addr = addr;
 		s->since = now;
 		if (s->vcpu && ++bt->nwaiting == bt->nvcpus)
@@ -108,8 +112,12 @@ void blocktime_begin(struct blocktime *bt, int tid, uint64_t addr, uint64_t now)
 
 void blocktime_end_range(struct blocktime *bt, uint64_t addr, uint64_t len, uint64_t now)
 {
+	/* Most installs (fault-around, background prefetch) end no wait. */
+	if (!atomic_load_explicit(&bt->nopen, memory_order_relaxed))
+		return;
 	pthread_mutex_lock(&bt->lock);
-	for (unsigned i = 0; bt->nwaiting && i < bt->nslots; i++) {
+	for (unsigned i = 0;
+	     atomic_load_explicit(&bt->nopen, memory_order_relaxed) && i < bt->nslots; i++) {
 		struct slot *s = &bt->s[i];
 
 		if (s->waiting && s->addr >= addr && s->addr - addr < len)

@@ -200,10 +200,12 @@ int migrate_connect(struct migrate_out *mo, const char *to, uint64_t mem_size, u
 	mo->fd = connect_to(to, why, whylen);
 	if (mo->fd < 0)
 		return mo->fd;
-	if ((r = mig_send_msg(mo->fd, MIG_HELLO, arg, NULL)) < 0 ||
-	    (r = mig_recv_msg(mo->fd, &m, CONNECT_TIMEOUT_MS, w, sizeof(w))) < 0) {
-		if (r != -EPROTO && r > -4096)
-			snprintf(w, sizeof(w), "%s", strerror(-r));
+	/* A failed send has only its errno; a failed receive says why itself. */
+	if ((r = mig_send_msg(mo->fd, MIG_HELLO, arg, NULL)) < 0)
+		snprintf(w, sizeof(w), "sending HELLO: %s", strerror(-r));
+	else
+		r = mig_recv_msg(mo->fd, &m, CONNECT_TIMEOUT_MS, w, sizeof(w));
+	if (r < 0) {
 		snprintf(why, whylen, "migration destination %s: %s", to, w);
 		goto fail;
 	}
@@ -280,11 +282,9 @@ int migrate_out(struct vm *vm, struct migrate_out *mo, char *why, size_t whylen)
 	struct nbd_export_region regions[VMM_MAX_SLOTS];
 	struct nbd_server_config sc = {.regions = regions, .nregions = vm->mem.nslots};
 	struct nbd_server *srv = NULL;
-	struct snap_writer w = {0};
+	struct snap_image img = {0};
 	struct mig_msg m;
 	char host[INET6_ADDRSTRLEN + 1], w2[256];
-	uint32_t *crcs = malloc(npages * sizeof(*crcs));
-	uint64_t *zero = calloc((npages + 63) / 64, sizeof(*zero));
 	/* Whether the VM may go on here after a failure: until the offer is out,
 	 * and after it only on a REFUSE or a close without ACCEPT (TCP delivers
 	 * in order, so an ACCEPT sent before the close would have arrived). A
@@ -294,16 +294,11 @@ int migrate_out(struct vm *vm, struct migrate_out *mo, char *why, size_t whylen)
 
 	mo->t_pause_ns = lv_now_ns();
 	mo->pages_total = npages;
-	if (!crcs || !zero) {
-		snprintf(why, whylen, "out of memory");
-		r = -ENOMEM;
+	if ((r = snapshot_build(vm, &img, why, whylen)) < 0)
 		goto out;
-	}
-	if ((r = snapshot_build(vm, &w, crcs, zero, why, whylen)) < 0)
-		goto out;
-	for (uint64_t i = 0; i < (npages + 63) / 64; i++)
-		mo->pages_zero += (uint64_t)__builtin_popcountll(zero[i]);
-	mo->state_bytes = w.len + npages * sizeof(*crcs);
+	size_t csums_len = npages * sizeof(*img.crcs);
+	mo->pages_zero = img.pages_zero;
+	mo->state_bytes = img.w.len + csums_len;
 	/* Guest RAM, in snapshot file order, served where the destination reached us. */
 	for (unsigned i = 0; i < vm->mem.nslots; i++)
 		regions[i] = (struct nbd_export_region){.host = vm->mem.slots[i].host,
@@ -317,10 +312,10 @@ int migrate_out(struct vm *vm, struct migrate_out *mo, char *why, size_t whylen)
 		snprintf(why, whylen, "cannot serve guest memory over NBD on %s: %s", host, w2);
 		goto out;
 	}
-	uint64_t arg[4] = {w.len, npages * sizeof(*crcs), nbd_server_port(srv)};
+	uint64_t arg[4] = {img.w.len, csums_len, nbd_server_port(srv)};
 	if ((r = mig_send_msg(mo->fd, MIG_OFFER, arg, NULL)) < 0 ||
-	    (r = lv_write_all(mo->fd, w.buf, w.len)) < 0 ||
-	    (r = lv_write_all(mo->fd, crcs, npages * sizeof(*crcs))) < 0) {
+	    (r = lv_write_all(mo->fd, img.w.buf, img.w.len)) < 0 ||
+	    (r = lv_write_all(mo->fd, img.crcs, csums_len)) < 0) {
 		snprintf(why, whylen, "sending the VM state to %s: %s", mo->to, strerror(-r));
 		goto out;
 	}
@@ -362,7 +357,7 @@ int migrate_out(struct vm *vm, struct migrate_out *mo, char *why, size_t whylen)
 	/* The server counts a page once its send returned, which can be just
 	 * after the destination got it and said DONE: allow it a moment. */
 	for (uint64_t until = lv_now_ns() + 500 * 1000 * 1000;;) {
-		r = check_all_sent(vm, srv, zero, why, whylen);
+		r = check_all_sent(vm, srv, img.zero, why, whylen);
 		if (r == 0 || lv_now_ns() > until)
 			break;
 		lv_sleep_ns(1000 * 1000);
@@ -375,9 +370,7 @@ out:
 		mo->nbd_requests = st.requests;
 		nbd_server_stop(srv);
 	}
-	free(w.buf);
-	free(crcs);
-	free(zero);
+	snapshot_image_free(&img);
 	if (r < 0 && resumable)
 		return -EAGAIN;
 	return r;

@@ -200,11 +200,13 @@ static bool untouched_pages(const struct mem_slot *s, uint64_t *absent)
 	return ok;
 }
 
-/* Checksums every page of guest RAM into crcs[]; with zero != NULL, also sets
- * bit i of zero[] for every page that is all zeros (its CRC is then known
- * without computing it). */
-static void checksum_memory(struct vm *vm, uint32_t *crcs, uint64_t *zero)
+/* Checksums every page of guest RAM into crcs[] and sets bit i of zero[] for
+ * every page that is all zeros (its CRC is then known without computing it).
+ * Returns the number of zero pages. */
+static uint64_t checksum_memory(struct vm *vm, uint32_t *crcs, uint64_t *zero)
 {
+	uint64_t nzero = 0;
+
 	static const uint8_t zpage[SNAP_PAGE_SIZE];
 	uint32_t zcrc = crc32c(0, zpage, SNAP_PAGE_SIZE);
 
@@ -212,7 +214,7 @@ static void checksum_memory(struct vm *vm, uint32_t *crcs, uint64_t *zero)
 		const struct mem_slot *s = &vm->mem.slots[i];
 		uint64_t *absent = NULL;
 
-		if (zero && !vm->mem.file_mapped) {
+		if (!vm->mem.file_mapped) {
 			absent = calloc((s->size / SNAP_PAGE_SIZE + 63) / 64, sizeof(*absent));
 			if (absent && !untouched_pages(s, absent)) {
 				free(absent);
@@ -224,24 +226,32 @@ static void checksum_memory(struct vm *vm, uint32_t *crcs, uint64_t *zero)
 			         k = off / SNAP_PAGE_SIZE;
 			const uint8_t *p = s->host + off;
 
-			if (absent && (absent[k / 64] >> (k % 64) & 1)) {
+			if ((absent && (absent[k / 64] >> (k % 64) & 1)) ||
+			    (p[0] == 0 && !memcmp(p, p + 1, SNAP_PAGE_SIZE - 1))) {
 				zero[pg / 64] |= 1ull << (pg % 64);
 				crcs[pg] = zcrc;
-			} else if (zero && p[0] == 0 && !memcmp(p, p + 1, SNAP_PAGE_SIZE - 1)) {
-				zero[pg / 64] |= 1ull << (pg % 64);
-				crcs[pg] = zcrc;
+				nzero++;
 			} else {
 				crcs[pg] = crc32c(0, p, SNAP_PAGE_SIZE);
 			}
 		}
 		free(absent);
 	}
+	return nzero;
 }
 
-int snapshot_build(struct vm *vm, struct snap_writer *w, uint32_t *crcs, uint64_t *zero, char *why,
-                   size_t whylen)
+void snapshot_image_free(struct snap_image *img)
+{
+	free(img->w.buf);
+	free(img->crcs);
+	free(img->zero);
+	memset(img, 0, sizeof(*img));
+}
+
+int snapshot_build(struct vm *vm, struct snap_image *img, char *why, size_t whylen)
 {
 	uint64_t npages = vm->mem.size / SNAP_PAGE_SIZE;
+	struct snap_writer *w = &img->w;
 	struct snap_header hdr = {.format_version = SNAP_FORMAT_VERSION,
 	                          .guest_abi_version = GUEST_ABI_VERSION,
 	                          .mem_size = vm->mem.size,
@@ -251,9 +261,12 @@ int snapshot_build(struct vm *vm, struct snap_writer *w, uint32_t *crcs, uint64_
 	int r;
 
 	memcpy(hdr.magic, SNAP_MAGIC, 8);
-	memset(w, 0, sizeof(*w));
+	memset(img, 0, sizeof(*img));
+	img->npages = npages;
 	w->buf = malloc(w->cap = 1 << 20);
-	if (!w->buf) {
+	img->crcs = malloc(npages * sizeof(*img->crcs));
+	img->zero = calloc((npages + 63) / 64, sizeof(*img->zero));
+	if (!w->buf || !img->crcs || !img->zero) {
 		snprintf(why, whylen, "out of memory");
 		return -ENOMEM;
 	}
@@ -288,9 +301,11 @@ int snapshot_build(struct vm *vm, struct snap_writer *w, uint32_t *crcs, uint64_
 	struct kvm_clock_data clock = {0};
 	if (ioctl(vm->fd, KVM_GET_CLOCK, &clock) == 0)
 		snap_put(w, SNAP_CLOCK, 0, &clock, sizeof(clock));
-	checksum_memory(vm, crcs, zero);
-	if (zero)
-		snap_put(w, SNAP_ZERO_PAGES, 0, zero, (npages + 63) / 64 * sizeof(*zero));
+	/* The zero-page map: a lazy restore never reads those pages (from a
+	 * remote store or a migration source, that is traffic saved). */
+	uint32_t *crcs = img->crcs;
+	img->pages_zero = checksum_memory(vm, crcs, img->zero);
+	snap_put(w, SNAP_ZERO_PAGES, 0, img->zero, (npages + 63) / 64 * sizeof(*img->zero));
 	/* The page checksums go to their own file, read lazily on restore; the
 	 * state file keeps one CRC per chunk of it, so it stays small. */
 	uint64_t nchunks = (npages + CSUM_CHUNK_PAGES - 1) / CSUM_CHUNK_PAGES;
@@ -318,28 +333,16 @@ int snapshot_build(struct vm *vm, struct snap_writer *w, uint32_t *crcs, uint64_
 int snapshot_save(struct vm *vm, char *why, size_t whylen)
 {
 	const char *dir = vm->cfg.snapshot_dir;
-	uint64_t npages = vm->mem.size / SNAP_PAGE_SIZE;
-	struct snap_writer w = {0};
+	struct snap_image img;
 	struct iovec parts[VMM_MAX_SLOTS];
 	char path[4096], tmp[4096];
-	uint32_t *crcs = NULL;
-	uint64_t *zero = NULL;
 	int r;
 
 	if (mkdir(dir, 0700) < 0 && errno != EEXIST) {
 		snprintf(why, whylen, "cannot create directory %s: %s", dir, strerror(errno));
 		return -errno;
 	}
-	crcs = malloc(npages * sizeof(*crcs));
-	/* The zero-page map: a lazy restore never reads those pages (from a
-	 * remote store, that is traffic saved); the memory file keeps them. */
-	zero = calloc((npages + 63) / 64, sizeof(*zero));
-	if (!crcs || !zero) {
-		snprintf(why, whylen, "out of memory");
-		r = -ENOMEM;
-		goto out;
-	}
-	if ((r = snapshot_build(vm, &w, crcs, zero, why, whylen)) < 0)
+	if ((r = snapshot_build(vm, &img, why, whylen)) < 0)
 		goto out;
 	for (unsigned i = 0; i < vm->mem.nslots; i++)
 		parts[i] = (struct iovec){.iov_base = vm->mem.slots[i].host,
@@ -348,13 +351,13 @@ int snapshot_save(struct vm *vm, char *why, size_t whylen)
 	if ((r = write_parts(path, parts, vm->mem.nslots, why, whylen)) < 0)
 		goto out;
 	snprintf(path, sizeof(path), "%s/checksums", dir);
-	r = snap_write_file(path, crcs, npages * sizeof(*crcs), why, whylen);
+	r = snap_write_file(path, img.crcs, img.npages * sizeof(*img.crcs), why, whylen);
 	if (r < 0)
 		goto out;
 	/* Write then rename: a state file is either whole or absent. */
 	snprintf(tmp, sizeof(tmp), "%s/state.tmp", dir);
 	snprintf(path, sizeof(path), "%s/state", dir);
-	if ((r = snap_write_file(tmp, w.buf, w.len, why, whylen)) < 0)
+	if ((r = snap_write_file(tmp, img.w.buf, img.w.len, why, whylen)) < 0)
 		goto out;
 	if (rename(tmp, path) < 0) {
 		r = -errno;
@@ -363,8 +366,6 @@ int snapshot_save(struct vm *vm, char *why, size_t whylen)
 	}
 	r = 0;
 out:
-	free(crcs);
-	free(zero);
-	free(w.buf);
+	snapshot_image_free(&img);
 	return r;
 }

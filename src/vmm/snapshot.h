@@ -100,12 +100,18 @@ struct snap_reader {
 int snap_write_file(const char *path, const void *buf, size_t len, char *why, size_t whylen);
 
 struct vm;
-/* Builds the sealed state file of a paused VM into *w (malloc'd buffer; the
- * caller frees w->buf) and fills crcs[] with every page's CRC-32C. With zero
- * != NULL (zeroed, a bit per page), finds the all-zero pages, sets their bits
- * and records the map in the state (SNAP_ZERO_PAGES). 0 or -errno, why set. */
-int snapshot_build(struct vm *vm, struct snap_writer *w, uint32_t *crcs, uint64_t *zero, char *why,
-                   size_t whylen);
+/* What a paused VM's snapshot is made of, besides the memory itself. */
+struct snap_image {
+	struct snap_writer w; /* the sealed state file */
+	uint32_t *crcs;       /* CRC-32C of every page: the checksums file */
+	uint64_t *zero;       /* a bit a page: all zeros (also in the state, SNAP_ZERO_PAGES) */
+	uint64_t npages, pages_zero;
+};
+
+/* Builds the image of a paused VM. 0 or -errno with why set; either way
+ * snapshot_image_free releases what was built. */
+int snapshot_build(struct vm *vm, struct snap_image *img, char *why, size_t whylen);
+void snapshot_image_free(struct snap_image *img);
 
 /* Checks magic, versions, trailer, and that the sections tile the file
  * exactly. Returns 0 or -EINVAL with the problem in why. */

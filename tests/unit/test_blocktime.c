@@ -73,6 +73,12 @@ static void test_other_threads_do_not_count_as_vcpus(void)
 	CHECK_EQ(r.all_ns, 20); /* only vCPU 8's wait */
 	CHECK(!thread_of(&r, 7)->vcpu && thread_of(&r, 8)->vcpu);
 	CHECK_EQ(thread_of(&r, 7)->wait_ns, 25);
+	/* A wait of a non-vCPU thread alone still ends with its page. */
+	blocktime_begin(bt, 7, 0x6000, 40);
+	blocktime_end_range(bt, 0x6000, 0x1000, 47);
+	blocktime_get(bt, &r);
+	CHECK_EQ(thread_of(&r, 7)->wait_ns, 25 + 7);
+	CHECK_EQ(thread_of(&r, 7)->faults, 2);
 	/* A thread that registers while waiting counts from its wait's start. */
 	blocktime_begin(bt, 9, 0x4000, 100);
 	blocktime_destroy(bt);
