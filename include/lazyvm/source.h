@@ -100,5 +100,10 @@ int source_checked_wrap(struct source *inner, int csum_fd, const uint32_t *chunk
 /* Checks bytes already read at source offset `off` against the checksums of a
  * source made by source_checked_wrap (eager loading). 0 or -EBADMSG. */
 int source_checked_verify(struct source *src, const void *buf, uint64_t off, size_t len);
+/* Checks that the pages of [off, off + len), which something else claims are
+ * zero (a snapshot's zero-page map), have the checksum of a zero page, so the
+ * claim and the checksums agree before any page is installed unread.
+ * 0 or -EBADMSG (logged, naming the first page that disagrees). */
+int source_checked_verify_zero(struct source *src, uint64_t off, size_t len);
 
 #endif

@@ -22,6 +22,7 @@ struct checked_source {
 	const uint32_t *chunk_crcs; /* borrowed */
 	uint64_t npages, nchunks;
 	uint32_t page_size;
+	uint32_t zero_crc;         /* of a page of zeros */
 	pthread_mutex_t load_lock; /* loads are rare: one lock is plenty */
 	uint32_t *_Atomic *chunks; /* nchunks pointers, NULL until loaded */
 };
@@ -67,6 +68,8 @@ static const uint32_t *chunk_of(struct checked_source *cs, uint64_t page, int *e
 	return chunk;
 }
 
+/* Checks [off, off + len) against the checksums: the bytes in buf, or, with
+ * buf NULL, a zero page for each page (the page is claimed to be zero). */
 static int verify(struct checked_source *cs, const void *buf, uint64_t off, size_t len)
 {
 	if (off % cs->page_size || len % cs->page_size)
@@ -79,12 +82,16 @@ static int verify(struct checked_source *cs, const void *buf, uint64_t off, size
 		if (!chunk)
 			return err ? err : -ERANGE;
 		uint32_t want = chunk[page % CSUM_CHUNK_PAGES];
-		uint32_t got = crc32c(0, (const char *)buf + done, cs->page_size);
+		uint32_t got =
+		    buf ? crc32c(0, (const char *)buf + done, cs->page_size) : cs->zero_crc;
 		if (got != want) {
-			lv_err("%s: page %llu (offset 0x%llx) fails its checksum: crc32c 0x%08x, "
-			       "snapshot says 0x%08x",
+			lv_err("%s: page %llu (offset 0x%llx) %s: crc32c 0x%08x, snapshot says "
+			       "0x%08x",
 			       cs->base.desc, (unsigned long long)page,
-			       (unsigned long long)(off + done), got, want);
+			       (unsigned long long)(off + done),
+			       buf ? "fails its checksum"
+			           : "is marked zero, but its checksum is not a zero page's",
+			       got, want);
 			return -EBADMSG;
 		}
 	}
@@ -94,6 +101,11 @@ static int verify(struct checked_source *cs, const void *buf, uint64_t off, size
 int source_checked_verify(struct source *src, const void *buf, uint64_t off, size_t len)
 {
 	return verify((struct checked_source *)src, buf, off, len);
+}
+
+int source_checked_verify_zero(struct source *src, uint64_t off, size_t len)
+{
+	return verify((struct checked_source *)src, NULL, off, len);
 }
 
 static int checked_read(struct source *src, void *buf, uint64_t off, size_t len)
@@ -139,9 +151,15 @@ int source_checked_wrap(struct source *inner, int csum_fd, const uint32_t *chunk
                         uint64_t npages, uint32_t page_size, struct source **out)
 {
 	struct checked_source *cs;
+	uint32_t zero_crc;
+	void *zeros;
 
 	if (!page_size || npages * page_size != inner->size)
 		return -EINVAL;
+	if (!(zeros = calloc(1, page_size)))
+		return -ENOMEM;
+	zero_crc = crc32c(0, zeros, page_size);
+	free(zeros);
 	cs = calloc(1, sizeof(*cs));
 	if (!cs)
 		return -ENOMEM;
@@ -164,6 +182,7 @@ int source_checked_wrap(struct source *inner, int csum_fd, const uint32_t *chunk
 	cs->chunk_crcs = chunk_crcs;
 	cs->npages = npages;
 	cs->page_size = page_size;
+	cs->zero_crc = zero_crc;
 	*out = &cs->base;
 	return 0;
 }

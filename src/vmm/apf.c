@@ -179,9 +179,13 @@ static void token_put(struct apf *a, uint32_t t)
 	pthread_mutex_unlock(&a->token_lock);
 }
 
-static uint8_t *area_of(struct vm *vm, struct apf_vcpu *av)
+/* The guest's shared async PF area, inside the memory gate (vm_mem_get):
+ * NULL when it is not RAM or its page is not in (and `who` may not fetch). */
+static uint8_t *area_of(struct vm *vm, unsigned who, struct apf_vcpu *av)
 {
-	return guest_mem_ptr(&vm->mem, av->msr_en & KVM_ASYNC_PF_GPA_MASK, 64);
+	void *p;
+
+	return vm_mem_get(vm, who, av->msr_en & KVM_ASYNC_PF_GPA_MASK, 64, &p) < 0 ? NULL : p;
 }
 
 /* Delivers the next "page ready" of vCPU i if the guest has ACKed the last one:
@@ -191,12 +195,15 @@ static uint8_t *area_of(struct vm *vm, struct apf_vcpu *av)
 static void deliver_next(struct apf *a, unsigned i)
 {
 	struct apf_vcpu *av = &a->vcpus[i];
-	uint8_t *area = area_of(a->vm, av);
 	struct apf_ring_entry e;
+	uint8_t *area;
 
-	if (av->ready_in_flight || !area || !vm_mem_enter(a->vm))
+	if (av->ready_in_flight || !vm_mem_enter(a->vm))
 		return;
-	if (!apf_ring_pop(&av->rings->complete, &e)) {
+	/* The area was in when the fault went async (may_go_async), and pages
+	 * of a restore never leave: no fetch from an I/O worker's thread. */
+	area = area_of(a->vm, VM_MEM_NO_FETCH, av);
+	if (!area || !apf_ring_pop(&av->rings->complete, &e)) {
 		vm_mem_exit(a->vm);
 		return;
 	}
@@ -417,8 +424,7 @@ static size_t fetch_insn(struct vcpu *v, const struct kvm_regs *regs, const stru
 			break;
 		if (chunk > 15 - got)
 			chunk = 15 - got;
-		p = guest_mem_ptr(&v->vm->mem, gpa, chunk);
-		if (!p)
+		if (vm_mem_get(v->vm, v->index, gpa, chunk, (void **)&p) < 0)
 			break;
 		memcpy(out + got, p, chunk);
 		got += chunk;
@@ -458,7 +464,7 @@ static bool may_go_async(struct vcpu *v, struct apf *a, struct kvm_regs *regs,
 		return false;
 	}
 	/* The area must be in, and room for one more outstanding fault. */
-	if (!area_of(v->vm, av) ||
+	if (!guest_mem_ptr(&v->vm->mem, av->msr_en & KVM_ASYNC_PF_GPA_MASK, 64) ||
 	    uf_bitmap_test(&v->vm->uf->bm, (av->msr_en & KVM_ASYNC_PF_GPA_MASK) / 4096) ||
 	    atomic_load(&av->outstanding) >= APF_RING_ENTRIES)
 		return false;
@@ -472,13 +478,19 @@ static int inject_not_present(struct vcpu *v, struct apf *a, uint64_t gpa, uint3
 {
 	struct apf_vcpu *av = &a->vcpus[v->index];
 	struct kvm_vcpu_events ev;
+	uint8_t *area;
 
 	if (!vm_mem_enter(v->vm)) {
 		token_put(a, token);
 		return -1;
 	}
-	__atomic_store_n((uint32_t *)area_of(v->vm, av), KVM_PV_REASON_PAGE_NOT_PRESENT,
-	                 __ATOMIC_RELEASE);
+	area = area_of(v->vm, v->index, av);
+	if (!area) {
+		vm_mem_exit(v->vm);
+		token_put(a, token);
+		return -1;
+	}
+	__atomic_store_n((uint32_t *)area, KVM_PV_REASON_PAGE_NOT_PRESENT, __ATOMIC_RELEASE);
 	vm_mem_exit(v->vm);
 	if (ioctl(v->fd, KVM_GET_VCPU_EVENTS, &ev) < 0)
 		goto fail;

@@ -231,6 +231,35 @@ int restore_open_source(struct restore *rs, uint64_t mem_size)
 	return 0;
 }
 
+/* Guest RAM of slot s, as it is now, against the snapshot's checksums. */
+static int verify_slot(struct restore *rs, const struct mem_slot *s)
+{
+	int r = source_checked_verify(rs->src, s->host, s->file_off, s->size);
+
+	if (r < 0)
+		return restore_fail(rs, r,
+		                    "the memory file does not match the snapshot's checksums "
+		                    "(the page is named above); nothing was run");
+	return 0;
+}
+
+/* --load mmap: the guest runs on the file's pages through the page cache,
+ * where lazyvm cannot check a page as it comes in. So every page is checked
+ * through the mapping itself before the guest runs (what is checked is what
+ * the guest will read): the mapping stays lazy in the kernel's sense, but the
+ * file is read once up front (measured in docs/BENCHMARKS.md). */
+static int verify_mapped(struct restore *rs, const struct guest_mem *m)
+{
+	int r;
+
+	if ((r = restore_open_source(rs, m->size)) < 0)
+		return r;
+	for (unsigned i = 0; i < m->nslots; i++)
+		if ((r = verify_slot(rs, &m->slots[i])) < 0)
+			return r;
+	return 0;
+}
+
 static int load_eager(struct restore *rs, struct guest_mem *m)
 {
 	int r;
@@ -259,14 +288,8 @@ static int load_eager(struct restore *rs, struct guest_mem *m)
 				                          : "unexpected end of file");
 			off += (uint64_t)n;
 		}
-		r = rs->cfg->source_uri
-		        ? 0
-		        : source_checked_verify(rs->src, s->host, s->file_off, s->size);
-		if (r < 0)
-			return restore_fail(
-			    rs, r,
-			    "the memory file does not match the snapshot's checksums "
-			    "(the page is named above); nothing was run");
+		if (!rs->cfg->source_uri && (r = verify_slot(rs, s)) < 0)
+			return r;
 		rs->out->bytes_read += s->size;
 		rs->out->pages_installed += s->size / SNAP_PAGE_SIZE;
 	}
@@ -364,6 +387,8 @@ int vmm_restore(const struct vmm_restore_config *cfg, struct vmm_outcome *out)
 	if ((r = map_memory(&rs, &vm->mem, &want)) < 0)
 		goto out;
 	if (cfg->load == VMM_LOAD_EAGER && (r = load_eager(&rs, &vm->mem)) < 0)
+		goto out;
+	if (cfg->load == VMM_LOAD_MMAP && (r = verify_mapped(&rs, &vm->mem)) < 0)
 		goto out;
 	if (cfg->load == VMM_LOAD_LAZY && (r = restore_start_lazy(&rs, &vm->mem)) < 0)
 		goto out;

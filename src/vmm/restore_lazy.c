@@ -3,6 +3,7 @@
  * zero pages, working sets (REAP), background prefetch's end, huge pages. */
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -40,6 +41,14 @@ static int mark_zero_pages(struct restore *rs, struct guest_mem *m)
 		uint64_t end = pg + 1;
 		while (end < npages && zero[end / 64] >> (end % 64) & 1)
 			end++;
+		/* The map is trusted only where the checksums agree: a data page
+		 * marked zero would be installed as zeros without a read. */
+		int bad = source_checked_verify_zero(rs->src, pg * SNAP_PAGE_SIZE,
+		                                     (end - pg) * SNAP_PAGE_SIZE);
+		if (bad < 0)
+			return restore_fail(rs, bad,
+			                    "snapshot: the zero-page map and the page checksums "
+			                    "disagree (the page is named above); nothing was run");
 		/* A run may cross slots: mark it slot by slot. */
 		for (uint64_t p = pg; p < end;) {
 			uint8_t *host = guest_mem_ptr(m, p * SNAP_PAGE_SIZE, SNAP_PAGE_SIZE);
@@ -120,10 +129,11 @@ int restore_start_lazy(struct restore *rs, struct guest_mem *m)
 	    .threads = rs->cfg->exit_intake       ? 0
 	               : rs->cfg->handler_threads ? rs->cfg->handler_threads
 	                                          : 1,
-	    /* vCPUs, then the async PF I/O workers, then the kick intake thread,
-	     * then the last: working-set replay (before the guest runs), then
-	     * background prefetch (while it runs) */
-	    .resolvers = rs->cfg->exit_intake ? rs->rd.hdr.nr_vcpus + APF_IO_WORKERS + 2 : 1,
+	    /* vCPUs (their exits, and the VMM's own accesses from their threads:
+	     * vm_mem_get), then with exit intake the async PF I/O workers and the
+	     * kick intake thread, then the last: working-set replay (before the
+	     * guest runs), then background prefetch (while it runs) */
+	    .resolvers = rs->rd.hdr.nr_vcpus + (rs->cfg->exit_intake ? APF_IO_WORKERS + 2 : 1),
 	    .intake = rs->cfg->intake,
 	    .busy_idle_ns = 10 * 1000 * 1000,
 	    .fault_around = rs->cfg->fault_around,
@@ -184,6 +194,42 @@ static void *watch_engine(void *arg)
 	return NULL;
 }
 
+/* vm_mem_get's filler: the VMM touches a page of a lazily restored VM only
+ * once it is installed, brought in by the calling thread through its own
+ * resolver slot (its vCPU's) rather than by touching it, which would sleep on
+ * the userfaultfd with the memory gate held, for ever if the engine stopped. */
+static int fill_for_vmm(struct vm *vm, unsigned who, uint64_t gpa, uint64_t len)
+{
+	struct restore *rs = vm->mem_fill_ctx;
+
+	for (uint64_t page = gpa & ~4095ull; page < gpa + len; page += 4096) {
+		uint64_t addr = (uint64_t)(uintptr_t)guest_mem_ptr(&vm->mem, page, 4096);
+		struct engine_run run;
+		int r, tries = 0;
+
+		if (rs->have_uf ? !uf_bitmap_test(&rs->uf.bm, page / 4096)
+		                : engine_page_present(rs->eng, addr))
+			continue;
+		if (who == VM_MEM_NO_FETCH)
+			return -EAGAIN;
+		if (rs->have_uf) {
+			if (userfault_resolve_gpa(vm, who, page) < 0)
+				return -ECANCELED; /* it failed the VM with the reason */
+			continue;
+		}
+		do
+			r = engine_resolve(rs->eng, who, addr, &run);
+		while (r == -EAGAIN && ++tries < 1000);
+		if (r < 0) {
+			vm_fail(vm,
+			        "serving guest memory: the VMM needs guest page 0x%" PRIx64 ": %s",
+			        page, r == -EIO ? engine_error(rs->eng) : strerror(-r));
+			return -ECANCELED;
+		}
+	}
+	return 0;
+}
+
 int restore_run_watched(struct restore *rs, struct vm *vm)
 {
 	struct watch w = {.rs = rs, .vm = vm, .stop_efd = -1};
@@ -193,6 +239,8 @@ int restore_run_watched(struct restore *rs, struct vm *vm)
 
 	if (!rs->eng)
 		return vm_run(vm);
+	vm->mem_fill = fill_for_vmm;
+	vm->mem_fill_ctx = rs;
 	w.stop_efd = eventfd(0, EFD_CLOEXEC);
 	if (w.stop_efd < 0)
 		return restore_fail(rs, -errno, "eventfd: %s", strerror(errno));

@@ -100,15 +100,15 @@ static int snapshot_point(struct vcpu *v)
 
 /* A compute task's value is recomputed here: the guest cannot vouch for its
  * own registers having survived a snapshot and restore. */
-static bool compute_result_ok(struct vm *vm, const struct guest_msg *msg)
+static bool compute_result_ok(struct vcpu *v, const struct guest_msg *msg)
 {
-	const struct guest_boot_info *bi =
-	    guest_mem_ptr(&vm->mem, GUEST_BOOT_INFO_GPA, sizeof(*bi));
+	const struct guest_boot_info *bi;
 	uint64_t want;
 
 	if (strncmp(msg->text, "compute:", 8) != 0)
 		return true;
-	if (!bi || msg->arg[3] > (1ull << 32))
+	if (vm_mem_get(v->vm, v->index, GUEST_BOOT_INFO_GPA, sizeof(*bi), (void **)&bi) < 0 ||
+	    msg->arg[3] > (1ull << 32))
 		return false;
 	want = guest_compute(guest_compute_x0(bi->seed, (uint32_t)msg->arg[0]), msg->arg[3]);
 	if (want == msg->arg[2])
@@ -137,14 +137,17 @@ static int handle_msg(struct vcpu *v, uint32_t gpa)
 static int handle_msg_locked(struct vcpu *v, uint32_t gpa)
 {
 	struct vm *vm = v->vm;
-	const struct guest_msg *p = guest_mem_ptr(&vm->mem, gpa, sizeof(*p));
+	const struct guest_msg *p;
 	struct guest_msg msg;
+	int r = vm_mem_get(vm, v->index, gpa, sizeof(*p), (void **)&p);
 
-	if (!p) {
+	if (r == -EFAULT) {
 		vm_fail(vm, "vCPU %u: control message at gpa 0x%x is not inside guest RAM",
 		        v->index, gpa);
 		return -EFAULT;
 	}
+	if (r < 0)
+		return r; /* its page cannot come: the VM has been failed with the reason */
 	/* Copy first: the guest may change the message while we look at it. */
 	memcpy(&msg, p, sizeof(msg));
 	msg.text[sizeof(msg.text) - 1] = '\0';
@@ -167,7 +170,7 @@ static int handle_msg_locked(struct vcpu *v, uint32_t gpa)
 		return 0;
 	case GUEST_MSG_SNAPSHOT: vm->report.prepared = true; return snapshot_point(v);
 	case GUEST_MSG_RESULT:
-		if (msg.status == 0 && !compute_result_ok(vm, &msg))
+		if (msg.status == 0 && !compute_result_ok(v, &msg))
 			msg.status = 1;
 		pthread_mutex_lock(&vm->lock);
 		vm->report.results++;

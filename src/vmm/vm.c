@@ -171,6 +171,20 @@ void vm_mem_exit(struct vm *vm)
 	pthread_rwlock_unlock(&vm->mem_gate);
 }
 
+int vm_mem_get(struct vm *vm, unsigned who, uint64_t gpa, uint64_t len, void **host)
+{
+	void *p = guest_mem_ptr(&vm->mem, gpa, len);
+	int r;
+
+	*host = NULL;
+	if (!p)
+		return -EFAULT;
+	if (vm->mem_fill && (r = vm->mem_fill(vm, who, gpa, len)) < 0)
+		return r;
+	*host = p;
+	return 0;
+}
+
 void vm_mem_revoke(struct vm *vm)
 {
 	pthread_rwlock_wrlock(&vm->mem_gate);

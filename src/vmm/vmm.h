@@ -139,6 +139,10 @@ struct vm {
 	 * RAM (a failed restore makes it PROT_NONE) holds it for writing. */
 	pthread_rwlock_t mem_gate;
 	bool mem_revoked;
+	/* Set by a lazy restore: brings [gpa, gpa + len) in before the VMM touches
+	 * it (see vm_mem_get). 0, or -errno once the pages cannot come. */
+	int (*mem_fill)(struct vm *vm, unsigned who, uint64_t gpa, uint64_t len);
+	void *mem_fill_ctx;
 };
 
 /* Creates the VM: memslots for `mem` (already mapped), in-kernel irqchip, vCPUs
@@ -151,11 +155,32 @@ void vm_destroy(struct vm *vm);
  * VM ran to its end, -errno otherwise; vm->report says what happened. */
 int vm_run(struct vm *vm);
 
-/* Brackets the VMM's own reads and writes of guest RAM: false (and nothing
- * held) when RAM has been revoked, so the caller must not touch it. */
+/* The VMM's own reads and writes of guest RAM.
+ *
+ * During a lazy restore a page may not be in yet, and the engine that would
+ * bring it may have stopped (a page failed its checksum, the source died). A
+ * host thread that touched such a page would sleep in the kernel on the
+ * userfaultfd for ever (or take SIGBUS), and while it sleeps inside the gate
+ * the VM's stop path (vm_mem_revoke) could not finish. So the rule: the VMM
+ * touches guest RAM only between vm_mem_enter and vm_mem_exit, and only
+ * through pointers from vm_mem_get, which first brings the pages in (from the
+ * calling thread, through the restore's resolver slot `who`) and fails when
+ * they cannot come. No host thread ever waits on a page nobody will serve.
+ *
+ * vm_mem_enter: false (and nothing held) when RAM has been revoked, so the
+ * caller must not touch it. */
 bool vm_mem_enter(struct vm *vm);
 void vm_mem_exit(struct vm *vm);
-/* Makes guest RAM inaccessible (PROT_NONE) once no VMM access is under way. */
+/* A thread that has no resolver slot (an I/O worker): only pages already in. */
+#define VM_MEM_NO_FETCH (~0u)
+/* Inside the gate: the host address of [gpa, gpa + len), every page of it
+ * installed. `who` is the caller's resolver slot (its vCPU index) or
+ * VM_MEM_NO_FETCH. Returns 0 with *host; -EFAULT when the range is not RAM
+ * within one slot; -EAGAIN (VM_MEM_NO_FETCH only) when a page is not in yet;
+ * -ECANCELED when a page cannot come (the VM has been failed with the reason). */
+int vm_mem_get(struct vm *vm, unsigned who, uint64_t gpa, uint64_t len, void **host);
+/* Makes guest RAM inaccessible (PROT_NONE) once no VMM access is under way;
+ * bounded, since no access inside the gate waits on a missing page. */
 void vm_mem_revoke(struct vm *vm);
 
 /* With every vCPU parked (the caller is a vCPU at the snapshot point or the
