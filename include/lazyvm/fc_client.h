@@ -11,6 +11,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <sys/types.h>
 
 #include "lazyvm/fc_handshake.h"
 
@@ -27,6 +28,8 @@ enum fc_bad {
 	FC_BAD_UNALIGNED,     /* a base address off the page grid */
 	FC_BAD_UNKNOWN_FIELD, /* an extra field in a region */
 	FC_BAD_SILENT,        /* connect and send nothing */
+	FC_BAD_BLOCKING,      /* a userfaultfd without O_NONBLOCK */
+	FC_BAD_EVENT_FORK,    /* a userfaultfd with UFFD_FEATURE_EVENT_FORK */
 	FC_BAD_COUNT
 };
 
@@ -36,6 +39,11 @@ int fc_bad_parse(const char *name, enum fc_bad *out);
 
 enum fc_fields { FC_FIELDS_BOTH, FC_FIELDS_PAGE_SIZE, FC_FIELDS_KIB };
 
+/* Who connects and sends the hand-off: this process (as Firecracker does), or
+ * a child forked for it that then stays (a bystander that is not the VM) or
+ * exits at once; the memory and the userfaultfd stay this process's. */
+enum fc_connector { FC_CONNECTOR_SELF, FC_CONNECTOR_CHILD, FC_CONNECTOR_CHILD_EXIT };
+
 struct fc_vm {
 	struct fc_region regions[16];
 	unsigned nregions;
@@ -43,7 +51,10 @@ struct fc_vm {
 	int mem_fd;    /* the memory file, for verification */
 	uint64_t size; /* bytes of guest memory = the memory file's size */
 	uint64_t page_size;
-	int sock; /* connection to the handler, -1 before the hand-off */
+	int sock;                    /* connection to the handler, -1 before the hand-off */
+	enum fc_connector connector; /* set before fc_vm_handoff; SELF by default */
+	pid_t child;                 /* the connecting child, 0 for none */
+	int lifeline;                /* its end of a pipe: the child exits on EOF */
 };
 
 /* Maps `nregions` regions covering the whole memory file (page_size 4096 or
@@ -52,7 +63,8 @@ int fc_vm_create(struct fc_vm *vm, const char *mem_file, unsigned nregions, uint
                  char *why, size_t whylen);
 
 /* Connects to `socket_path` and sends the hand-off (or the broken one `bad`),
- * with the page size in the fields `fields` names. Returns 0 or -errno. */
+ * with the page size in the fields `fields` names, from vm->connector.
+ * Returns 0 or -errno. */
 int fc_vm_handoff(struct fc_vm *vm, const char *socket_path, enum fc_bad bad, enum fc_fields fields,
                   char *why, size_t whylen);
 
@@ -74,6 +86,10 @@ struct fc_touch_result {
  * still matches. */
 int fc_vm_touch_verify(struct fc_vm *vm, unsigned threads, unsigned seed, bool check_remove,
                        struct fc_touch_result *res);
+
+/* Clears O_NONBLOCK on the userfaultfd, whose file description the handler
+ * shares (a hostile peer). 0 or -errno. */
+int fc_vm_clear_nonblock(struct fc_vm *vm);
 
 void fc_vm_destroy(struct fc_vm *vm);
 

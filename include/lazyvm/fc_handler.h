@@ -7,7 +7,9 @@
  * with its own fault engine until the VM exits. A bad hand-off is refused with a
  * message and harms no other VM. A VM the handler cannot serve (rejected, or its
  * engine failed) is killed or reported per `on_fatal`: Firecracker would
- * otherwise hang for ever at its next fault. */
+ * otherwise hang for ever at its next fault. Such a VM's userfaultfd is kept
+ * open until its memory is gone, so that it hangs rather than reading zero
+ * pages; a VM leaves when its memory is gone (or its proven process exits). */
 #ifndef LAZYVM_FC_HANDLER_H
 #define LAZYVM_FC_HANDLER_H
 
@@ -17,7 +19,9 @@
 #include "lazyvm/engine.h"
 
 enum fc_on_fatal {
-	FC_ON_FATAL_KILL,   /* SIGKILL the VM's process (found with SO_PEERCRED) */
+	FC_ON_FATAL_KILL,   /* SIGKILL the VM's process, when it is proven to be the
+	                     * one that connected (SO_PEERPIDFD plus a page check);
+	                     * otherwise report that it cannot be identified */
 	FC_ON_FATAL_REPORT, /* log its pid and leave it */
 };
 
@@ -32,10 +36,11 @@ struct fc_handler_config {
 	uint64_t source_latency_ns; /* 0: none */
 	enum fc_on_fatal on_fatal;
 	uint64_t handshake_timeout_ns;
-	unsigned max_vms;
-	int signal_fd;     /* signalfd for SIGTERM/SIGINT (stop) and SIGUSR1
-	                    * (metrics); -1 for none */
-	FILE *metrics_out; /* where metrics JSON goes (stdout) */
+	unsigned max_vms;     /* VMs served at once (hand-offs being read not counted) */
+	unsigned max_pending; /* hand-offs being read at once */
+	int signal_fd;        /* signalfd for SIGTERM/SIGINT (stop) and SIGUSR1
+	                       * (metrics); -1 for none */
+	FILE *metrics_out;    /* where metrics JSON goes (stdout) */
 };
 
 struct fc_handler;
@@ -51,8 +56,10 @@ int fc_handler_run(struct fc_handler *h);
 /* Asks a running fc_handler_run to return (thread- and signal-safe). */
 void fc_handler_stop(struct fc_handler *h);
 
-/* Writes {"vms_active", "vms_served", "handshakes_rejected", "vms_failed",
- * "totals": {metrics}, "vms": [{id, pid, state, metrics}...]} and a newline. */
+/* Writes {"vms_active" (being served), "vms_served", "handshakes_rejected",
+ * "vms_failed", "vms_pending" (hand-offs being read), "vms_unserved" (given up
+ * on, memory not gone yet), "vms": [{id, pid, state, metrics}...], "totals":
+ * {metrics}} and a newline. */
 void fc_handler_write_metrics(struct fc_handler *h, FILE *f);
 
 /* Stops every VM's engine, unlinks the socket, frees everything. */

@@ -2,6 +2,8 @@
 #include <getopt.h>
 #include <stdio.h>
 #include <string.h>
+#include <stdint.h>
+#include <unistd.h>
 
 #include "cli.h"
 #include "lazyvm/fc_client.h"
@@ -28,7 +30,12 @@ static const char help[] =
     "  --no-remove-check    skip the MADV_DONTNEED check\n"
     "  --bad MODE           send a broken hand-off and print the handler's reply:\n"
     "                       no-fd, two-fds, not-uffd, garbage, truncated, oversized,\n"
-    "                       overlap, beyond-file, unaligned, unknown-field, silent\n"
+    "                       overlap, beyond-file, unaligned, unknown-field, silent,\n"
+    "                       blocking (no O_NONBLOCK), event-fork (EVENT_FORK feature)\n"
+    "  --connector WHO      who connects and sends: self (default), child (a forked\n"
+    "                       child that stays: a bystander), child-exit (it exits)\n"
+    "  --clear-nonblock     once a page came in, clear O_NONBLOCK on the\n"
+    "                       userfaultfd (shared with the handler), then go on\n"
     "  -h, --help           this text\n"
     "\n"
     "Exit status: 0 every byte verified; 1 a mismatch or an error; 2 bad usage;\n"
@@ -46,6 +53,8 @@ int cmd_fc_client(int argc, char **argv)
 	    {"fields", required_argument, 0, 'F'},
 	    {"no-remove-check", no_argument, 0, 'n'},
 	    {"bad", required_argument, 0, 'b'},
+	    {"connector", required_argument, 0, 'c'},
+	    {"clear-nonblock", no_argument, 0, 'C'},
 	    {"help", no_argument, 0, 'h'},
 	    {0, 0, 0, 0},
 	};
@@ -54,7 +63,8 @@ int cmd_fc_client(int argc, char **argv)
 	unsigned long long page = 4096;
 	enum fc_fields fields = FC_FIELDS_BOTH;
 	enum fc_bad bad = FC_BAD_NONE;
-	bool check_remove = true;
+	bool check_remove = true, clear_nonblock = false;
+	enum fc_connector connector = FC_CONNECTOR_SELF;
 	struct fc_touch_result res;
 	struct fc_vm vm;
 	char why[512] = "";
@@ -100,6 +110,16 @@ int cmd_fc_client(int argc, char **argv)
 				return 2;
 			}
 			break;
+		case 'c': {
+			/* in enum fc_connector order */
+			static const char *const connectors[] = {"self", "child", "child-exit"};
+			int k;
+			if (CLI_CHOICE(cmd, "--connector", optarg, connectors, &k) < 0)
+				return 2;
+			connector = (enum fc_connector)k;
+			break;
+		}
+		case 'C': clear_nonblock = true; break;
 		case 'h': fputs(help, stdout); return 0;
 		default:
 			fputs("Run 'lazyvm fc-client --help' for the options.\n", stderr);
@@ -119,11 +139,35 @@ int cmd_fc_client(int argc, char **argv)
 		fprintf(stderr, "lazyvm fc-client: %s\n", why);
 		return 1;
 	}
+	vm.connector = connector;
 	r = fc_vm_handoff(&vm, sock, bad, fields, why, sizeof(why));
 	if (r < 0) {
 		fprintf(stderr, "lazyvm fc-client: %s\n", why);
 		fc_vm_destroy(&vm);
 		return 1;
+	}
+	if (vm.child) {
+		printf("fc-client: hand-off sent by child process %d; the VM is process %d\n",
+		       (int)vm.child, (int)getpid());
+		fflush(stdout);
+	}
+	if (clear_nonblock) {
+		/* Once a page came in from the engine, so that the handler has taken
+		 * the userfaultfd as it was handed over and is serving it: the last
+		 * page, which the handler's proof of ownership never installs. */
+		const struct fc_region *last = &vm.regions[vm.nregions - 1];
+		volatile unsigned char b =
+		    *(volatile unsigned char *)(uintptr_t)(last->base_host_virt_addr + last->size -
+		                                           vm.page_size);
+		(void)b;
+		r = fc_vm_clear_nonblock(&vm);
+		if (r < 0) {
+			fprintf(stderr, "lazyvm fc-client: clearing O_NONBLOCK: %s\n",
+			        strerror(-r));
+			fc_vm_destroy(&vm);
+			return 1;
+		}
+		printf("fc-client: cleared O_NONBLOCK on the userfaultfd the handler reads\n");
 	}
 	if (bad != FC_BAD_NONE) {
 		char reply[512];

@@ -19,7 +19,8 @@ static const char help[] =
     "hand-off (JSON regions + the userfaultfd) and serves its faults until the VM\n"
     "exits. Balloon-removed ranges read zeros afterwards. Many VMs at once.\n"
     "\n"
-    "  --socket PATH            unix socket to listen on (a stale socket is replaced)\n"
+    "  --socket PATH            unix socket to listen on (a stale socket is replaced,\n"
+    "                           one someone listens on is not)\n"
     "  --mem-file PATH          snapshot memory file: raw guest memory, regions in order\n"
     "  --threads N              fault-handling threads per VM (default 1)\n"
     "  --intake block|busy      block in poll(2) for faults (default), or spin on the\n"
@@ -30,10 +31,13 @@ static const char help[] =
     "  --source-latency DUR     delay every read by DUR (stands for remote storage)\n"
     "  --on-fatal kill|report   a VM that cannot be served (bad hand-off, unreadable\n"
     "                           page): SIGKILL its process (default; Firecracker would\n"
-    "                           hang for ever) or only report its pid\n"
+    "                           hang for ever) when the connecting process is proven\n"
+    "                           to be the VM, else only report; or always only report\n"
     "  --handshake-timeout DUR  refuse a connection that has not sent a complete\n"
     "                           hand-off within DUR (default 5s)\n"
-    "  --max-vms N              refuse VMs beyond N at once (default 256)\n"
+    "  --max-vms N              refuse VMs beyond N served at once (default 256)\n"
+    "  --max-pending N          refuse connections beyond N hand-offs being read at\n"
+    "                           once (default 64)\n"
     "  --log-level LEVEL        error, warning, info (default) or debug\n"
     "  -h, --help               this text\n"
     "\n"
@@ -67,6 +71,7 @@ int cmd_fc_handler(int argc, char **argv)
 	    {"on-fatal", required_argument, 0, 'f'},
 	    {"handshake-timeout", required_argument, 0, 'T'},
 	    {"max-vms", required_argument, 0, 'M'},
+	    {"max-pending", required_argument, 0, 'P'},
 	    {"log-level", required_argument, 0, 'L'},
 	    {"help", no_argument, 0, 'h'},
 	    {0, 0, 0, 0},
@@ -78,6 +83,7 @@ int cmd_fc_handler(int argc, char **argv)
 	    .on_fatal = FC_ON_FATAL_KILL,
 	    .handshake_timeout_ns = 5ull * 1000 * 1000 * 1000,
 	    .max_vms = 256,
+	    .max_pending = 64,
 	    .fault_around = 16,
 	    .signal_fd = -1,
 	    .metrics_out = stdout,
@@ -139,6 +145,10 @@ int cmd_fc_handler(int argc, char **argv)
 			break;
 		case 'M':
 			if (cli_uint(cmd, "--max-vms", optarg, 1, 100000, &cfg.max_vms) < 0)
+				return 2;
+			break;
+		case 'P':
+			if (cli_uint(cmd, "--max-pending", optarg, 1, 100000, &cfg.max_pending) < 0)
 				return 2;
 			break;
 		case 'L':

@@ -11,6 +11,7 @@
 #include "lazyvm/engine.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <inttypes.h>
 #include <poll.h>
@@ -22,6 +23,7 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include "lazyvm/blocktime.h"
@@ -145,6 +147,15 @@ static int handle_event(struct worker *w, const struct uffd_msg *msg)
 				}
 		return 0;
 	}
+	case UFFD_EVENT_FORK:
+		/* Reading the event installed the child's userfaultfd in our fd
+		 * table: close it, or every fork of the peer leaks one. */
+		close((int)msg->arg.fork.ufd);
+		engine_finish(eng, ENGINE_FAILED,
+		              "%s: unexpected userfaultfd event FORK (the peer enabled "
+		              "UFFD_FEATURE_EVENT_FORK, which lazyvm does not handle)",
+		              eng->name);
+		return -EPROTO;
 	default:
 		engine_finish(eng, ENGINE_FAILED, "%s: unexpected userfaultfd event %u", eng->name,
 		              msg->event);
@@ -179,6 +190,45 @@ static uint32_t claim_run(struct engine *eng, struct region *reg, uint64_t idx,
 	return run;
 }
 
+/* Reads up to `max` messages and never blocks, whatever the peer does to the
+ * file's flags: the userfaultfd's file description is shared with the peer, which
+ * may clear O_NONBLOCK after the hand-off, and a worker stuck in a blocking read
+ * would make engine_stop wait for ever. RWF_NOWAIT asks for a non-blocking read
+ * of this one call (userfaultfd honours it since it moved to read_iter; measured
+ * here on 6.18); kernels where it still has a plain ->read (Debian 12's 6.1)
+ * refuse it with EOPNOTSUPP, and then the flag is checked before each read:
+ * that leaves a window of one system call, which only a peer flipping the flag
+ * on purpose can hit. Returns a count, or -EPROTO after recording why. */
+static int read_events_nowait(struct engine *eng, struct uffd_msg *msgs, unsigned max)
+{
+	struct iovec iov = {.iov_base = msgs, .iov_len = sizeof(*msgs) * max};
+	int fl;
+
+	while (!atomic_load_explicit(&eng->no_rwf_nowait, memory_order_relaxed)) {
+		ssize_t n = preadv2(eng->cfg.uffd, &iov, 1, -1, RWF_NOWAIT);
+
+		if (n >= 0)
+			return (int)((size_t)n / sizeof(*msgs));
+		if (errno == EINTR)
+			continue;
+		if (errno == EAGAIN)
+			return 0;
+		if (errno != EOPNOTSUPP && errno != EINVAL)
+			return -errno;
+		atomic_store(&eng->no_rwf_nowait, true);
+	}
+	fl = fcntl(eng->cfg.uffd, F_GETFL);
+	if (fl >= 0 && !(fl & O_NONBLOCK)) {
+		engine_finish(eng, ENGINE_FAILED,
+		              "%s: the userfaultfd lost O_NONBLOCK after the hand-off (its owner "
+		              "cleared it) and this kernel has no RWF_NOWAIT for it: a blocking "
+		              "read could hang this engine, so it stops",
+		              eng->name);
+		return -EPROTO;
+	}
+	return uffd_read_events(eng->cfg.uffd, msgs, max);
+}
+
 /* Reads one batch of messages under the write lock, handles events there and
  * turns faults into todos. Returns the number of todos (>= 0) or -errno;
  * *nmsgs gets the number of messages read. */
@@ -192,7 +242,7 @@ static int intake_batch(struct worker *w, struct todo *todo, int *nmsgs)
 	int n;
 
 	pthread_rwlock_wrlock(&eng->install_lock);
-	n = uffd_read_events(eng->cfg.uffd, msgs, eng->batch_max);
+	n = read_events_nowait(eng, msgs, eng->batch_max);
 	now = lv_now_ns();
 	*nmsgs = n > 0 ? n : 0;
 	for (int i = 0; i < n; i++) {

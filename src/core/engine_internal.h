@@ -79,6 +79,8 @@ struct engine {
 	bool recording;
 	uint64_t *rec;
 	size_t nrec, caprec;
+	/* the kernel refuses RWF_NOWAIT on userfaultfd reads (before 6.8) */
+	_Atomic bool no_rwf_nowait;
 };
 
 static inline uint64_t page_addr(const struct region *reg, uint64_t idx)

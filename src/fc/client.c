@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <stdio.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,18 +12,20 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "lazyvm/uffd.h"
 #include "lazyvm/units.h"
 
 static const char *const bad_names[FC_BAD_COUNT] = {
-    [FC_BAD_NO_FD] = "no-fd",         [FC_BAD_TWO_FDS] = "two-fds",
-    [FC_BAD_NOT_UFFD] = "not-uffd",   [FC_BAD_GARBAGE] = "garbage",
-    [FC_BAD_TRUNCATED] = "truncated", [FC_BAD_OVERSIZED] = "oversized",
-    [FC_BAD_OVERLAP] = "overlap",     [FC_BAD_BEYOND_FILE] = "beyond-file",
-    [FC_BAD_UNALIGNED] = "unaligned", [FC_BAD_UNKNOWN_FIELD] = "unknown-field",
-    [FC_BAD_SILENT] = "silent",
+    [FC_BAD_NO_FD] = "no-fd",           [FC_BAD_TWO_FDS] = "two-fds",
+    [FC_BAD_NOT_UFFD] = "not-uffd",     [FC_BAD_GARBAGE] = "garbage",
+    [FC_BAD_TRUNCATED] = "truncated",   [FC_BAD_OVERSIZED] = "oversized",
+    [FC_BAD_OVERLAP] = "overlap",       [FC_BAD_BEYOND_FILE] = "beyond-file",
+    [FC_BAD_UNALIGNED] = "unaligned",   [FC_BAD_UNKNOWN_FIELD] = "unknown-field",
+    [FC_BAD_SILENT] = "silent",         [FC_BAD_BLOCKING] = "blocking",
+    [FC_BAD_EVENT_FORK] = "event-fork",
 };
 
 const char *fc_bad_name(enum fc_bad b)
@@ -47,7 +50,8 @@ int fc_vm_create(struct fc_vm *vm, const char *mem_file, unsigned nregions, uint
 	uint64_t pages, per, off = 0;
 	int r;
 
-	*vm = (struct fc_vm){.uffd = -1, .mem_fd = -1, .sock = -1, .page_size = page_size};
+	*vm = (struct fc_vm){
+	    .uffd = -1, .mem_fd = -1, .sock = -1, .lifeline = -1, .page_size = page_size};
 	if (nregions < 1 || nregions > sizeof(vm->regions) / sizeof(vm->regions[0]) ||
 	    (page_size != 4096 && page_size != (2u << 20))) {
 		snprintf(why, whylen, "1 to 16 regions of 4 KiB or 2 MiB pages");
@@ -206,8 +210,132 @@ static char *build_json(const struct fc_vm *vm, enum fc_bad bad, enum fc_fields 
 	return buf;
 }
 
+/* Moves every region to a new userfaultfd with `extra` features, blocking
+ * when asked: the hand-offs a handler must refuse by their userfaultfd. */
+static int replace_uffd(struct fc_vm *vm, uint64_t extra, bool blocking, char *why, size_t whylen)
+{
+	uint64_t features = UFFD_FEATURE_EVENT_REMOVE | extra |
+	                    (vm->page_size > 4096 ? UFFD_FEATURE_MISSING_HUGETLBFS : 0);
+	int fd = uffd_open(features, NULL, why, whylen), r;
+
+	if (fd < 0) {
+		if (!why[0])
+			snprintf(why, whylen, "userfaultfd: %s", strerror(-fd));
+		return fd;
+	}
+	if (blocking && fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK) < 0) {
+		r = -errno;
+		snprintf(why, whylen, "clearing O_NONBLOCK: %s", strerror(errno));
+		close(fd);
+		return r;
+	}
+	for (unsigned i = 0; i < vm->nregions; i++) {
+		const struct fc_region *g = &vm->regions[i];
+
+		uffd_unregister(vm->uffd, g->base_host_virt_addr, g->size);
+		r = uffd_register(fd, g->base_host_virt_addr, g->size, UFFDIO_REGISTER_MODE_MISSING,
+		                  1ull << _UFFDIO_COPY, why, whylen);
+		if (r < 0) {
+			snprintf(why, whylen, "registering region %u again: %s", i, strerror(-r));
+			close(fd);
+			return r;
+		}
+	}
+	close(vm->uffd);
+	vm->uffd = fd;
+	return 0;
+}
+
+static int handoff_self(struct fc_vm *vm, const char *socket_path, enum fc_bad bad,
+                        enum fc_fields fields, char *why, size_t whylen);
+
+/* The hand-off from a forked child (see enum fc_connector). The child reports
+ * its result as one byte (0 ok, else errno), then waits on the lifeline or
+ * exits; the parent keeps the memory and the userfaultfd. */
+static int handoff_child(struct fc_vm *vm, const char *socket_path, enum fc_bad bad,
+                         enum fc_fields fields, char *why, size_t whylen)
+{
+	int status[2], life[2], r;
+	unsigned char res = 0;
+	pid_t pid;
+
+	if (pipe2(status, O_CLOEXEC) < 0)
+		return -errno;
+	if (pipe2(life, O_CLOEXEC) < 0) {
+		r = -errno;
+		close(status[0]);
+		close(status[1]);
+		return r;
+	}
+	fflush(NULL);
+	pid = fork();
+	if (pid < 0) {
+		r = -errno;
+		snprintf(why, whylen, "fork: %s", strerror(errno));
+		close(status[0]);
+		close(status[1]);
+		close(life[0]);
+		close(life[1]);
+		return r;
+	}
+	if (pid == 0) {
+		char c;
+
+		close(status[0]);
+		close(life[1]);
+		r = handoff_self(vm, socket_path, bad, fields, why, whylen);
+		res = (unsigned char)(r < 0 ? -r : 0);
+		if (write(status[1], &res, 1) < 0)
+			_exit(1);
+		if (vm->connector == FC_CONNECTOR_CHILD)
+			while (read(life[0], &c, 1) < 0 && errno == EINTR)
+				;
+		_exit(0);
+	}
+	close(status[1]);
+	close(life[0]);
+	vm->child = pid;
+	vm->lifeline = life[1];
+	r = (int)read(status[0], &res, 1);
+	close(status[0]);
+	if (r != 1) {
+		snprintf(why, whylen, "the connecting child %d died before reporting", (int)pid);
+		return -EIO;
+	}
+	if (res) {
+		snprintf(why, whylen, "the connecting child %d: %s", (int)pid, strerror(res));
+		return -(int)res;
+	}
+	return 0;
+}
+
 int fc_vm_handoff(struct fc_vm *vm, const char *socket_path, enum fc_bad bad, enum fc_fields fields,
                   char *why, size_t whylen)
+{
+	int r;
+
+	if (bad == FC_BAD_BLOCKING || bad == FC_BAD_EVENT_FORK) {
+		r = replace_uffd(vm, bad == FC_BAD_EVENT_FORK ? UFFD_FEATURE_EVENT_FORK : 0,
+		                 bad == FC_BAD_BLOCKING, why, whylen);
+		if (r < 0)
+			return r;
+	}
+	if (vm->connector != FC_CONNECTOR_SELF)
+		return handoff_child(vm, socket_path, bad, fields, why, whylen);
+	return handoff_self(vm, socket_path, bad, fields, why, whylen);
+}
+
+int fc_vm_clear_nonblock(struct fc_vm *vm)
+{
+	int fl = fcntl(vm->uffd, F_GETFL);
+
+	if (fl < 0 || fcntl(vm->uffd, F_SETFL, fl & ~O_NONBLOCK) < 0)
+		return -errno;
+	return 0;
+}
+
+static int handoff_self(struct fc_vm *vm, const char *socket_path, enum fc_bad bad,
+                        enum fc_fields fields, char *why, size_t whylen)
 {
 	struct sockaddr_un sa = {.sun_family = AF_UNIX};
 	int fds[2] = {vm->uffd, vm->uffd};
@@ -411,5 +539,10 @@ void fc_vm_destroy(struct fc_vm *vm)
 		close(vm->uffd);
 	if (vm->mem_fd >= 0)
 		close(vm->mem_fd);
-	vm->sock = vm->uffd = vm->mem_fd = -1;
+	if (vm->lifeline >= 0)
+		close(vm->lifeline); /* a waiting connecting child exits */
+	if (vm->child > 0)
+		waitpid(vm->child, NULL, 0);
+	vm->sock = vm->uffd = vm->mem_fd = vm->lifeline = -1;
+	vm->child = 0;
 }

@@ -1,5 +1,7 @@
 /* Reading Firecracker's hand-off from a connection: bytes and the UFFD. */
 #include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,7 +16,7 @@
 
 #define MAX_FDS_PER_MSG 8
 
-int fc_conn_init(struct fc_conn *c, int fd, pid_t *pid, int *pidfd)
+int fc_conn_init(struct fc_conn *c, int fd, pid_t *pid, int *pidfd, bool *race_free)
 {
 	struct ucred cred;
 	socklen_t len = sizeof(cred);
@@ -29,9 +31,13 @@ int fc_conn_init(struct fc_conn *c, int fd, pid_t *pid, int *pidfd)
 	*pid = cred.pid;
 	len = sizeof(*pidfd);
 	/* SO_PEERPIDFD (6.5) names the very process that connected; pidfd_open on
-	 * the pid could, in theory, meet a recycled pid. */
-	if (getsockopt(fd, SOL_SOCKET, SO_PEERPIDFD, pidfd, &len) == 0 && *pidfd >= 0)
+	 * the pid may meet a process that recycled the pid of one that has gone,
+	 * so a pidfd found that way is never trusted enough to kill with. */
+	*race_free = false;
+	if (getsockopt(fd, SOL_SOCKET, SO_PEERPIDFD, pidfd, &len) == 0 && *pidfd >= 0) {
+		*race_free = true;
 		return 0;
+	}
 	*pidfd = (int)syscall(SYS_pidfd_open, cred.pid, 0);
 	return *pidfd < 0 ? -errno : 0;
 }
@@ -86,6 +92,7 @@ int fc_conn_receive(struct fc_conn *c, char *why, size_t whylen)
 			return -1;
 		}
 		if (n == 0) {
+			c->eof = true;
 			if (c->len == 0)
 				snprintf(why, whylen,
 				         "connection closed before any handshake was sent");
@@ -157,4 +164,90 @@ void fc_conn_close(struct fc_conn *c)
 	free(c->buf);
 	c->fd = c->uffd = -1;
 	c->buf = NULL;
+}
+
+/* Features lazyvm serves: MISSING faults (anonymous, hugetlbfs, shmem) and the
+ * events the engine handles (REMOVE, UNMAP, whole-region REMAP). THREAD_ID and
+ * EXACT_ADDRESS only add to the fault message; POISON and MOVE only enable
+ * ioctls the handler never calls. Everything else changes what arrives or
+ * what a fault needs: EVENT_FORK hands the reader a new userfaultfd per fork,
+ * WP and MINOR faults are not resolved by UFFDIO_COPY, SIGBUS sends no message
+ * at all. */
+#define FC_UFFD_FEATURES_SERVED                                                                    \
+	(UFFD_FEATURE_EVENT_REMOVE | UFFD_FEATURE_EVENT_UNMAP | UFFD_FEATURE_EVENT_REMAP |         \
+	 UFFD_FEATURE_MISSING_HUGETLBFS | UFFD_FEATURE_MISSING_SHMEM | UFFD_FEATURE_THREAD_ID |    \
+	 UFFD_FEATURE_EXACT_ADDRESS | UFFD_FEATURE_POISON | UFFD_FEATURE_MOVE)
+
+/* The kernel marks a context whose UFFDIO_API is done with this bit in the
+ * features it shows (fs/userfaultfd.c, UFFD_FEATURE_INITIALIZED). */
+#define UFFD_FEATURE_INITIALIZED_BIT (1ull << 31)
+
+int fc_uffd_features(int uffd, uint64_t *features)
+{
+	char path[64], line[256];
+	int r = -ENODATA;
+	FILE *f;
+
+	/* UFFDIO_API may be called once per context, by the peer, so the handler
+	 * cannot ask the kernel again; fdinfo shows "API:\t<api>:<features>:<ioctls>"
+	 * (userfaultfd_show_fdinfo), the features being exactly those the peer
+	 * asked for. */
+	snprintf(path, sizeof(path), "/proc/self/fdinfo/%d", uffd);
+	f = fopen(path, "re");
+	if (!f)
+		return -errno;
+	while (fgets(line, sizeof(line), f)) {
+		unsigned long long api, feat;
+
+		if (sscanf(line, "API:\t%llx:%llx:", &api, &feat) == 2) {
+			*features = feat;
+			r = 0;
+			break;
+		}
+	}
+	fclose(f);
+	return r;
+}
+
+int fc_uffd_check(int uffd, char *why, size_t whylen)
+{
+	uint64_t features, extra;
+	char names[256];
+	int fl, r;
+
+	/* Refused rather than fixed with F_SETFL: the file description is the
+	 * peer's too, and turning on O_NONBLOCK behind its back would change
+	 * what its own reads do. Firecracker always sets it. (The engine also
+	 * never blocks on a read, should the peer clear the flag later.) */
+	fl = fcntl(uffd, F_GETFL);
+	if (fl < 0) {
+		snprintf(why, whylen, "cannot read the userfaultfd's flags: %s", strerror(errno));
+		return -1;
+	}
+	if (!(fl & O_NONBLOCK)) {
+		snprintf(why, whylen,
+		         "the userfaultfd is not O_NONBLOCK (create it with "
+		         "userfaultfd(O_NONBLOCK), as Firecracker does)");
+		return -1;
+	}
+	r = fc_uffd_features(uffd, &features);
+	if (r < 0) {
+		snprintf(why, whylen,
+		         "cannot read the userfaultfd's features from /proc/self/fdinfo/%d (%s); "
+		         "refusing a userfaultfd whose features are unknown",
+		         uffd, strerror(-r));
+		return -1;
+	}
+	/* A context without UFFDIO_API shows 0 here and is not refused: the proof
+	 * of ownership and the first read fail on it with a clear message. */
+	extra = features & ~UFFD_FEATURE_INITIALIZED_BIT & ~(uint64_t)FC_UFFD_FEATURES_SERVED;
+	if (extra) {
+		uffd_feature_names(extra, names, sizeof(names));
+		snprintf(why, whylen,
+		         "the userfaultfd has feature(s) lazyvm does not handle: %s (it serves "
+		         "MISSING faults with the REMOVE, UNMAP and REMAP events)",
+		         names);
+		return -1;
+	}
+	return 0;
 }

@@ -14,27 +14,7 @@ cleanup() {
     rm -rf "$T"
 }
 trap cleanup EXIT
-
-ok() { echo "ok - $*"; }
-not_ok() { echo "not ok - $*"; failures=$((failures + 1)); }
-check() { # check DESCRIPTION COMMAND...
-    local what=$1; shift
-    if "$@"; then ok "$what"; else not_ok "$what"; fi
-}
-
-# start_handler NAME ARGS...: runs a handler on $T/NAME.sock, logs in $T/NAME.{out,err}
-start_handler() {
-    local name=$1; shift
-    "$LAZYVM" fc-handler --socket "$T/$name.sock" "$@" >"$T/$name.out" 2>"$T/$name.err" &
-    handler_pid=$!
-    for _ in $(seq 100); do
-        [ -S "$T/$name.sock" ] && return 0
-        kill -0 "$handler_pid" 2>/dev/null || break
-        sleep 0.05
-    done
-    not_ok "handler $name did not start: $(cat "$T/$name.err")"
-    return 1
-}
+. "$(dirname "$0")/lib/fc.bash"
 
 # stop_handler: SIGTERM, which must end it with status 0 within 10 s
 stop_handler() {
@@ -111,14 +91,17 @@ check "report policy names VMs left without a server" grep -q 'left without a pa
 stop_handler refuse
 check "eleven refusals counted" grep -q '"handshakes_rejected":11' "$T/refuse.out"
 
-echo "# --on-fatal kill: a refused VM is killed, not left to hang"
+echo "# --on-fatal kill: a refused VM proven to be the connector is killed, not left to hang"
 start_handler kill --mem-file "$T/mem.img" || exit 1
 client --socket "$T/kill.sock" --mem-file "$T/mem.img" --bad silent >/dev/null 2>&1 &
 victim=$!
 sleep 0.2
-client --socket "$T/kill.sock" --mem-file "$T/mem.img" --bad overlap >/dev/null 2>&1; rc=$?
-check "a VM with a bad hand-off is killed (status $rc, want 137 = SIGKILL)" [ "$rc" -eq 137 ]
-check "the kill is logged with the reason" grep -q 'killed (SIGKILL) because it cannot be served: region 1' "$T/kill.err"
+timeout 20 "$LAZYVM" fc-client --socket "$T/kill.sock" --mem-file "$T/mem.img" --bad blocking >/dev/null 2>&1; rc=$?
+check "a VM whose valid regions came with a bad userfaultfd is killed (status $rc, want 137 = SIGKILL)" [ "$rc" -eq 137 ]
+check "the kill is logged with the reason" grep -q 'handshake rejected: the userfaultfd is not O_NONBLOCK .*; killed it (SIGKILL)' "$T/kill.err"
+out=$(timeout 20 "$LAZYVM" fc-client --socket "$T/kill.sock" --mem-file "$T/mem.img" --bad overlap 2>&1); rc=$?
+check "a hand-off whose regions are invalid proves nobody the VM: not killed, refused (status $rc, want 3)" [ "$rc" -eq 3 ]
+check "and the log says why it does not kill" grep -q 'overlaps region 0.*; cannot prove which process is the VM (no valid regions to prove it with); not killing' "$T/kill.err"
 
 echo "# an unreadable page: the engine stops and the VM is killed, never given zeros"
 cp "$T/mem.img" "$T/shrinks.img"

@@ -1,0 +1,23 @@
+# Shared by the fc-handler integration scripts (sourced, not run): the check
+# helpers and start_handler. Needs T, LAZYVM, failures and handler_pid set.
+
+ok() { echo "ok - $*"; }
+not_ok() { echo "not ok - $*"; failures=$((failures + 1)); }
+check() { # check DESCRIPTION COMMAND...
+    local what=$1; shift
+    if "$@"; then ok "$what"; else not_ok "$what"; fi
+}
+
+# start_handler NAME ARGS...: runs a handler on $T/NAME.sock, logs in $T/NAME.{out,err}
+start_handler() {
+    local name=$1; shift
+    "$LAZYVM" fc-handler --socket "$T/$name.sock" "$@" >"$T/$name.out" 2>"$T/$name.err" &
+    handler_pid=$!
+    for _ in $(seq 100); do
+        [ -S "$T/$name.sock" ] && return 0
+        kill -0 "$handler_pid" 2>/dev/null || break
+        sleep 0.05
+    done
+    not_ok "handler $name did not start: $(cat "$T/$name.err")"
+    return 1
+}
