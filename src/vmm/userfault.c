@@ -68,12 +68,15 @@ void uf_bitmap_destroy(struct uf_bitmap *bm)
 	bm->memfd = -1;
 }
 
+/* Bits past the end read as clear: the range is checked before the word is
+ * loaded (a guest-supplied gfn must not reach past the bitmap's memory). */
 bool uf_bitmap_test(const struct uf_bitmap *bm, uint64_t bit)
 {
-	unsigned long w =
-	    atomic_load_explicit(&bm->bits[bit / BITS_PER_WORD], memory_order_acquire);
-
-	return bit < bm->nbits && (w >> (bit % BITS_PER_WORD)) & 1;
+	if (bit >= bm->nbits)
+		return false;
+	return (atomic_load_explicit(&bm->bits[bit / BITS_PER_WORD], memory_order_acquire) >>
+	        (bit % BITS_PER_WORD)) &
+	       1;
 }
 
 void uf_bitmap_clear(struct uf_bitmap *bm, uint64_t first, uint64_t n)
