@@ -149,6 +149,11 @@ static int run_crash(struct job *j)
 		/* In asm: a C division by zero is undefined, not a #DE. */
 		asm volatile("xor %%edx, %%edx; divq %1" : "+a"(v) : "r"(0ull) : "rdx");
 		break;
+	case CRASH_HANG:
+		/* A guest that stops without a word: interrupts off, halted for
+		 * good (what the VMM's stall watchdog is for). */
+		for (;;)
+			asm volatile("cli; hlt");
 	}
 	msg_log("task %u %s: survived the crash (v=%lu)", j->index, j->spec, v);
 	msg_send(GUEST_MSG_RESULT, 1, j->index, 0, 0, 0, j->spec);

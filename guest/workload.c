@@ -2,7 +2,7 @@
  * memory, and one task per job.
  *
  * Grammar: parts joined with '+', each one of
- *   scan:SIZE  random:SIZE:COUNT  compute:N  crash:ud|pf|div
+ *   scan:SIZE  random:SIZE:COUNT  compute:N  crash:ud|pf|div|hang
  * SIZE is a positive multiple of 4 KiB with an optional binary suffix k, M or
  * G (either case); COUNT and N are plain decimal.
  */
@@ -130,8 +130,10 @@ static const char *parse_part(struct job *j, const struct field *f, unsigned nf)
 			j->crash = CRASH_PF;
 		else if (nf == 2 && field_is(f[1], "div"))
 			j->crash = CRASH_DIV;
+		else if (nf == 2 && field_is(f[1], "hang"))
+			j->crash = CRASH_HANG;
 		else
-			return "expected crash:ud, crash:pf or crash:div";
+			return "expected crash:ud, crash:pf, crash:div or crash:hang";
 		return NULL;
 	}
 	return "unknown task (scan, random, compute, edge, rescan or crash)";

@@ -16,7 +16,7 @@
 #include "guest.h"
 
 enum job_kind { JOB_SCAN, JOB_RANDOM, JOB_COMPUTE, JOB_CRASH, JOB_EDGE, JOB_RESCAN };
-enum crash_kind { CRASH_UD, CRASH_PF, CRASH_DIV };
+enum crash_kind { CRASH_UD, CRASH_PF, CRASH_DIV, CRASH_HANG };
 
 struct job {
 	enum job_kind kind;

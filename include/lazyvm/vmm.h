@@ -35,6 +35,7 @@ struct vmm_run_config {
 	 * at the snapshot point, or migrate_after_ns after the start when set. */
 	const char *migrate_to;
 	uint64_t migrate_after_ns;
+	uint64_t stall_ns; /* no message or console line this long: stop (0: never) */
 };
 
 enum vmm_load {
@@ -72,6 +73,7 @@ struct vmm_restore_config {
 	enum vmm_apf_policy policy;
 	unsigned fault_around; /* lazy: pages per fault (engine_config) */
 	bool console_to_stderr;
+	uint64_t stall_ns; /* no message or console line this long: stop (0: never) */
 };
 
 struct vmm_outcome {

@@ -7,6 +7,10 @@
 #include "lazyvm/units.h"
 #include "lazyvm/vmm.h"
 
+/* A guest that says nothing for this long is taken for stuck (--stall-timeout):
+ * far above any task of the bundled guest between two messages here. */
+#define STALL_DEFAULT_NS (120ull * 1000000000ull)
+
 extern const unsigned char lazyvm_guest_image[];
 extern const unsigned char lazyvm_guest_image_end[];
 
@@ -36,6 +40,8 @@ static const char run_help[] =
     "                       process serves the guest's memory over NBD until the\n"
     "                       destination has every page, then exits\n"
     "  --migrate-after DUR  migrate DUR after the start instead, wherever the guest is\n"
+    "  --stall-timeout DUR  stop the VM with an error when the guest sends no message\n"
+    "                       and no console line for DUR (default 120s; 0: never)\n"
     "  --json               print one JSON object at the end (console to stderr)\n"
     "  -h, --help           this text\n"
     "\n"
@@ -73,6 +79,8 @@ static const char restore_help[] =
     "  --apf off|user|exitless|kernel  async page faults (default off; user and\n"
     "                       exitless need --intake exit)\n"
     "  --policy sync|async|hybrid  which faults become async (default hybrid)\n"
+    "  --stall-timeout DUR  stop the VM with an error when the guest sends no message\n"
+    "                       and no console line for DUR (default 120s; 0: never)\n"
     "  --json               print one JSON object at the end (console to stderr):\n"
     "                       ok, load, restore_ms (start to first guest instruction),\n"
     "                       run_ms (run phase), total_ms, faults, pages_installed,\n"
@@ -109,6 +117,8 @@ static const char migrate_help[] =
     "                       user and exitless need --intake exit)\n"
     "  --policy sync|async|hybrid  which faults become async (default hybrid: when\n"
     "                       --source-latency >= 100us)\n"
+    "  --stall-timeout DUR  stop the VM with an error when the guest sends no message\n"
+    "                       and no console line for DUR (default 120s; 0: never)\n"
     "  --json               print one JSON object at the end (console to stderr):\n"
     "                       the restore fields plus state_bytes, downtime_ms (state\n"
     "                       received -> vCPUs run), transfer_ms (vCPUs run -> every\n"
@@ -271,6 +281,7 @@ int cmd_run(int argc, char **argv)
 	    {"apf", required_argument, 0, 'P'},
 	    {"migrate-to", required_argument, 0, 'M'},
 	    {"migrate-after", required_argument, 0, 'a'},
+	    {"stall-timeout", required_argument, 0, 'Z'},
 	    {"json", no_argument, 0, 'j'},
 	    {"help", no_argument, 0, 'h'},
 	    {0, 0, 0, 0},
@@ -282,6 +293,7 @@ int cmd_run(int argc, char **argv)
 	                             .timeslice_us = 2000,
 	                             .seed = 1,
 	                             .workload = "scan:4M",
+	                             .stall_ns = STALL_DEFAULT_NS,
 	                             .image = lazyvm_guest_image,
 	                             .image_len =
 	                                 (size_t)(lazyvm_guest_image_end - lazyvm_guest_image)};
@@ -344,6 +356,11 @@ int cmd_run(int argc, char **argv)
 			cfg.apf = k ? VMM_APF_USER : VMM_APF_OFF;
 			break;
 		}
+		case 'Z':
+			if (cli_duration(cmd, "--stall-timeout", optarg, &v) < 0)
+				return 2;
+			cfg.stall_ns = v;
+			break;
 		case 'j': json = true; break;
 		case 'h': fputs(run_help, stdout); return 0;
 		default: fputs("Run 'lazyvm run --help' for the options.\n", stderr); return 2;
@@ -383,6 +400,11 @@ static int engine_option(const char *cmd, int c, const char *arg, struct vmm_res
 		if (cli_duration(cmd, "--source-latency", arg, &v) < 0)
 			return -1;
 		cfg->source_latency_ns = v;
+		return 1;
+	case 'Z':
+		if (cli_duration(cmd, "--stall-timeout", arg, &v) < 0)
+			return -1;
+		cfg->stall_ns = v;
 		return 1;
 	case 'T':
 		return cli_uint(cmd, "--handler-threads", arg, 1, 64, &cfg->handler_threads) < 0
@@ -426,11 +448,13 @@ int cmd_restore(int argc, char **argv)
 	    {"record-ws", required_argument, 0, 'R'},
 	    {"prefetch-ws", required_argument, 0, 'W'},
 	    {"background-prefetch", no_argument, 0, 'G'},
+	    {"stall-timeout", required_argument, 0, 'Z'},
 	    {"json", no_argument, 0, 'j'},
 	    {"help", no_argument, 0, 'h'},
 	    {0, 0, 0, 0},
 	};
 	struct vmm_restore_config cfg = {.fault_around = 16,
+	                                 .stall_ns = STALL_DEFAULT_NS,
 	                                 .apf = VMM_APF_OFF,
 	                                 .policy = VMM_POLICY_HYBRID,
 	                                 .load = VMM_LOAD_LAZY,
@@ -530,11 +554,13 @@ int cmd_migrate(int argc, char **argv)
 	    {"source-latency", required_argument, 0, 'L'},
 	    {"apf", required_argument, 0, 'P'},
 	    {"policy", required_argument, 0, 'O'},
+	    {"stall-timeout", required_argument, 0, 'Z'},
 	    {"json", no_argument, 0, 'j'},
 	    {"help", no_argument, 0, 'h'},
 	    {0, 0, 0, 0},
 	};
 	struct vmm_migrate_in_config cfg = {.restore = {.fault_around = 16,
+	                                                .stall_ns = STALL_DEFAULT_NS,
 	                                                .apf = VMM_APF_OFF,
 	                                                .policy = VMM_POLICY_HYBRID,
 	                                                .load = VMM_LOAD_LAZY,

@@ -398,7 +398,8 @@ int vmm_restore(const struct vmm_restore_config *cfg, struct vmm_outcome *out)
 	                       .workload = "",
 	                       .quiet_console = cfg->console_to_stderr,
 	                       .capture_apf_msrs =
-	                           cfg->apf == VMM_APF_USER || cfg->apf == VMM_APF_EXITLESS};
+	                           cfg->apf == VMM_APF_USER || cfg->apf == VMM_APF_EXITLESS,
+	                       .stall_ns = cfg->stall_ns};
 	if ((r = vm_create(vm, &sys, &vc)) < 0) {
 		restore_fail(&rs, r, "creating the VM: %s", strerror(-r));
 		goto out_vm;

@@ -133,7 +133,8 @@ int vmm_run(const struct vmm_run_config *cfg, struct vmm_outcome *out)
 	                       .workload = cfg->workload,
 	                       .snapshot_dir = cfg->snapshot_dir,
 	                       .quiet_console = cfg->console_to_stderr,
-	                       .capture_apf_msrs = cfg->apf != VMM_APF_OFF};
+	                       .capture_apf_msrs = cfg->apf != VMM_APF_OFF,
+	                       .stall_ns = cfg->stall_ns};
 	int r;
 
 	memset(out, 0, sizeof(*out));

@@ -41,6 +41,7 @@ static void console_flush(struct vcpu *v)
 
 	if (!v->serial_len)
 		return;
+	atomic_store_explicit(&vm->progress_ns, lv_now_ns(), memory_order_relaxed);
 	pthread_mutex_lock(&vm->console_lock);
 	fwrite(v->serial_line, 1, v->serial_len, out);
 	if (v->serial_line[v->serial_len - 1] != '\n')
@@ -127,6 +128,7 @@ static int handle_msg(struct vcpu *v, uint32_t gpa)
 {
 	int r;
 
+	atomic_store_explicit(&v->vm->progress_ns, lv_now_ns(), memory_order_relaxed);
 	if (!vm_mem_enter(v->vm))
 		return -ECANCELED;
 	r = handle_msg_locked(v, gpa);

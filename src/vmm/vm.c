@@ -4,6 +4,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -32,7 +33,11 @@ int vm_create(struct vm *vm, struct kvm_sys *sys, const struct vm_config *cfg)
 		vm->vcpus[i].fd = -1;
 	pthread_mutex_init(&vm->lock, NULL);
 	pthread_mutex_init(&vm->console_lock, NULL);
-	pthread_cond_init(&vm->cond, NULL);
+	pthread_condattr_t ca;
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC); /* vm_run's stall watch */
+	pthread_cond_init(&vm->cond, &ca);
+	pthread_condattr_destroy(&ca);
 	pthread_rwlock_init(&vm->mem_gate, NULL);
 	atomic_init(&vm->state, VM_RUNNING);
 	if (vm->nvcpus < 1 || vm->nvcpus > VMM_MAX_VCPUS)
@@ -225,6 +230,49 @@ void vm_fail(struct vm *vm, const char *fmt, ...)
 	vm_set_state(vm, VM_STOPPING);
 }
 
+/* Waits for the VM to stop. With cfg.stall_ns, a guest that shows no
+ * progress (no control message and no console line) for that long while
+ * running is stopped with a message: a guest that waits for ever (halted with
+ * interrupts off, or running on memory that is not its own) must end in an
+ * error, not a hang. Pauses (a snapshot or migration being written) do not
+ * count. */
+static void wait_stopping(struct vm *vm)
+{
+	uint64_t stall = vm->cfg.stall_ns;
+
+	atomic_store(&vm->progress_ns, lv_now_ns());
+	pthread_mutex_lock(&vm->lock);
+	while (atomic_load(&vm->state) != VM_STOPPING) {
+		if (!stall) {
+			pthread_cond_wait(&vm->cond, &vm->lock);
+			continue;
+		}
+		uint64_t wait = stall < 1000000000ull ? stall : 1000000000ull, now;
+		struct timespec ts;
+
+		clock_gettime(CLOCK_MONOTONIC, &ts);
+		ts.tv_nsec += (long)(wait % 1000000000ull);
+		ts.tv_sec += (time_t)(wait / 1000000000ull) + ts.tv_nsec / 1000000000L;
+		ts.tv_nsec %= 1000000000L;
+		pthread_cond_timedwait(&vm->cond, &vm->lock, &ts);
+		now = lv_now_ns();
+		if (atomic_load(&vm->state) != VM_RUNNING) {
+			atomic_store(&vm->progress_ns, now);
+			continue;
+		}
+		uint64_t idle = now - atomic_load(&vm->progress_ns);
+		if (idle < stall)
+			continue;
+		pthread_mutex_unlock(&vm->lock);
+		vm_fail(vm,
+		        "the guest made no progress for %.1f s (no control message and no console "
+		        "line; --stall-timeout %.1f s): stopped",
+		        (double)idle / 1e9, (double)stall / 1e9);
+		pthread_mutex_lock(&vm->lock);
+	}
+	pthread_mutex_unlock(&vm->lock);
+}
+
 int vm_run(struct vm *vm)
 {
 	struct sigaction sa = {.sa_handler = kick_handler};
@@ -248,10 +296,7 @@ int vm_run(struct vm *vm)
 		}
 		v->started = true;
 	}
-	pthread_mutex_lock(&vm->lock);
-	while (atomic_load(&vm->state) != VM_STOPPING)
-		pthread_cond_wait(&vm->cond, &vm->lock);
-	pthread_mutex_unlock(&vm->lock);
+	wait_stopping(vm);
 	for (unsigned i = 0; i < vm->nvcpus; i++) {
 		if (vm->vcpus[i].started)
 			pthread_join(vm->vcpus[i].thread, NULL);

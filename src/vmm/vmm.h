@@ -113,6 +113,8 @@ struct vm_config {
 	bool capture_apf_msrs;       /* guest APF MSR accesses exit to the VMM (apf.h) */
 	struct migrate_out *migrate; /* migrate instead of writing a snapshot (migrate.h) */
 	bool migrate_timed;          /* at a time (run.c), not at the snapshot point */
+	uint64_t stall_ns;           /* stop the VM when the guest shows no progress
+	                              * (no message, no console line) this long; 0: never */
 };
 
 struct vm {
@@ -139,6 +141,7 @@ struct vm {
 	 * RAM (a failed restore makes it PROT_NONE) holds it for writing. */
 	pthread_rwlock_t mem_gate;
 	bool mem_revoked;
+	_Atomic uint64_t progress_ns; /* the guest's last message or console line */
 	/* Set by a lazy restore: brings [gpa, gpa + len) in before the VMM touches
 	 * it (see vm_mem_get). 0, or -errno once the pages cannot come. */
 	int (*mem_fill)(struct vm *vm, unsigned who, uint64_t gpa, uint64_t len);

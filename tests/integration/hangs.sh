@@ -103,4 +103,17 @@ for load in mmap eager lazy; do
         "fails its checksum|does not match the snapshot's checksums" "$LAZYVM" restore "$mix" --load "$load"
 done
 
+echo "# a guest that stops without a word is noticed (--stall-timeout)"
+expect "run: a guest halted with interrupts off is stopped" 1 "the guest made no progress for" \
+    "$LAZYVM" run --mem 16M --workload crash:hang --stall-timeout 2s
+hs="$T/hang-snap"
+"$LAZYVM" run --mem 16M --workload "compute:100+crash:hang" --snapshot-dir "$hs" >/dev/null 2>&1 ||
+    not_ok "snapshot of the hanging guest failed"
+for mode in "--load lazy" "--load mmap" "--load eager" "--load lazy --intake exit"; do
+    # shellcheck disable=SC2086
+    expect "restored guest that hangs, $mode: stopped with the reason" 1 \
+        "the guest made no progress for .*--stall-timeout 2.0 s" \
+        "$LAZYVM" restore "$hs" $mode --stall-timeout 2s
+done
+
 [ "$failures" -eq 0 ]
