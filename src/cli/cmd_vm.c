@@ -60,6 +60,9 @@ static const char restore_help[] =
     "  --source URI         guest memory from an NBD export (nbd://HOST:PORT/EXPORT,\n"
     "                       nbd+unix:///?socket=PATH) instead of DIR/memory; still\n"
     "                       checked against DIR/checksums; not with --load mmap\n"
+    "  --source-timeout DUR the longest wait for the NBD server, connecting included\n"
+    "                       (default 5s); a read it never answers fails after 6\n"
+    "                       attempts, within 6 x DUR + 1.6 s\n"
     "  --record-ws FILE     lazy: write the pages installed, in order (a working set)\n"
     "  --prefetch-ws FILE   lazy: install that working set in bulk first (a missing or\n"
     "                       stale file only costs a warning)\n"
@@ -105,6 +108,9 @@ static const char migrate_help[] =
     "                       spinning, or the vCPUs' own exits (userfault exits)\n"
     "  --fault-around N     pages installed per fault, 1 to 64 (default 16)\n"
     "  --source-latency DUR add DUR to every page read (a slower network)\n"
+    "  --source-timeout DUR the longest wait for the source's NBD server (default 5s);\n"
+    "                       a source that stops answering stops the VM within\n"
+    "                       6 x DUR + 1.6 s\n"
     "  --apf off|user|exitless  async page faults while pages come (default off;\n"
     "                       user and exitless need --intake exit)\n"
     "  --policy sync|async|hybrid  which faults become async (default hybrid: when\n"
@@ -384,6 +390,15 @@ static int engine_option(const char *cmd, int c, const char *arg, struct vmm_res
 			return -1;
 		cfg->source_latency_ns = v;
 		return 1;
+	case 'N':
+		if (cli_duration(cmd, "--source-timeout", arg, &v) < 0)
+			return -1;
+		if (v < 10000000ull || v > 3600000000000ull) {
+			fprintf(stderr, "lazyvm %s: --source-timeout must be 10ms to 1h\n", cmd);
+			return -1;
+		}
+		cfg->source_timeout_ns = v;
+		return 1;
 	case 'T':
 		return cli_uint(cmd, "--handler-threads", arg, 1, 64, &cfg->handler_threads) < 0
 		           ? -1
@@ -417,6 +432,7 @@ int cmd_restore(int argc, char **argv)
 	static const struct option opts[] = {
 	    {"load", required_argument, 0, 'l'},
 	    {"source-latency", required_argument, 0, 'L'},
+	    {"source-timeout", required_argument, 0, 'N'},
 	    {"handler-threads", required_argument, 0, 'T'},
 	    {"fault-around", required_argument, 0, 'A'},
 	    {"intake", required_argument, 0, 'i'},
@@ -528,6 +544,7 @@ int cmd_migrate(int argc, char **argv)
 	    {"intake", required_argument, 0, 'i'},
 	    {"fault-around", required_argument, 0, 'A'},
 	    {"source-latency", required_argument, 0, 'L'},
+	    {"source-timeout", required_argument, 0, 'N'},
 	    {"apf", required_argument, 0, 'P'},
 	    {"policy", required_argument, 0, 'O'},
 	    {"json", no_argument, 0, 'j'},

@@ -124,6 +124,28 @@ else
     not_ok "source killed: destination $rc after ${took}s: $(tail -4 <<<"$d")"
 fi
 
+# 5b. The source is stopped (SIGSTOP) mid-transfer: its kernel still accepts
+#     connections and nothing answers. Every wait is bounded (--source-timeout):
+#     the VM stops within 6 x 1 s + 1.55 s of back-off (+ slack), with the reason.
+now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
+dest stopped "$LAZYVM" migrate --listen 127.0.0.1:0 --accept-timeout 60s --source-latency 20ms --source-timeout 1s || exit 1
+{ "$LAZYVM" run --mem 64M --vcpus 2 --workload "$WL" --migrate-to "$addr" >"$T/src5b.out" 2>&1 & } 2>/dev/null
+src_pid=$!; pids+=($src_pid)
+for _ in $(seq 200); do grep -q "took the VM over" "$T/src5b.out" && break; sleep 0.05; done
+kill -STOP "$src_pid"; start=$(now_ms)
+# A hang here would be the bug: bound the wait (the test runner's timeout is the backstop).
+for _ in $(seq 600); do kill -0 "$dst_pid" 2>/dev/null || break; sleep 0.1; done
+took=$(( $(now_ms) - start ))
+kill -9 "$dst_pid" 2>/dev/null; { wait "$dst_pid"; } 2>/dev/null; rc=$?
+kill -9 "$src_pid"; { wait "$src_pid"; } 2>/dev/null
+d=$(cat "$T/stopped.out" "$T/stopped.err")
+if [ "$rc" -eq 1 ] && grep -q "giving up after 6 attempts: .*\\(nothing for 1000 ms\\|handshake within 1000 ms\\)" <<<"$d" &&
+    grep -q "lazyvm migrate: serving guest memory: .*nbd://.*Connection timed out" <<<"$d" && [ "$took" -lt 20000 ]; then
+    ok "source stopped mid-transfer: destination stopped the VM ${took} ms later with the reason, status 1"
+else
+    not_ok "source stopped: destination $rc after ${took} ms: $(tail -4 <<<"$d")"
+fi
+
 # 6. Nobody listening; a peer that is not lazyvm; a bad address.
 out=$(timeout 30 "$LAZYVM" run --mem 32M --workload scan:1M --migrate-to 127.0.0.1:1 2>&1); rc=$?
 [ "$rc" -eq 1 ] && grep -q "cannot reach 127.0.0.1:1" <<<"$out" && ok "no destination: refused at once, status 1" ||
