@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "lazyvm/hostport.h"
 #include "lazyvm/units.h"
 #include "lazyvm/vmm.h"
 
@@ -331,7 +332,11 @@ int cmd_run(int argc, char **argv)
 			cfg.timeslice_us = (uint32_t)(v / 1000);
 			break;
 		case 'd': cfg.snapshot_dir = optarg; break;
-		case 'M': cfg.migrate_to = optarg; break;
+		case 'M':
+			if (cli_hostport(cmd, "--migrate-to", optarg, false) < 0)
+				return 2;
+			cfg.migrate_to = optarg;
+			break;
 		case 'a':
 			if (cli_duration(cmd, "--migrate-after", optarg, &v) < 0)
 				return 2;
@@ -470,7 +475,15 @@ int cmd_restore(int argc, char **argv)
 			cfg.load = (enum vmm_load)k;
 			break;
 		}
-		case 'U': cfg.source_uri = optarg; break;
+		case 'U': {
+			char why[300];
+			if (lv_check_nbd_uri(optarg, why, sizeof(why)) < 0) {
+				fprintf(stderr, "lazyvm %s: --source %s\n", cmd, why);
+				return 2;
+			}
+			cfg.source_uri = optarg;
+			break;
+		}
 		case 'R': cfg.record_ws = optarg; break;
 		case 'W': cfg.prefetch_ws = optarg; break;
 		case 'G': cfg.background = true; break;
@@ -567,7 +580,11 @@ int cmd_migrate(int argc, char **argv)
 	optind = 1;
 	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
 		switch (c) {
-		case 'l': cfg.listen = optarg; break;
+		case 'l':
+			if (cli_hostport(cmd, "--listen", optarg, true) < 0)
+				return 2;
+			cfg.listen = optarg;
+			break;
 		case 't':
 			if (cli_duration(cmd, "--accept-timeout", optarg, &v) < 0)
 				return 2;

@@ -36,6 +36,7 @@ int source_nbd_open(const char *uri, uint64_t timeout_ns, struct source **out, c
 #include <stdlib.h>
 #include <string.h>
 
+#include "lazyvm/hostport.h"
 #include "lazyvm/log.h"
 #include "lazyvm/source.h"
 #include "lazyvm/units.h"
@@ -297,6 +298,9 @@ int source_nbd_open(const char *uri, uint64_t timeout_ns, struct source **out, c
 		snprintf(why, whylen, "NBD URI too long");
 		return -ENAMETOOLONG;
 	}
+	/* libnbd would take port 99999 as 34463: refuse it ourselves. */
+	if ((r = lv_check_nbd_uri(uri, why, whylen)) < 0)
+		return r;
 	ns = calloc(1, sizeof(*ns));
 	if (!ns)
 		return -ENOMEM;

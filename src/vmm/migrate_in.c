@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "lazyvm/guest_abi.h"
+#include "lazyvm/hostport.h"
 #include "lazyvm/log.h"
 #include "lazyvm/units.h"
 #include "lazyvm/vmm.h"
@@ -89,16 +90,20 @@ static void hook_transferred(void *arg)
 
 static int listen_on(const char *addr, char *bound, size_t boundlen, char *why, size_t whylen)
 {
-	char host[256], port[16];
-	struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE}, *ai;
+	char host[256], port[8], w[200];
+	struct addrinfo hints = {.ai_socktype = SOCK_STREAM,
+	                         .ai_flags = AI_PASSIVE | AI_NUMERICSERV},
+	                *ai;
 	struct sockaddr_storage ss;
 	socklen_t sl = sizeof(ss);
+	uint16_t portnum;
 	int fd, one = 1, r;
 
-	if (mig_split_addr(addr, host, sizeof(host), port, sizeof(port)) < 0) {
-		snprintf(why, whylen, "--listen '%s' is not HOST:PORT", addr);
+	if (lv_parse_hostport(addr, true, host, sizeof(host), &portnum, w, sizeof(w)) < 0) {
+		snprintf(why, whylen, "--listen '%s': %s", addr, w);
 		return -EINVAL;
 	}
+	snprintf(port, sizeof(port), "%u", portnum);
 	if ((r = getaddrinfo(host, port, &hints, &ai)) != 0) {
 		snprintf(why, whylen, "cannot resolve %s: %s", host, gai_strerror(r));
 		return -EINVAL;

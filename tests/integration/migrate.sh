@@ -169,8 +169,31 @@ fi
 out=$(timeout 30 "$LAZYVM" migrate --listen 127.0.0.1:0 --accept-timeout 300ms 2>&1); rc=$?
 [ "$rc" -eq 1 ] && grep -q "no migration source connected to 127.0.0.1:[0-9]* in time" <<<"$out" &&
     ok "no source within --accept-timeout: status 1, said so" || not_ok "accept timeout: $rc $out"
-out=$("$LAZYVM" run --migrate-to nowhere 2>&1); rc=$?
-[ "$rc" -eq 1 ] && grep -q "'nowhere' is not HOST:PORT" <<<"$out" && ok "bad address named" || not_ok "bad address: $rc $out"
+# 7. Malformed addresses are usage errors (status 2), refused before anything
+#    listens or connects, naming the bad part; one parser for --listen,
+#    --migrate-to and the server of an nbd:// --source (getaddrinfo and libnbd
+#    would both take port 99999 as 34463).
+while IFS='|' read -r args want; do
+    # shellcheck disable=SC2086
+    out=$(timeout 10 "$LAZYVM" $args 2>&1); rc=$?
+    if [ "$rc" -eq 2 ] && grep -qF -- "$want" <<<"$out"; then ok "'$args': status 2, '$want'"
+    else not_ok "'$args': status $rc: $out"; fi
+done <<'EOF'
+migrate --listen 127.0.0.1:99999|--listen '127.0.0.1:99999': port 99999 is out of range (0-65535)
+migrate --listen 127.0.0.1:65536|port 65536 is out of range (0-65535)
+migrate --listen 127.0.0.1:8o|port '8o' is not a number from 0 to 65535
+migrate --listen 127.0.0.1:|port '' is not a number
+migrate --listen 127.0.0.1|'127.0.0.1' is not HOST:PORT (no port)
+migrate --listen 127.0.0.256:0|'127.0.0.256' is not an IPv4 address
+migrate --listen ::1:0|an IPv6 address needs brackets ([::1]:PORT)
+migrate --listen [::1:0|an IPv6 address is [ADDRESS]:PORT
+migrate --listen bad_host:0|'bad_host' is not a host name or an address
+run --migrate-to nowhere|--migrate-to 'nowhere': 'nowhere' is not HOST:PORT (no port)
+run --migrate-to 127.0.0.1:99999|--migrate-to '127.0.0.1:99999': port 99999 is out of range (1-65535)
+run --migrate-to 127.0.0.1:0|port 0 is out of range (1-65535)
+restore /nonexistent --source nbd://127.0.0.1:99999/|--source 'nbd://127.0.0.1:99999/': port 99999 is out of range (1-65535)
+restore /nonexistent --source nbd://1.2.3/|'1.2.3' is not an IPv4 address
+EOF
 out=$("$LAZYVM" run --migrate-after 1s 2>&1); rc=$?
 [ "$rc" -eq 2 ] && ok "--migrate-after without --migrate-to: usage error" || not_ok "usage: $rc $out"
 
