@@ -75,6 +75,11 @@ int mig_recv_msg(int fd, struct mig_msg *m, int timeout_ms, char *why, size_t wh
 		                           : strerror(-r));
 		return r;
 	}
+	return mig_check_msg(m, why, whylen);
+}
+
+int mig_check_msg(struct mig_msg *m, char *why, size_t whylen)
+{
 	if (m->magic != MIG_MAGIC) {
 		snprintf(why, whylen, "the peer does not speak lazyvm migration (magic 0x%08x)",
 		         m->magic);

@@ -166,6 +166,53 @@ if [ "$rc" -eq 0 ] && [ "$src_rc" -eq 0 ] && grep -q "ignored a connection from 
 else
     not_ok "garbage peer: destination $rc, source $src_rc: $(cat "$T/garbage.out" "$T/garbage.err" | tail -4)"
 fi
+# 6b. Silent connections first (strays that never say HELLO), then the real
+#     source: the destination reads every pending connection at once, so the
+#     real HELLO is answered at once (a one-at-a-time reader spent 5 s a stray,
+#     and the source gives up after 5 s). With 10 strays, more than the 8 read
+#     at once, the oldest are pushed out (the source itself pushes out one).
+#     Strays left silent for 5.5 s are dropped on their own 5 s deadline.
+for case in "3 0" "10 0" "2 5.5"; do
+    read -r nstray linger <<<"$case"
+    dest "strays$nstray" "$LAZYVM" migrate --listen 127.0.0.1:0 --accept-timeout 60s || exit 1
+    { python3 -c '
+import socket, sys, time
+h, p = sys.argv[1].rsplit(":", 1)
+held = [socket.create_connection((h, int(p))) for _ in range(int(sys.argv[2]))]
+open(sys.argv[3], "w").close()
+time.sleep(30)' "$addr" "$nstray" "$T/strays$nstray.ready" & } 2>/dev/null
+    stray_pid=$!; pids+=($stray_pid)
+    for _ in $(seq 100); do [ -e "$T/strays$nstray.ready" ] && break; sleep 0.05; done
+    sleep 0.3 # let the destination accept them all
+    sleep "$linger"
+    start=$(now_ms)
+    { timeout 60 "$LAZYVM" run --mem 32M --workload scan:1M --migrate-to "$addr" >"$T/src6b.out" 2>&1 & } 2>/dev/null
+    src_pid=$!
+    helloed=""
+    for _ in $(seq 300); do
+        grep -q "migration: source 127.0.0.1 connected" "$T/strays$nstray.err" && { helloed=$(( $(now_ms) - start )); break; }
+        sleep 0.02
+    done
+    { wait "$src_pid"; } 2>/dev/null; src_rc=$?
+    for _ in $(seq 300); do kill -0 "$dst_pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$dst_pid" 2>/dev/null; { wait "$dst_pid"; } 2>/dev/null; rc=$?
+    kill "$stray_pid" 2>/dev/null
+    e="$T/strays$nstray.err"
+    pushed=$(grep -c "more than 8 connections without a HELLO" "$e")
+    lost=$(grep -c "another source said HELLO first" "$e")
+    expired=$(grep -c "no HELLO within 5000 ms (0 of 256 bytes came)" "$e")
+    # the source itself is one more connection: with 8 strays pending it pushes one out
+    want_pushed=$(( nstray >= 8 ? nstray - 7 : 0 )) want_expired=0
+    [ "$linger" = 0 ] || want_expired=$nstray
+    if [ "$src_rc" -eq 0 ] && [ "$rc" -eq 0 ] && grep -q "ok: 1 task(s) verified" "$T/strays$nstray.out" &&
+        [ -n "$helloed" ] && [ "$helloed" -lt 2000 ] && [ "$pushed" -eq "$want_pushed" ] &&
+        [ "$expired" -eq "$want_expired" ] && [ $((pushed + lost + expired)) -eq "$nstray" ]; then
+        ok "$nstray silent connections ${linger}s before the source: answered after ${helloed} ms and migrated; strays dropped with warnings ($pushed pushed out, $expired timed out, $lost after the HELLO)"
+    else
+        not_ok "$nstray strays: source $src_rc, destination $rc, HELLO after '${helloed}' ms, pushed $pushed expired $expired lost $lost: $(tail -3 "$e") $(tail -2 "$T/src6b.out")"
+    fi
+done
+
 out=$(timeout 30 "$LAZYVM" migrate --listen 127.0.0.1:0 --accept-timeout 300ms 2>&1); rc=$?
 [ "$rc" -eq 1 ] && grep -q "no migration source connected to 127.0.0.1:[0-9]* in time" <<<"$out" &&
     ok "no source within --accept-timeout: status 1, said so" || not_ok "accept timeout: $rc $out"
