@@ -68,10 +68,17 @@ enum {
 int source_file_open(const char *path, unsigned flags, struct source **out);
 
 /* An NBD export (nbd://HOST:PORT/EXPORT, nbd+unix:///EXPORT?socket=PATH, any
- * URI libnbd takes) as a source: reads in flight together, bounded waits,
- * reconnect with back-off, -EIO with the reason logged when the server stays
- * away. -ECONNREFUSED with `why` when the first connection fails. */
-int source_nbd_open(const char *uri, struct source **out, char *why, size_t whylen);
+ * URI libnbd takes) as a source: reads in flight together; every wait for the
+ * server (connect and handshake included) ends after `timeout_ns` without
+ * progress (0: SOURCE_NBD_TIMEOUT_NS); a failed attempt is retried on a new
+ * connection with back-off, 6 attempts in all, so a read the server never
+ * answers fails within 6 * timeout + 1.55 s, with -ETIMEDOUT (the server went
+ * silent) or -EIO (refused, reset, NBD errors) and the reason logged; after
+ * that every read fails at once. Opening makes one attempt: -ETIMEDOUT or
+ * -ECONNREFUSED with `why` when it fails. */
+#define SOURCE_NBD_TIMEOUT_NS (5000ull * 1000 * 1000)
+int source_nbd_open(const char *uri, uint64_t timeout_ns, struct source **out, char *why,
+                    size_t whylen);
 
 /* A source of `size` zero bytes. */
 int source_zero_create(uint64_t size, struct source **out);

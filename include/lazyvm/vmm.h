@@ -59,6 +59,7 @@ struct vmm_restore_config {
 	enum vmm_load load;
 	uint64_t source_latency_ns; /* lazy: every page read takes this long */
 	const char *source_uri;     /* memory from this NBD export, not DIR/memory */
+	uint64_t source_timeout_ns; /* NBD: longest wait for the server (0: 5 s) */
 	const char *record_ws;      /* lazy: write the pages the guest touched here */
 	const char *prefetch_ws;    /* lazy: install this recorded working set first */
 	bool background;            /* lazy: fetch every other page in the background */

@@ -2,6 +2,8 @@
 #ifndef LAZYVM_CLI_H
 #define LAZYVM_CLI_H
 
+#include <stdbool.h>
+
 int cmd_fc_handler(int argc, char **argv);
 int cmd_fc_client(int argc, char **argv);
 int cmd_run(int argc, char **argv);
@@ -21,5 +23,8 @@ int cli_choice(const char *cmd, const char *opt, const char *val, const char *co
 
 int cli_uint(const char *cmd, const char *opt, const char *val, unsigned min, unsigned max,
              unsigned *out);
+/* `val` must be HOST:PORT (lv_parse_hostport; port 0 only with allow_zero).
+ * Otherwise prints "lazyvm CMD: OPT 'val': why" and returns -1. */
+int cli_hostport(const char *cmd, const char *opt, const char *val, bool allow_zero);
 
 #endif

@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "lazyvm/hostport.h"
 #include "lazyvm/units.h"
 #include "lazyvm/vmm.h"
 
@@ -66,6 +67,9 @@ static const char restore_help[] =
     "  --source URI         guest memory from an NBD export (nbd://HOST:PORT/EXPORT,\n"
     "                       nbd+unix:///?socket=PATH) instead of DIR/memory; still\n"
     "                       checked against DIR/checksums; not with --load mmap\n"
+    "  --source-timeout DUR the longest wait for the NBD server, connecting included\n"
+    "                       (default 5s); a read it never answers fails after 6\n"
+    "                       attempts, within 6 x DUR + 1.6 s\n"
     "  --record-ws FILE     lazy: write the pages installed, in order (a working set)\n"
     "  --prefetch-ws FILE   lazy: install that working set in bulk first (a missing or\n"
     "                       stale file only costs a warning)\n"
@@ -113,6 +117,9 @@ static const char migrate_help[] =
     "                       spinning, or the vCPUs' own exits (userfault exits)\n"
     "  --fault-around N     pages installed per fault, 1 to 64 (default 16)\n"
     "  --source-latency DUR add DUR to every page read (a slower network)\n"
+    "  --source-timeout DUR the longest wait for the source's NBD server (default 5s);\n"
+    "                       a source that stops answering stops the VM within\n"
+    "                       6 x DUR + 1.6 s\n"
     "  --apf off|user|exitless  async page faults while pages come (default off;\n"
     "                       user and exitless need --intake exit)\n"
     "  --policy sync|async|hybrid  which faults become async (default hybrid: when\n"
@@ -337,7 +344,11 @@ int cmd_run(int argc, char **argv)
 			cfg.timeslice_us = (uint32_t)(v / 1000);
 			break;
 		case 'd': cfg.snapshot_dir = optarg; break;
-		case 'M': cfg.migrate_to = optarg; break;
+		case 'M':
+			if (cli_hostport(cmd, "--migrate-to", optarg, false) < 0)
+				return 2;
+			cfg.migrate_to = optarg;
+			break;
 		case 'a':
 			if (cli_duration(cmd, "--migrate-after", optarg, &v) < 0)
 				return 2;
@@ -406,6 +417,15 @@ static int engine_option(const char *cmd, int c, const char *arg, struct vmm_res
 			return -1;
 		cfg->stall_ns = v;
 		return 1;
+	case 'N':
+		if (cli_duration(cmd, "--source-timeout", arg, &v) < 0)
+			return -1;
+		if (v < 10000000ull || v > 3600000000000ull) {
+			fprintf(stderr, "lazyvm %s: --source-timeout must be 10ms to 1h\n", cmd);
+			return -1;
+		}
+		cfg->source_timeout_ns = v;
+		return 1;
 	case 'T':
 		return cli_uint(cmd, "--handler-threads", arg, 1, 64, &cfg->handler_threads) < 0
 		           ? -1
@@ -439,6 +459,7 @@ int cmd_restore(int argc, char **argv)
 	static const struct option opts[] = {
 	    {"load", required_argument, 0, 'l'},
 	    {"source-latency", required_argument, 0, 'L'},
+	    {"source-timeout", required_argument, 0, 'N'},
 	    {"handler-threads", required_argument, 0, 'T'},
 	    {"fault-around", required_argument, 0, 'A'},
 	    {"intake", required_argument, 0, 'i'},
@@ -478,7 +499,15 @@ int cmd_restore(int argc, char **argv)
 			cfg.load = (enum vmm_load)k;
 			break;
 		}
-		case 'U': cfg.source_uri = optarg; break;
+		case 'U': {
+			char why[300];
+			if (lv_check_nbd_uri(optarg, why, sizeof(why)) < 0) {
+				fprintf(stderr, "lazyvm %s: --source %s\n", cmd, why);
+				return 2;
+			}
+			cfg.source_uri = optarg;
+			break;
+		}
 		case 'R': cfg.record_ws = optarg; break;
 		case 'W': cfg.prefetch_ws = optarg; break;
 		case 'G': cfg.background = true; break;
@@ -552,6 +581,7 @@ int cmd_migrate(int argc, char **argv)
 	    {"intake", required_argument, 0, 'i'},
 	    {"fault-around", required_argument, 0, 'A'},
 	    {"source-latency", required_argument, 0, 'L'},
+	    {"source-timeout", required_argument, 0, 'N'},
 	    {"apf", required_argument, 0, 'P'},
 	    {"policy", required_argument, 0, 'O'},
 	    {"stall-timeout", required_argument, 0, 'Z'},
@@ -576,7 +606,11 @@ int cmd_migrate(int argc, char **argv)
 	optind = 1;
 	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
 		switch (c) {
-		case 'l': cfg.listen = optarg; break;
+		case 'l':
+			if (cli_hostport(cmd, "--listen", optarg, true) < 0)
+				return 2;
+			cfg.listen = optarg;
+			break;
 		case 't':
 			if (cli_duration(cmd, "--accept-timeout", optarg, &v) < 0)
 				return 2;

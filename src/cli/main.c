@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "lazyvm/hostport.h"
 #include "lazyvm/log.h"
 #include "lazyvm/units.h"
 
@@ -88,6 +89,18 @@ int cli_uint(const char *cmd, const char *opt, const char *val, unsigned min, un
 		return -1;
 	}
 	*out = (unsigned)v;
+	return 0;
+}
+
+int cli_hostport(const char *cmd, const char *opt, const char *val, bool allow_zero)
+{
+	char host[256], why[200];
+	uint16_t port;
+
+	if (lv_parse_hostport(val, allow_zero, host, sizeof(host), &port, why, sizeof(why)) < 0) {
+		fprintf(stderr, "lazyvm %s: %s '%s': %s\n", cmd, opt, val, why);
+		return -1;
+	}
 	return 0;
 }
 

@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "lazyvm/fdio.h"
+#include "lazyvm/hostport.h"
 #include "lazyvm/log.h"
 #include "lazyvm/nbd_server.h"
 #include "lazyvm/units.h"
@@ -24,35 +25,6 @@
 
 #define CONNECT_TIMEOUT_MS 5000
 #define ACCEPT_TIMEOUT_MS  60000 /* the destination validates and builds the VM */
-
-int mig_split_addr(const char *addr, char *host, size_t hostlen, char *port, size_t portlen)
-{
-	const char *colon, *h = addr;
-	size_t hl;
-
-	if (addr[0] == '[') {
-		const char *close = strchr(addr, ']');
-		if (!close || close[1] != ':')
-			return -EINVAL;
-		h = addr + 1;
-		hl = (size_t)(close - h);
-		colon = close + 1;
-	} else {
-		colon = strrchr(addr, ':');
-		if (!colon)
-			return -EINVAL;
-		hl = (size_t)(colon - addr);
-	}
-	if (hl == 0 || hl >= hostlen || strlen(colon + 1) == 0 || strlen(colon + 1) >= portlen)
-		return -EINVAL;
-	memcpy(host, h, hl);
-	host[hl] = 0;
-	snprintf(port, portlen, "%s", colon + 1);
-	for (const char *p = port; *p; p++)
-		if (*p < '0' || *p > '9')
-			return -EINVAL;
-	return 0;
-}
 
 int mig_recv_all(int fd, void *buf, size_t len, int timeout_ms)
 {
@@ -103,6 +75,11 @@ int mig_recv_msg(int fd, struct mig_msg *m, int timeout_ms, char *why, size_t wh
 		                           : strerror(-r));
 		return r;
 	}
+	return mig_check_msg(m, why, whylen);
+}
+
+int mig_check_msg(struct mig_msg *m, char *why, size_t whylen)
+{
 	if (m->magic != MIG_MAGIC) {
 		snprintf(why, whylen, "the peer does not speak lazyvm migration (magic 0x%08x)",
 		         m->magic);
@@ -135,14 +112,16 @@ void mig_tune_socket(int fd)
 /* Connects with a deadline. */
 static int connect_to(const char *to, char *why, size_t whylen)
 {
-	char host[256], port[16];
-	struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *ai, *a;
+	char host[256], port[8], w[200];
+	struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICSERV}, *ai, *a;
+	uint16_t portnum;
 	int fd = -1, r;
 
-	if (mig_split_addr(to, host, sizeof(host), port, sizeof(port)) < 0) {
-		snprintf(why, whylen, "'%s' is not HOST:PORT", to);
+	if (lv_parse_hostport(to, false, host, sizeof(host), &portnum, w, sizeof(w)) < 0) {
+		snprintf(why, whylen, "migration destination: %s", w);
 		return -EINVAL;
 	}
+	snprintf(port, sizeof(port), "%u", portnum);
 	if ((r = getaddrinfo(host, port, &hints, &ai)) != 0) {
 		snprintf(why, whylen, "cannot resolve %s: %s", host, gai_strerror(r));
 		return -EHOSTUNREACH;

@@ -77,9 +77,9 @@ int migrate_out(struct vm *vm, struct migrate_out *mo, char *why, size_t whylen)
 int mig_recv_all(int fd, void *buf, size_t len, int timeout_ms);
 int mig_send_msg(int fd, uint32_t kind, const uint64_t arg[4], const char *text);
 int mig_recv_msg(int fd, struct mig_msg *m, int timeout_ms, char *why, size_t whylen);
+/* The checks mig_recv_msg makes of a whole message it read (magic, version;
+ * terminates text): 0 or -EPROTO with why. */
+int mig_check_msg(struct mig_msg *m, char *why, size_t whylen);
 void mig_tune_socket(int fd);
-
-/* "HOST:PORT" or "[V6]:PORT" into host and port strings. 0 or -EINVAL. */
-int mig_split_addr(const char *addr, char *host, size_t hostlen, char *port, size_t portlen);
 
 #endif

@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "lazyvm/guest_abi.h"
+#include "lazyvm/hostport.h"
 #include "lazyvm/log.h"
 #include "lazyvm/units.h"
 #include "lazyvm/vmm.h"
@@ -22,6 +23,9 @@
 #include "snapshot.h"
 
 #define HELLO_TIMEOUT_MS   5000
+#define HELLO_PENDING_MAX  8 /* connections read at once before their HELLO */
+#define STR_(x)            #x
+#define STR(x)             STR_(x)
 #define PAYLOAD_TIMEOUT_MS 30000 /* per piece of the state, once the offer came */
 
 struct mig_in {
@@ -89,16 +93,20 @@ static void hook_transferred(void *arg)
 
 static int listen_on(const char *addr, char *bound, size_t boundlen, char *why, size_t whylen)
 {
-	char host[256], port[16];
-	struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE}, *ai;
+	char host[256], port[8], w[200];
+	struct addrinfo hints = {.ai_socktype = SOCK_STREAM,
+	                         .ai_flags = AI_PASSIVE | AI_NUMERICSERV},
+	                *ai;
 	struct sockaddr_storage ss;
 	socklen_t sl = sizeof(ss);
+	uint16_t portnum;
 	int fd, one = 1, r;
 
-	if (mig_split_addr(addr, host, sizeof(host), port, sizeof(port)) < 0) {
-		snprintf(why, whylen, "--listen '%s' is not HOST:PORT", addr);
+	if (lv_parse_hostport(addr, true, host, sizeof(host), &portnum, w, sizeof(w)) < 0) {
+		snprintf(why, whylen, "--listen '%s': %s", addr, w);
 		return -EINVAL;
 	}
+	snprintf(port, sizeof(port), "%u", portnum);
 	if ((r = getaddrinfo(host, port, &hints, &ai)) != 0) {
 		snprintf(why, whylen, "cannot resolve %s: %s", host, gai_strerror(r));
 		return -EINVAL;
@@ -111,7 +119,7 @@ static int listen_on(const char *addr, char *bound, size_t boundlen, char *why, 
 		return r;
 	}
 	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-	if (bind(fd, ai->ai_addr, ai->ai_addrlen) < 0 || listen(fd, 1) < 0) {
+	if (bind(fd, ai->ai_addr, ai->ai_addrlen) < 0 || listen(fd, HELLO_PENDING_MAX) < 0) {
 		r = -errno;
 		freeaddrinfo(ai);
 		close(fd);
@@ -147,63 +155,158 @@ static int source_uri(int fd, uint64_t port, char *uri, size_t len)
 	return 0;
 }
 
+/* A connection that has not said HELLO yet. */
+struct pending {
+	int fd;
+	uint64_t deadline;
+	size_t got; /* bytes of m read so far */
+	struct mig_msg m;
+	char peer[INET6_ADDRSTRLEN + 1];
+};
+
+static void drop_pending(struct pending *p, const char *why)
+{
+	lv_warn("migration: ignored a connection from %s: %s; still waiting", p->peer, why);
+	close(p->fd);
+	p->fd = -1;
+}
+
+/* Reads what has arrived of p's HELLO. Returns 1 when it is complete, valid
+ * and answered (p->fd is then the source's, blocking), 0 when more is to
+ * come, -1 when the connection was dropped. */
+static int pending_read(struct pending *p)
+{
+	char why[256];
+	ssize_t n = recv(p->fd, (char *)&p->m + p->got, sizeof(p->m) - p->got, 0);
+	struct mig_msg *m = &p->m;
+	int r;
+
+	if (n < 0 && (errno == EAGAIN || errno == EINTR))
+		return 0;
+	if (n <= 0) {
+		drop_pending(p, n == 0 ? "the peer closed the connection" : strerror(errno));
+		return -1;
+	}
+	p->got += (size_t)n;
+	if (p->got < sizeof(p->m))
+		return 0;
+	if ((r = mig_check_msg(m, why, sizeof(why))) == 0 &&
+	    (m->kind != MIG_HELLO || m->arg[0] < GUEST_MEM_MIN || m->arg[0] > GUEST_MEM_MAX ||
+	     m->arg[0] % SNAP_PAGE_SIZE || m->arg[1] < 1 || m->arg[1] > GUEST_MAX_VCPUS)) {
+		snprintf(why, sizeof(why), "bad HELLO (message %u, %llu bytes of RAM, %llu vCPUs)",
+		         m->kind, (unsigned long long)m->arg[0], (unsigned long long)m->arg[1]);
+		mig_send_msg(p->fd, MIG_REFUSE, NULL, why);
+		r = -EPROTO;
+	}
+	/* The rest of the conversation uses blocking sockets, bounded by poll. */
+	int fl = fcntl(p->fd, F_GETFL);
+	if (r == 0 && (fl < 0 || fcntl(p->fd, F_SETFL, fl & ~O_NONBLOCK) < 0)) {
+		r = -errno;
+		snprintf(why, sizeof(why), "fcntl: %s", strerror(-r));
+	}
+	if (r == 0 && (r = mig_send_msg(p->fd, MIG_HELLO, NULL, NULL)) < 0)
+		snprintf(why, sizeof(why), "%s", strerror(-r));
+	if (r < 0) {
+		drop_pending(p, why);
+		return -1;
+	}
+	return 1;
+}
+
 /* Waits (until the deadline, 0: for ever) for a source that says HELLO
- * properly, and answers it. A connection that does not (a port scanner, a
- * client of something else, a bad HELLO) is dropped with a warning and the
- * wait goes on: a stray connection must not cost the VM its destination.
- * Returns the connection, or -errno with out->error set. */
+ * properly, and answers it. Connections are read concurrently, each with its
+ * own HELLO_TIMEOUT_MS, at most HELLO_PENDING_MAX of them (a newcomer beyond
+ * that pushes out the one waiting longest): a stray connection (a port
+ * scanner, a client of something else, a bad HELLO) is dropped with a
+ * warning and must not cost the VM its destination, which a queue read one
+ * at a time would (the real source gives up after 5 s without an answer).
+ * The first valid HELLO wins. Returns the connection, or -errno with
+ * out->error set. */
 static int accept_source(int lfd, const char *bound, uint64_t deadline, uint64_t *mem,
                          struct vmm_outcome *out)
 {
-	for (;;) {
-		struct pollfd p = {.fd = lfd, .events = POLLIN};
-		uint64_t now = lv_now_ns();
-		int timeout = !deadline         ? -1
-		              : now >= deadline ? 0
-		                                : (int)((deadline - now) / 1000000);
-		struct sockaddr_storage ss;
-		socklen_t sl = sizeof(ss);
-		char peer[INET6_ADDRSTRLEN + 1] = "?", why[256];
-		struct mig_msg m;
-		int r, fd;
+	struct pending pend[HELLO_PENDING_MAX];
+	unsigned npend = 0;
+	int fd = -1;
 
-		while ((r = poll(&p, 1, timeout)) < 0 && errno == EINTR)
+	while (fd < 0) {
+		struct pollfd pfd[HELLO_PENDING_MAX + 1] = {{.fd = lfd, .events = POLLIN}};
+		uint64_t now = lv_now_ns(), until = deadline;
+		int timeout, r;
+
+		for (unsigned i = 0; i < npend; i++) {
+			pfd[i + 1] = (struct pollfd){.fd = pend[i].fd, .events = POLLIN};
+			if (!until || pend[i].deadline < until)
+				until = pend[i].deadline;
+		}
+		timeout = !until ? -1 : now >= until ? 0 : (int)((until - now + 999999) / 1000000);
+		while ((r = poll(pfd, npend + 1, timeout)) < 0 && errno == EINTR)
 			;
-		if (r <= 0) {
+		now = lv_now_ns();
+		for (unsigned i = 0; i < npend && fd < 0; i++) {
+			int got = 0;
+
+			if (pfd[i + 1].revents)
+				got = pending_read(&pend[i]);
+			if (got == 0 && now >= pend[i].deadline) {
+				char why[96];
+				snprintf(why, sizeof(why),
+				         "no HELLO within %d ms (%zu of %zu bytes came)",
+				         HELLO_TIMEOUT_MS, pend[i].got, sizeof(pend[i].m));
+				drop_pending(&pend[i], why);
+			} else if (got == 1) {
+				fd = pend[i].fd;
+				*mem = pend[i].m.arg[0];
+				lv_info("migration: source %s connected (%llu MiB of RAM, %llu "
+				        "vCPUs); waiting for the VM",
+				        pend[i].peer, (unsigned long long)(pend[i].m.arg[0] >> 20),
+				        (unsigned long long)pend[i].m.arg[1]);
+				pend[i].fd = -1;
+			}
+		}
+		/* Keep the ones still waiting, in arrival order. */
+		unsigned k = 0;
+		for (unsigned i = 0; i < npend; i++)
+			if (pend[i].fd >= 0)
+				pend[k++] = pend[i];
+		npend = k;
+		if (fd >= 0)
+			break;
+		if (pfd[0].revents & POLLIN) {
+			struct sockaddr_storage ss;
+			socklen_t sl = sizeof(ss);
+			int c =
+			    accept4(lfd, (struct sockaddr *)&ss, &sl, SOCK_CLOEXEC | SOCK_NONBLOCK);
+
+			if (c >= 0) {
+				if (npend == HELLO_PENDING_MAX) {
+					drop_pending(&pend[0],
+					             "more than " STR(
+					                 HELLO_PENDING_MAX) " connections without "
+					                                    "a HELLO; this one "
+					                                    "waited longest");
+					memmove(pend, pend + 1, (npend - 1) * sizeof(pend[0]));
+					npend--;
+				}
+				struct pending *p = &pend[npend++];
+				*p = (struct pending){
+				    .fd = c, .deadline = now + HELLO_TIMEOUT_MS * 1000000ull};
+				snprintf(p->peer, sizeof(p->peer), "?");
+				getnameinfo((struct sockaddr *)&ss, sl, p->peer, sizeof(p->peer),
+				            NULL, 0, NI_NUMERICHOST);
+				mig_tune_socket(c);
+			} /* else the peer gave up already */
+		}
+		if (deadline && now >= deadline) {
 			snprintf(out->error, sizeof(out->error),
 			         "no migration source connected to %s in time", bound);
-			return -ETIMEDOUT;
+			break;
 		}
-		fd = accept4(lfd, (struct sockaddr *)&ss, &sl, SOCK_CLOEXEC);
-		if (fd < 0)
-			continue; /* the peer gave up already */
-		getnameinfo((struct sockaddr *)&ss, sl, peer, sizeof(peer), NULL, 0,
-		            NI_NUMERICHOST);
-		mig_tune_socket(fd);
-		r = mig_recv_msg(fd, &m, HELLO_TIMEOUT_MS, why, sizeof(why));
-		if (r == 0 &&
-		    (m.kind != MIG_HELLO || m.arg[0] < GUEST_MEM_MIN || m.arg[0] > GUEST_MEM_MAX ||
-		     m.arg[0] % SNAP_PAGE_SIZE || m.arg[1] < 1 || m.arg[1] > GUEST_MAX_VCPUS)) {
-			snprintf(why, sizeof(why),
-			         "bad HELLO (message %u, %llu bytes of RAM, %llu vCPUs)", m.kind,
-			         (unsigned long long)m.arg[0], (unsigned long long)m.arg[1]);
-			mig_send_msg(fd, MIG_REFUSE, NULL, why);
-			r = -EPROTO;
-		}
-		if (r == 0 && (r = mig_send_msg(fd, MIG_HELLO, NULL, NULL)) < 0)
-			snprintf(why, sizeof(why), "%s", strerror(-r));
-		if (r < 0) {
-			lv_warn("migration: ignored a connection from %s: %s; still waiting", peer,
-			        why);
-			close(fd);
-			continue;
-		}
-		*mem = m.arg[0];
-		lv_info("migration: source %s connected (%llu MiB of RAM, %llu vCPUs); waiting for "
-		        "the VM",
-		        peer, (unsigned long long)(m.arg[0] >> 20), (unsigned long long)m.arg[1]);
-		return fd;
 	}
+	/* The first valid HELLO won; whoever else was still talking is not it. */
+	for (unsigned i = 0; i < npend; i++)
+		drop_pending(&pend[i], fd >= 0 ? "another source said HELLO first" : "giving up");
+	return fd >= 0 ? fd : -ETIMEDOUT;
 }
 
 /* Receives the OFFER with its payloads into dir (state, checksums).

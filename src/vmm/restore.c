@@ -197,7 +197,8 @@ int restore_open_source(struct restore *rs, uint64_t mem_size)
 	if (rs->cfg->source_uri) {
 		char why[256];
 
-		if ((r = source_nbd_open(rs->cfg->source_uri, &file, why, sizeof(why))) < 0)
+		if ((r = source_nbd_open(rs->cfg->source_uri, rs->cfg->source_timeout_ns, &file,
+		                         why, sizeof(why))) < 0)
 			return restore_fail(rs, r, "cannot open the NBD export %s: %s",
 			                    rs->cfg->source_uri, why);
 		if (source_size(file) != mem_size) {

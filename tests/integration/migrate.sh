@@ -124,6 +124,28 @@ else
     not_ok "source killed: destination $rc after ${took}s: $(tail -4 <<<"$d")"
 fi
 
+# 5b. The source is stopped (SIGSTOP) mid-transfer: its kernel still accepts
+#     connections and nothing answers. Every wait is bounded (--source-timeout):
+#     the VM stops within 6 x 1 s + 1.55 s of back-off (+ slack), with the reason.
+now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
+dest stopped "$LAZYVM" migrate --listen 127.0.0.1:0 --accept-timeout 60s --source-latency 20ms --source-timeout 1s || exit 1
+{ "$LAZYVM" run --mem 64M --vcpus 2 --workload "$WL" --migrate-to "$addr" >"$T/src5b.out" 2>&1 & } 2>/dev/null
+src_pid=$!; pids+=($src_pid)
+for _ in $(seq 200); do grep -q "took the VM over" "$T/src5b.out" && break; sleep 0.05; done
+kill -STOP "$src_pid"; start=$(now_ms)
+# A hang here would be the bug: bound the wait (the test runner's timeout is the backstop).
+for _ in $(seq 600); do kill -0 "$dst_pid" 2>/dev/null || break; sleep 0.1; done
+took=$(( $(now_ms) - start ))
+kill -9 "$dst_pid" 2>/dev/null; { wait "$dst_pid"; } 2>/dev/null; rc=$?
+kill -9 "$src_pid"; { wait "$src_pid"; } 2>/dev/null
+d=$(cat "$T/stopped.out" "$T/stopped.err")
+if [ "$rc" -eq 1 ] && grep -q "giving up after 6 attempts: .*\\(nothing for 1000 ms\\|handshake within 1000 ms\\)" <<<"$d" &&
+    grep -q "lazyvm migrate: serving guest memory: .*nbd://.*Connection timed out" <<<"$d" && [ "$took" -lt 20000 ]; then
+    ok "source stopped mid-transfer: destination stopped the VM ${took} ms later with the reason, status 1"
+else
+    not_ok "source stopped: destination $rc after ${took} ms: $(tail -4 <<<"$d")"
+fi
+
 # 6. Nobody listening; a peer that is not lazyvm; a bad address.
 out=$(timeout 30 "$LAZYVM" run --mem 32M --workload scan:1M --migrate-to 127.0.0.1:1 2>&1); rc=$?
 [ "$rc" -eq 1 ] && grep -q "cannot reach 127.0.0.1:1" <<<"$out" && ok "no destination: refused at once, status 1" ||
@@ -144,11 +166,81 @@ if [ "$rc" -eq 0 ] && [ "$src_rc" -eq 0 ] && grep -q "ignored a connection from 
 else
     not_ok "garbage peer: destination $rc, source $src_rc: $(cat "$T/garbage.out" "$T/garbage.err" | tail -4)"
 fi
+# 6b. Silent connections first (strays that never say HELLO), then the real
+#     source: the destination reads every pending connection at once, so the
+#     real HELLO is answered at once (a one-at-a-time reader spent 5 s a stray,
+#     and the source gives up after 5 s). With 10 strays, more than the 8 read
+#     at once, the oldest are pushed out (the source itself pushes out one).
+#     Strays left silent for 5.5 s are dropped on their own 5 s deadline.
+for case in "3 0" "10 0" "2 5.5"; do
+    read -r nstray linger <<<"$case"
+    dest "strays$nstray" "$LAZYVM" migrate --listen 127.0.0.1:0 --accept-timeout 60s || exit 1
+    { python3 -c '
+import socket, sys, time
+h, p = sys.argv[1].rsplit(":", 1)
+held = [socket.create_connection((h, int(p))) for _ in range(int(sys.argv[2]))]
+open(sys.argv[3], "w").close()
+time.sleep(30)' "$addr" "$nstray" "$T/strays$nstray.ready" & } 2>/dev/null
+    stray_pid=$!; pids+=($stray_pid)
+    for _ in $(seq 100); do [ -e "$T/strays$nstray.ready" ] && break; sleep 0.05; done
+    sleep 0.3 # let the destination accept them all
+    sleep "$linger"
+    start=$(now_ms)
+    { timeout 60 "$LAZYVM" run --mem 32M --workload scan:1M --migrate-to "$addr" >"$T/src6b.out" 2>&1 & } 2>/dev/null
+    src_pid=$!
+    helloed=""
+    for _ in $(seq 300); do
+        grep -q "migration: source 127.0.0.1 connected" "$T/strays$nstray.err" && { helloed=$(( $(now_ms) - start )); break; }
+        sleep 0.02
+    done
+    { wait "$src_pid"; } 2>/dev/null; src_rc=$?
+    for _ in $(seq 300); do kill -0 "$dst_pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$dst_pid" 2>/dev/null; { wait "$dst_pid"; } 2>/dev/null; rc=$?
+    kill "$stray_pid" 2>/dev/null
+    e="$T/strays$nstray.err"
+    pushed=$(grep -c "more than 8 connections without a HELLO" "$e")
+    lost=$(grep -c "another source said HELLO first" "$e")
+    expired=$(grep -c "no HELLO within 5000 ms (0 of 256 bytes came)" "$e")
+    # the source itself is one more connection: with 8 strays pending it pushes one out
+    want_pushed=$(( nstray >= 8 ? nstray - 7 : 0 )) want_expired=0
+    [ "$linger" = 0 ] || want_expired=$nstray
+    if [ "$src_rc" -eq 0 ] && [ "$rc" -eq 0 ] && grep -q "ok: 1 task(s) verified" "$T/strays$nstray.out" &&
+        [ -n "$helloed" ] && [ "$helloed" -lt 2000 ] && [ "$pushed" -eq "$want_pushed" ] &&
+        [ "$expired" -eq "$want_expired" ] && [ $((pushed + lost + expired)) -eq "$nstray" ]; then
+        ok "$nstray silent connections ${linger}s before the source: answered after ${helloed} ms and migrated; strays dropped with warnings ($pushed pushed out, $expired timed out, $lost after the HELLO)"
+    else
+        not_ok "$nstray strays: source $src_rc, destination $rc, HELLO after '${helloed}' ms, pushed $pushed expired $expired lost $lost: $(tail -3 "$e") $(tail -2 "$T/src6b.out")"
+    fi
+done
+
 out=$(timeout 30 "$LAZYVM" migrate --listen 127.0.0.1:0 --accept-timeout 300ms 2>&1); rc=$?
 [ "$rc" -eq 1 ] && grep -q "no migration source connected to 127.0.0.1:[0-9]* in time" <<<"$out" &&
     ok "no source within --accept-timeout: status 1, said so" || not_ok "accept timeout: $rc $out"
-out=$("$LAZYVM" run --migrate-to nowhere 2>&1); rc=$?
-[ "$rc" -eq 1 ] && grep -q "'nowhere' is not HOST:PORT" <<<"$out" && ok "bad address named" || not_ok "bad address: $rc $out"
+# 7. Malformed addresses are usage errors (status 2), refused before anything
+#    listens or connects, naming the bad part; one parser for --listen,
+#    --migrate-to and the server of an nbd:// --source (getaddrinfo and libnbd
+#    would both take port 99999 as 34463).
+while IFS='|' read -r args want; do
+    # shellcheck disable=SC2086
+    out=$(timeout 10 "$LAZYVM" $args 2>&1); rc=$?
+    if [ "$rc" -eq 2 ] && grep -qF -- "$want" <<<"$out"; then ok "'$args': status 2, '$want'"
+    else not_ok "'$args': status $rc: $out"; fi
+done <<'EOF'
+migrate --listen 127.0.0.1:99999|--listen '127.0.0.1:99999': port 99999 is out of range (0-65535)
+migrate --listen 127.0.0.1:65536|port 65536 is out of range (0-65535)
+migrate --listen 127.0.0.1:8o|port '8o' is not a number from 0 to 65535
+migrate --listen 127.0.0.1:|port '' is not a number
+migrate --listen 127.0.0.1|'127.0.0.1' is not HOST:PORT (no port)
+migrate --listen 127.0.0.256:0|'127.0.0.256' is not an IPv4 address
+migrate --listen ::1:0|an IPv6 address needs brackets ([::1]:PORT)
+migrate --listen [::1:0|an IPv6 address is [ADDRESS]:PORT
+migrate --listen bad_host:0|'bad_host' is not a host name or an address
+run --migrate-to nowhere|--migrate-to 'nowhere': 'nowhere' is not HOST:PORT (no port)
+run --migrate-to 127.0.0.1:99999|--migrate-to '127.0.0.1:99999': port 99999 is out of range (1-65535)
+run --migrate-to 127.0.0.1:0|port 0 is out of range (1-65535)
+restore /nonexistent --source nbd://127.0.0.1:99999/|--source 'nbd://127.0.0.1:99999/': port 99999 is out of range (1-65535)
+restore /nonexistent --source nbd://1.2.3/|'1.2.3' is not an IPv4 address
+EOF
 out=$("$LAZYVM" run --migrate-after 1s 2>&1); rc=$?
 [ "$rc" -eq 2 ] && ok "--migrate-after without --migrate-to: usage error" || not_ok "usage: $rc $out"
 

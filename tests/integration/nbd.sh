@@ -97,5 +97,74 @@ out=$(restore --load lazy); rc=$?
 [ "$rc" -eq 1 ] && grep -q "cannot open the NBD export" <<<"$out" && ok "no server: refused with the reason" ||
     not_ok "no server: $rc $out"
 
+# Every wait on the server is bounded (--source-timeout, default 5 s),
+# connecting included. now_ms: a clock for the elapsed-time bounds.
+now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
+
+# A listener that accepts and never speaks (a stuck server, or not an NBD
+# server at all): the restore fails at open after the timeout, naming it.
+{ python3 -c '
+import socket, sys, time
+s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(16)
+print(s.getsockname()[1], flush=True)
+held, end = [], time.time() + 90
+s.settimeout(1)
+while time.time() < end:
+    try: held.append(s.accept()[0])
+    except socket.timeout: pass
+' >"$T/silent.port" 2>/dev/null & } 2>/dev/null
+pids+=($!)
+for _ in $(seq 50); do [ -s "$T/silent.port" ] && break; sleep 0.1; done
+silent=$(cat "$T/silent.port")
+for case in "1s 1000 800 6000" "default 5000 4500 12000"; do
+    read -r label ms lo hi <<<"$case"
+    opt=(); [ "$label" = default ] || opt=(--source-timeout "$label")
+    start=$(now_ms)
+    out=$(timeout 60 "$LAZYVM" restore "$T/snap" --source "nbd://127.0.0.1:$silent/" "${opt[@]}" 2>&1); rc=$?
+    took=$(( $(now_ms) - start ))
+    if [ "$rc" -eq 1 ] && grep -q "cannot open the NBD export nbd://127.0.0.1:$silent/: the server did not complete the NBD handshake within $ms ms" <<<"$out" &&
+        [ "$took" -ge "$lo" ] && [ "$took" -lt "$hi" ]; then
+        ok "server that accepts and never speaks, --source-timeout $label: refused after ${took} ms, named"
+    else
+        not_ok "silent server ($label): status $rc after ${took} ms: $(tail -3 <<<"$out")"
+    fi
+done
+
+# A server stopped (SIGSTOP) mid-restore: the kernel still accepts its
+# connections, nothing answers. Each attempt ends after the timeout; after 6
+# the VM stops with the reason, within 6 x 1 s + 1.55 s of back-off (+ slack).
+serve file "$T/snap/memory" || exit 1
+start=$(now_ms)
+timeout 60 "$LAZYVM" restore "$T/snap" --source "nbd://127.0.0.1:$port/" --load lazy \
+    --source-latency 20ms --source-timeout 1s >"$T/stopped.out" 2>&1 &
+rpid=$!
+sleep 1
+kill -STOP "$nbd_pid"
+stopped=$(now_ms)
+wait "$rpid"; rc=$?
+took=$(( $(now_ms) - stopped ))
+kill -CONT "$nbd_pid"; kill "$nbd_pid"
+if [ "$rc" -eq 1 ] && grep -q "nbd nbd://127.0.0.1:$port/: giving up after 6 attempts: .*\(nothing for 1000 ms\|handshake within 1000 ms\)" "$T/stopped.out" &&
+    grep -q "serving guest memory: .*from nbd nbd://127.0.0.1:$port/.*: Connection timed out" "$T/stopped.out" &&
+    [ "$took" -ge 5000 ] && [ "$took" -lt 20000 ]; then
+    ok "server stopped mid-restore: the VM stopped ${took} ms later (bound 7.6 s + slack), named the server and the wait"
+else
+    not_ok "stopped server: status $rc ${took} ms after SIGSTOP: $(tail -4 "$T/stopped.out")"
+fi
+
+# Slow but alive is not dead: a handshake taking 600 ms and every read
+# 300 ms, under a 1 s timeout, restores correctly.
+rm -rf "$T/small"
+"$LAZYVM" run --mem 16M --workload scan:256k --snapshot-dir "$T/small" >/dev/null 2>&1 || not_ok "small snapshot"
+serve --filter=delay file "$T/small/memory" rdelay=300ms delay-open=600ms || exit 1
+start=$(now_ms)
+out=$(timeout 60 "$LAZYVM" restore "$T/small" --source "nbd://127.0.0.1:$port/" --source-timeout 1s 2>&1); rc=$?
+took=$(( $(now_ms) - start ))
+[ "$rc" -eq 0 ] && grep -q "ok: 1 task" <<<"$out" && ok "slow server (600 ms handshake, 300 ms reads, 1 s timeout): verified in ${took} ms" ||
+    not_ok "slow server under the timeout: status $rc: $(tail -3 <<<"$out")"
+kill "$nbd_pid"
+out=$("$LAZYVM" restore "$T/snap" --source-timeout 5 2>&1); rc=$?
+[ "$rc" -eq 2 ] && ok "--source-timeout without a unit: usage error" || not_ok "--source-timeout 5: $rc $out"
+
 echo "nbd: $failures failure(s)"
 [ "$failures" -eq 0 ]

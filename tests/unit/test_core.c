@@ -3,6 +3,7 @@
 #include <sys/stat.h>
 
 #include "lazyvm/crc32c.h"
+#include "lazyvm/hostport.h"
 #include "lazyvm/metrics.h"
 #include "lazyvm/source.h"
 #include "lazyvm/units.h"
@@ -186,6 +187,92 @@ static void test_units(void)
 	CHECK_EQ(lv_parse_duration("1h", &v), -EINVAL);
 }
 
+/* HOST:PORT and nbd:// server parts: what parses, and what is refused
+ * with which part named. */
+static void test_hostport(void)
+{
+	static const struct {
+		const char *in;
+		bool zero_ok;
+		const char *host; /* NULL: refused, and `why` holds `msg` */
+		unsigned port;
+		const char *msg;
+	} cases[] = {
+	    {"127.0.0.1:80", false, "127.0.0.1", 80, NULL},
+	    {"127.0.0.1:0", true, "127.0.0.1", 0, NULL},
+	    {"localhost:65535", false, "localhost", 65535, NULL},
+	    {"[::1]:7", false, "::1", 7, NULL},
+	    {"[fe80::1%eth0]:7", false, "fe80::1%eth0", 7, NULL},
+	    {"my-host.example:10809", false, "my-host.example", 10809, NULL},
+	    {"127.0.0.1:99999", true, NULL, 0, "port 99999 is out of range (0-65535)"},
+	    {"127.0.0.1:65536", false, NULL, 0, "port 65536 is out of range (1-65535)"},
+	    {"127.0.0.1:0", false, NULL, 0, "port 0 is out of range (1-65535)"},
+	    {"127.0.0.1:000080", false, NULL, 0, "port '000080' is not a number from 1"},
+	    {"127.0.0.1:8x", false, NULL, 0, "port '8x' is not a number"},
+	    {"127.0.0.1:-1", false, NULL, 0, "port '-1' is not a number"},
+	    {"127.0.0.1:", false, NULL, 0, "port '' is not a number"},
+	    {"127.0.0.1: 80", false, NULL, 0, "port ' 80' is not a number"},
+	    {"nowhere", false, NULL, 0, "'nowhere' is not HOST:PORT (no port)"},
+	    {":80", false, NULL, 0, "':80' has no host"},
+	    {"300.1.1.1:80", false, NULL, 0, "'300.1.1.1' is not an IPv4 address"},
+	    {"1.2.3:80", false, NULL, 0, "'1.2.3' is not an IPv4 address"},
+	    {"::1:80", false, NULL, 0, "an IPv6 address needs brackets"},
+	    {"[::g]:80", false, NULL, 0, "'[::g]' is not an IPv6 address"},
+	    {"[::1]80", false, NULL, 0, "an IPv6 address is [ADDRESS]:PORT"},
+	    {"[::1]", false, NULL, 0, "is not HOST:PORT (no port)"},
+	    {"bad_host:80", false, NULL, 0, "'bad_host' is not a host name or an address"},
+	    {"-a:80", false, NULL, 0, "is not a host name"},
+	    {"a..b:80", false, NULL, 0, "is not a host name"},
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		char host[64] = "", why[160] = "";
+		uint16_t port = 1234;
+		int r = lv_parse_hostport(cases[i].in, cases[i].zero_ok, host, sizeof(host), &port,
+		                          why, sizeof(why));
+
+		if (cases[i].host) {
+			if (r != 0)
+				fprintf(stderr, "  '%s': %s\n", cases[i].in, why);
+			CHECK_OK(r);
+			CHECK(!strcmp(host, cases[i].host));
+			CHECK_EQ(port, cases[i].port);
+		} else {
+			if (r != -EINVAL || !strstr(why, cases[i].msg))
+				fprintf(stderr, "  '%s': %d '%s', wanted '%s'\n", cases[i].in, r,
+				        why, cases[i].msg);
+			CHECK_EQ(r, -EINVAL);
+			CHECK(strstr(why, cases[i].msg));
+		}
+	}
+
+	static const struct {
+		const char *uri;
+		const char *msg; /* NULL: accepted */
+	} uris[] = {
+	    {"nbd://127.0.0.1:10809/", NULL},
+	    {"nbd://127.0.0.1/", NULL},
+	    {"nbd://127.0.0.1", NULL},
+	    {"nbds://user@server.example:1234/export?tls-certificates=/x", NULL},
+	    {"nbd://[::1]:80/e", NULL},
+	    {"nbd+unix:///?socket=/tmp/s", NULL},
+	    {"nbd://127.0.0.1:99999/",
+	     "'nbd://127.0.0.1:99999/': port 99999 is out of range (1-65535)"},
+	    {"nbd://127.0.0.1:0/", "port 0 is out of range"},
+	    {"nbd://127.0.0.1:12x/", "port '12x' is not a number"},
+	    {"nbd://999.0.0.1:80/", "'999.0.0.1' is not an IPv4 address"},
+	    {"nbd:///export", "names no server"},
+	};
+	for (size_t i = 0; i < sizeof(uris) / sizeof(uris[0]); i++) {
+		char why[200] = "";
+		int r = lv_check_nbd_uri(uris[i].uri, why, sizeof(why));
+
+		if (uris[i].msg ? r != -EINVAL || !strstr(why, uris[i].msg) : r != 0)
+			fprintf(stderr, "  '%s': %d '%s'\n", uris[i].uri, r, why);
+		CHECK_EQ(r, uris[i].msg ? -EINVAL : 0);
+		CHECK(!uris[i].msg || strstr(why, uris[i].msg));
+	}
+}
+
 static void test_histogram(void)
 {
 	static struct hist h;
@@ -226,4 +313,4 @@ static void test_histogram(void)
 
 TEST_MAIN(TEST(test_file_source_pread), TEST(test_file_source_io_uring),
           TEST(test_file_source_errors), TEST(test_zero_and_latency_sources),
-          TEST(test_checked_source), TEST(test_units), TEST(test_histogram))
+          TEST(test_checked_source), TEST(test_units), TEST(test_hostport), TEST(test_histogram))

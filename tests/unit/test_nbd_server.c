@@ -310,7 +310,7 @@ static struct source *open_source(struct nbd_server *s)
 	int r;
 
 	snprintf(uri, sizeof(uri), "nbd://127.0.0.1:%u/", nbd_server_port(s));
-	r = source_nbd_open(uri, &src, why, sizeof(why));
+	r = source_nbd_open(uri, 0, &src, why, sizeof(why));
 	if (r < 0)
 		fprintf(stderr, "  source_nbd_open(%s): %s\n", uri, why);
 	CHECK_OK(r);
@@ -534,6 +534,28 @@ static void test_nbdinfo(void)
 	CHECK(strstr(out, want));
 	CHECK(strstr(out, "is_read_only: true"));
 	nbd_server_stop(s);
+}
+/* A listener that accepts (the kernel completes the TCP handshake) and never
+ * speaks: opening fails with -ETIMEDOUT after the timeout, not never. */
+static void test_source_nbd_open_silent_server(void)
+{
+	struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+	socklen_t sl = sizeof(sa);
+	int lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	char uri[64], why[256] = "";
+	struct source *src = NULL;
+	uint64_t t0;
+
+	CHECK(lfd >= 0);
+	CHECK(bind(lfd, (struct sockaddr *)&sa, sizeof(sa)) == 0 && listen(lfd, 4) == 0);
+	CHECK(getsockname(lfd, (struct sockaddr *)&sa, &sl) == 0);
+	snprintf(uri, sizeof(uri), "nbd://127.0.0.1:%u/", ntohs(sa.sin_port));
+	t0 = lv_now_ns();
+	CHECK_EQ(source_nbd_open(uri, 200000000ull, &src, why, sizeof(why)), -ETIMEDOUT);
+	CHECK(lv_now_ns() - t0 >= 190000000ull && lv_now_ns() - t0 < 3000000000ull);
+	CHECK(strstr(why, "did not complete the NBD handshake within 200 ms"));
+	CHECK(src == NULL);
+	close(lfd);
 }
 #endif
 
@@ -841,7 +863,7 @@ static void test_bad_config(void)
 TEST_MAIN(
 #ifndef LAZYVM_NO_NBD
     TEST(test_source_nbd_reads_everything), TEST(test_libnbd_handshake_and_errors),
-    TEST(test_libnbd_many_aio_reads), TEST(test_nbdinfo),
+    TEST(test_libnbd_many_aio_reads), TEST(test_nbdinfo), TEST(test_source_nbd_open_silent_server),
 #endif
     TEST(test_raw_options), TEST(test_raw_commands), TEST(test_raw_garbage_isolated),
     TEST(test_raw_too_many_connections), TEST(test_raw_handshake_timeout),
