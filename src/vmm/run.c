@@ -97,13 +97,7 @@ static void *migrate_timer_main(void *arg)
 	struct vm *vm = mt->vm;
 	struct timespec deadline;
 
-	clock_gettime(CLOCK_REALTIME, &deadline);
-	deadline.tv_sec += (time_t)(mt->after_ns / 1000000000u);
-	deadline.tv_nsec += (long)(mt->after_ns % 1000000000u);
-	if (deadline.tv_nsec >= 1000000000) {
-		deadline.tv_sec++;
-		deadline.tv_nsec -= 1000000000;
-	}
+	vm_cond_deadline(mt->after_ns, &deadline);
 	pthread_mutex_lock(&vm->lock);
 	while (atomic_load(&vm->state) != VM_STOPPING &&
 	       pthread_cond_timedwait(&vm->cond, &vm->lock, &deadline) != ETIMEDOUT)

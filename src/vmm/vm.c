@@ -230,6 +230,14 @@ void vm_fail(struct vm *vm, const char *fmt, ...)
 	vm_set_state(vm, VM_STOPPING);
 }
 
+void vm_cond_deadline(uint64_t after_ns, struct timespec *ts)
+{
+	clock_gettime(CLOCK_MONOTONIC, ts);
+	ts->tv_nsec += (long)(after_ns % 1000000000ull);
+	ts->tv_sec += (time_t)(after_ns / 1000000000ull) + ts->tv_nsec / 1000000000L;
+	ts->tv_nsec %= 1000000000L;
+}
+
 /* Waits for the VM to stop. With cfg.stall_ns, a guest that shows no
  * progress (no control message and no console line) for that long while
  * running is stopped with a message: a guest that waits for ever (halted with
@@ -247,13 +255,10 @@ static void wait_stopping(struct vm *vm)
 			pthread_cond_wait(&vm->cond, &vm->lock);
 			continue;
 		}
-		uint64_t wait = stall < 1000000000ull ? stall : 1000000000ull, now;
+		uint64_t now;
 		struct timespec ts;
 
-		clock_gettime(CLOCK_MONOTONIC, &ts);
-		ts.tv_nsec += (long)(wait % 1000000000ull);
-		ts.tv_sec += (time_t)(wait / 1000000000ull) + ts.tv_nsec / 1000000000L;
-		ts.tv_nsec %= 1000000000L;
+		vm_cond_deadline(stall < 1000000000ull ? stall : 1000000000ull, &ts);
 		pthread_cond_timedwait(&vm->cond, &vm->lock, &ts);
 		now = lv_now_ns();
 		if (atomic_load(&vm->state) != VM_RUNNING) {

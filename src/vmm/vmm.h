@@ -191,6 +191,11 @@ void vm_mem_revoke(struct vm *vm);
  * (migrated, or lost) or RUNNING again (the destination refused; noted). */
 void vm_migrate_parked(struct vm *vm);
 
+/* The deadline `after_ns` from now for a pthread_cond_timedwait on vm->cond,
+ * which runs on CLOCK_MONOTONIC (a wall-clock step must not fire or stall it). */
+struct timespec;
+void vm_cond_deadline(uint64_t after_ns, struct timespec *ts);
+
 /* Records the first fatal error and stops every vCPU. */
 void vm_fail(struct vm *vm, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
