@@ -28,6 +28,9 @@ struct source_ops {
 	int (*read)(struct source *src, void *buf, uint64_t off, size_t len);
 	/* Optional: all requests of a batch in flight together. NULL: one by one. */
 	int (*read_batch)(struct source *src, struct source_req *reqs, unsigned n);
+	/* Optional: words for a failed read's -errno into buf, where the kind
+	 * knows more than strerror; returns 1 when it wrote them, else 0. */
+	int (*explain)(struct source *src, int err, char *buf, size_t len);
 	void (*destroy)(struct source *src);
 };
 
@@ -56,16 +59,27 @@ static inline const char *source_describe(const struct source *src)
 	return src->desc;
 }
 
+/* Words for the -errno a read of src failed with, for messages: strerror's,
+ * or the source's own where it knows more (a memory file that shrank after it
+ * was opened names itself and both sizes). Goes through wrappers to the
+ * source that failed. Returns buf. */
+const char *source_strerror(struct source *src, int err, char *buf, size_t len);
+
 void source_destroy(struct source *src);
 
 enum {
 	SOURCE_FILE_IO_URING = 1u << 0, /* batches go through io_uring (probed at open) */
 };
 
-/* Opens a snapshot memory file read-only. With SOURCE_FILE_IO_URING and no
- * io_uring on this kernel, returns -ENOSYS (the caller decides whether that is
- * fatal; lazyvm's CLI says so and stops). */
-int source_file_open(const char *path, unsigned flags, struct source **out);
+/* Opens a snapshot memory file (a regular file or a block device) read-only,
+ * through lv_open_input: a FIFO, directory, socket or character device is
+ * refused at once, never waited on. With SOURCE_FILE_IO_URING and no io_uring
+ * on this kernel, returns -ENOSYS (the caller decides whether that is fatal;
+ * lazyvm's CLI says so and stops). On failure `why` (may be NULL) names the
+ * path and the reason. A read past the end the file had when it was opened is
+ * -ENODATA, which source_strerror explains. */
+int source_file_open(const char *path, unsigned flags, struct source **out, char *why,
+                     size_t whylen);
 
 /* An NBD export (nbd://HOST:PORT/EXPORT, nbd+unix:///EXPORT?socket=PATH, any
  * URI libnbd takes) as a source: reads in flight together; every wait for the

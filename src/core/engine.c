@@ -441,12 +441,14 @@ void engine_serve_batch(struct worker *w, struct todo *todo, unsigned n)
 			if (!reqs[q].result)
 				continue;
 			struct todo *t = &todo[map[q]];
-			engine_finish(eng, ENGINE_FAILED,
-			              "%s: reading page 0x%" PRIx64 " (source offset 0x%" PRIx64
-			              ", %zu bytes) from %s: %s",
-			              eng->name, page_addr(t->reg, t->idx), reqs[q].off,
-			              reqs[q].len, source_describe(eng->cfg.source),
-			              strerror(-reqs[q].result));
+			char why[512];
+			engine_finish(
+			    eng, ENGINE_FAILED,
+			    "%s: reading page 0x%" PRIx64 " (source offset 0x%" PRIx64
+			    ", %zu bytes) from %s: %s",
+			    eng->name, page_addr(t->reg, t->idx), reqs[q].off, reqs[q].len,
+			    source_describe(eng->cfg.source),
+			    source_strerror(eng->cfg.source, reqs[q].result, why, sizeof(why)));
 			break;
 		}
 		release_todos(todo, n);

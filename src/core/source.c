@@ -41,6 +41,13 @@ int source_read_batch(struct source *src, struct source_req *reqs, unsigned n)
 	return first;
 }
 
+const char *source_strerror(struct source *src, int err, char *buf, size_t len)
+{
+	if (!src || !src->ops->explain || !src->ops->explain(src, err, buf, len))
+		snprintf(buf, len, "%s", strerror(err < 0 ? -err : err));
+	return buf;
+}
+
 void source_destroy(struct source *src)
 {
 	if (src)
@@ -112,10 +119,17 @@ static void latency_destroy(struct source *src)
 	free(ls);
 }
 
+static int latency_explain(struct source *src, int err, char *buf, size_t len)
+{
+	source_strerror(((struct latency_source *)src)->inner, err, buf, len);
+	return 1;
+}
+
 static const struct source_ops latency_ops = {
     .kind = "latency",
     .read = latency_read,
     .read_batch = latency_read_batch,
+    .explain = latency_explain,
     .destroy = latency_destroy,
 };
 

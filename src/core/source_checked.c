@@ -127,6 +127,12 @@ static int checked_read_batch(struct source *src, struct source_req *reqs, unsig
 	return 0;
 }
 
+static int checked_explain(struct source *src, int err, char *buf, size_t len)
+{
+	source_strerror(((struct checked_source *)src)->inner, err, buf, len);
+	return 1;
+}
+
 static void checked_destroy(struct source *src)
 {
 	struct checked_source *cs = (struct checked_source *)src;
@@ -144,6 +150,7 @@ static const struct source_ops checked_ops = {
     .kind = "checked",
     .read = checked_read,
     .read_batch = checked_read_batch,
+    .explain = checked_explain,
     .destroy = checked_destroy,
 };
 

@@ -13,6 +13,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "lazyvm/fdio.h"
 #include "lazyvm/log.h"
 #include "lazyvm/source.h"
 
@@ -21,6 +22,8 @@
 struct file_source {
 	struct source base;
 	int fd;
+	uint64_t size_at_open; /* what a short read is measured against */
+	char *path;
 	bool use_uring;
 	/* io_uring rings are not safe for concurrent submission: each batch borrows
 	 * one from this pool, which grows to the number of concurrent callers. */
@@ -147,6 +150,27 @@ static int file_read_batch(struct source *src, struct source_req *reqs, unsigned
 	return 0;
 }
 
+/* A short read means the file shrank after it was opened: say so, with the
+ * sizes, rather than a bare "No data available". */
+static int file_explain(struct source *src, int err, char *buf, size_t len)
+{
+	struct file_source *fs = (struct file_source *)src;
+	struct stat st;
+
+	if (err != -ENODATA)
+		return 0;
+	if (fstat(fs->fd, &st) == 0 && S_ISREG(st.st_mode))
+		snprintf(buf, len,
+		         "%s ends early: it is now %llu bytes, shorter than the %llu it had when "
+		         "it was opened",
+		         fs->path, (unsigned long long)st.st_size,
+		         (unsigned long long)fs->size_at_open);
+	else
+		snprintf(buf, len, "%s ends early: it is now shorter than when it was opened",
+		         fs->path);
+	return 1;
+}
+
 static void file_destroy(struct source *src)
 {
 	struct file_source *fs = (struct file_source *)src;
@@ -157,6 +181,7 @@ static void file_destroy(struct source *src)
 	}
 	pthread_mutex_destroy(&fs->pool_lock);
 	close(fs->fd);
+	free(fs->path);
 	free(fs);
 }
 
@@ -164,36 +189,41 @@ static const struct source_ops file_ops = {
     .kind = "file",
     .read = file_read,
     .read_batch = file_read_batch,
+    .explain = file_explain,
     .destroy = file_destroy,
 };
 
-int source_file_open(const char *path, unsigned flags, struct source **out)
+int source_file_open(const char *path, unsigned flags, struct source **out, char *why,
+                     size_t whylen)
 {
 	struct file_source *fs;
 	struct stat st;
+	char spare[8];
 	int r;
 
+	if (!why || !whylen) {
+		why = spare;
+		whylen = sizeof(spare);
+	}
 	fs = calloc(1, sizeof(*fs));
-	if (!fs)
-		return -ENOMEM;
-	fs->fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fs->fd < 0) {
-		r = -errno;
+	if (!fs || !(fs->path = strdup(path ? path : ""))) {
+		snprintf(why, whylen, "out of memory");
+		r = -ENOMEM;
 		goto err_free;
 	}
-	if (fstat(fs->fd, &st) < 0) {
-		r = -errno;
-		goto err_close;
-	}
-	if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode)) {
-		r = S_ISDIR(st.st_mode) ? -EISDIR : -EINVAL;
-		goto err_close;
+	/* Never blocks (a FIFO), refuses what is not a file or block device. */
+	fs->fd = lv_open_input(path, LV_OPEN_BLOCKDEV, &st, why, whylen);
+	if (fs->fd < 0) {
+		r = fs->fd;
+		goto err_free;
 	}
 	fs->base.size = (uint64_t)st.st_size;
 	if (S_ISBLK(st.st_mode) && ioctl(fs->fd, BLKGETSIZE64, &fs->base.size) < 0) {
 		r = -errno;
+		snprintf(why, whylen, "%s: BLKGETSIZE64: %s", path, strerror(errno));
 		goto err_close;
 	}
+	fs->size_at_open = fs->base.size;
 	pthread_mutex_init(&fs->pool_lock, NULL);
 	if (flags & SOURCE_FILE_IO_URING) {
 		struct io_uring probe;
@@ -201,6 +231,8 @@ int source_file_open(const char *path, unsigned flags, struct source **out)
 		/* Probe once here so a kernel without io_uring is named at start-up. */
 		r = io_uring_queue_init(SOURCE_BATCH_MAX, &probe, 0);
 		if (r < 0) {
+			snprintf(why, whylen, "%s: io_uring is unavailable on this kernel (%s)",
+			         path, strerror(-r));
 			r = -ENOSYS;
 			goto err_mutex;
 		}
@@ -218,6 +250,8 @@ err_mutex:
 err_close:
 	close(fs->fd);
 err_free:
+	if (fs)
+		free(fs->path);
 	free(fs);
 	return r;
 }

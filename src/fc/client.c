@@ -15,6 +15,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "lazyvm/fdio.h"
 #include "lazyvm/uffd.h"
 #include "lazyvm/units.h"
 
@@ -57,12 +58,8 @@ int fc_vm_create(struct fc_vm *vm, const char *mem_file, unsigned nregions, uint
 		snprintf(why, whylen, "1 to 16 regions of 4 KiB or 2 MiB pages");
 		return -EINVAL;
 	}
-	vm->mem_fd = open(mem_file, O_RDONLY | O_CLOEXEC);
-	if (vm->mem_fd < 0 || fstat(vm->mem_fd, &st) < 0) {
-		r = -errno;
-		snprintf(why, whylen, "cannot open memory file %s: %s", mem_file, strerror(errno));
+	if ((r = vm->mem_fd = lv_open_input(mem_file, 0, &st, why, whylen)) < 0)
 		goto err;
-	}
 	vm->size = (uint64_t)st.st_size;
 	pages = vm->size / page_size;
 	if (vm->size % page_size || pages < nregions) {

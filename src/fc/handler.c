@@ -178,10 +178,11 @@ int fc_handler_create(const struct fc_handler_config *cfg, struct fc_handler **o
 		return -ENOMEM;
 	h->cfg = *cfg;
 	h->listen_fd = h->epfd = h->stop_efd = -1;
-	r = source_file_open(cfg->mem_file, cfg->io_uring ? SOURCE_FILE_IO_URING : 0, &h->src);
+	char why[4200];
+	r = source_file_open(cfg->mem_file, cfg->io_uring ? SOURCE_FILE_IO_URING : 0, &h->src, why,
+	                     sizeof(why));
 	if (r < 0) {
-		lv_err("cannot open memory file %s: %s", cfg->mem_file,
-		       r == -ENOSYS ? "io_uring is unavailable on this kernel" : strerror(-r));
+		lv_err("memory file: %s", why);
 		goto err;
 	}
 	if (source_size(h->src) == 0) {

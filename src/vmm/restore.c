@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "lazyvm/blocktime.h"
+#include "lazyvm/fdio.h"
 #include "lazyvm/log.h"
 #include "lazyvm/source.h"
 #include "lazyvm/uffd.h"
@@ -41,15 +42,14 @@ int restore_fail(struct restore *rs, int err, const char *fmt, ...)
 
 static int read_state(struct restore *rs)
 {
-	char path[4096];
+	char path[4096], why[4200];
 	struct stat st;
 	int fd, r = 0;
 
 	snprintf(path, sizeof(path), "%s/state", rs->cfg->dir);
-	fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return restore_fail(rs, -errno, "cannot open %s: %s", path, strerror(errno));
-	if (fstat(fd, &st) < 0 || st.st_size <= 0 || (uint64_t)st.st_size > SNAP_STATE_MAX) {
+	if ((fd = lv_open_input(path, 0, &st, why, sizeof(why))) < 0)
+		return restore_fail(rs, fd, "%s", why);
+	if (st.st_size <= 0 || (uint64_t)st.st_size > SNAP_STATE_MAX) {
 		close(fd);
 		return restore_fail(rs, -EINVAL,
 		                    "%s: %lld bytes is not a plausible state file size", path,
@@ -77,7 +77,6 @@ static int read_state(struct restore *rs)
 	close(fd);
 	if (r)
 		return r;
-	char why[256];
 	if (snap_reader_init(&rs->rd, rs->state, rs->state_len, why, sizeof(why)) < 0)
 		return restore_fail(rs, -EINVAL, "%s: %s", path, why);
 	return 0;
@@ -102,7 +101,7 @@ static int check_layout(struct restore *rs, struct guest_mem *want)
 {
 	const struct snap_header *h = &rs->rd.hdr;
 	uint64_t at = 0, len;
-	char path[4096];
+	char path[4096], why[4200];
 	struct stat st;
 
 	if (h->mem_size < GUEST_MEM_MIN || h->mem_size > GUEST_MEM_MAX ||
@@ -144,9 +143,8 @@ static int check_layout(struct restore *rs, struct guest_mem *want)
 		return restore_fail(
 		    rs, -EINVAL, "snapshot: checksum chunk table missing or of the wrong length");
 	snprintf(path, sizeof(path), "%s/checksums", rs->cfg->dir);
-	rs->csum_fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (rs->csum_fd < 0 || fstat(rs->csum_fd, &st) < 0)
-		return restore_fail(rs, -errno, "cannot open %s: %s", path, strerror(errno));
+	if ((rs->csum_fd = lv_open_input(path, 0, &st, why, sizeof(why))) < 0)
+		return restore_fail(rs, rs->csum_fd, "%s", why);
 	if ((uint64_t)st.st_size != npages * sizeof(uint32_t))
 		return restore_fail(rs, -EINVAL,
 		                    "%s is %lld bytes; the snapshot's %llu pages need exactly %llu",
@@ -155,9 +153,8 @@ static int check_layout(struct restore *rs, struct guest_mem *want)
 	if (rs->cfg->source_uri)
 		return 0; /* memory comes from the NBD export: checked when it is opened */
 	snprintf(path, sizeof(path), "%s/memory", rs->cfg->dir);
-	rs->mem_fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (rs->mem_fd < 0 || fstat(rs->mem_fd, &st) < 0)
-		return restore_fail(rs, -errno, "cannot open %s: %s", path, strerror(errno));
+	if ((rs->mem_fd = lv_open_input(path, 0, &st, why, sizeof(why))) < 0)
+		return restore_fail(rs, rs->mem_fd, "%s", why);
 	if ((uint64_t)st.st_size != h->mem_size)
 		return restore_fail(
 		    rs, -EINVAL,
@@ -213,9 +210,11 @@ int restore_open_source(struct restore *rs, uint64_t mem_size)
 			    (unsigned long long)mem_size);
 		}
 	} else {
+		char why[4200];
+
 		snprintf(path, sizeof(path), "%s/memory", rs->cfg->dir);
-		if ((r = source_file_open(path, 0, &file)) < 0)
-			return restore_fail(rs, r, "opening %s: %s", path, strerror(-r));
+		if ((r = source_file_open(path, 0, &file, why, sizeof(why))) < 0)
+			return restore_fail(rs, r, "%s", why);
 	}
 	src = file;
 	if (rs->cfg->source_latency_ns &&
@@ -281,12 +280,17 @@ static int load_eager(struct restore *rs, struct guest_mem *m)
 		for (uint64_t off = 0; !rs->cfg->source_uri && off < s->size;) {
 			ssize_t n = pread(rs->mem_fd, s->host + off, s->size - off,
 			                  (off_t)(s->file_off + off));
+			char why[512];
+
+			if (n < 0 && errno == EINTR)
+				continue;
 			if (n <= 0)
 				return restore_fail(rs, n < 0 ? -errno : -ENODATA,
 				                    "reading the memory file at 0x%llx: %s",
 				                    (unsigned long long)(s->file_off + off),
-				                    n < 0 ? strerror(errno)
-				                          : "unexpected end of file");
+				                    source_strerror(rs->src,
+				                                    n < 0 ? -errno : -ENODATA, why,
+				                                    sizeof(why)));
 			off += (uint64_t)n;
 		}
 		if (!rs->cfg->source_uri && (r = verify_slot(rs, s)) < 0)

@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "lazyvm/compat.h"
+#include "lazyvm/fdio.h"
 #include "lazyvm/log.h"
 #include "lazyvm/uffd.h"
 #include "lazyvm/units.h"
@@ -391,14 +392,22 @@ void restore_record_ws(struct restore *rs)
 	struct ws_header h = {
 	    .magic = "LZYVMWS1", .mem_size = rs->rd.hdr.mem_size, .state_crc = state_crc(rs)};
 	uint64_t *pages = NULL;
-	FILE *f;
+	char why[4200];
+	int fd, r;
 
 	h.count = engine_record_get(rs->eng, &pages);
-	f = fopen(rs->cfg->record_ws, "wb");
-	if (!f || fwrite(&h, sizeof(h), 1, f) != 1 ||
-	    (h.count && fwrite(pages, sizeof(*pages), h.count, f) != h.count) || fclose(f) != 0)
-		lv_warn("cannot write the working set to %s: %s", rs->cfg->record_ws,
-		        strerror(errno));
+	/* Never blocks on a FIFO, refuses a directory or device with its name. */
+	if ((fd = lv_open_output(rs->cfg->record_ws, 0644, why, sizeof(why))) < 0) {
+		lv_warn("cannot write the working set: %s", why);
+		free(pages);
+		return;
+	}
+	if ((r = lv_write_all(fd, &h, sizeof(h))) == 0)
+		r = lv_write_all(fd, pages, h.count * sizeof(*pages));
+	if (close(fd) < 0 && r == 0)
+		r = -errno;
+	if (r < 0)
+		lv_warn("cannot write the working set to %s: %s", rs->cfg->record_ws, strerror(-r));
 	else
 		rs->out->ws_recorded = h.count;
 	free(pages);
@@ -409,9 +418,15 @@ int restore_prefetch_ws(struct restore *rs, struct vm *vm)
 	const char *path = rs->cfg->prefetch_ws;
 	struct ws_header h;
 	uint64_t *pages = NULL, installed = 0, t0 = lv_now_ns();
-	FILE *f = fopen(path, "rb");
+	char why[4200];
+	int fd = lv_open_input(path, 0, NULL, why, sizeof(why));
+	FILE *f = fd < 0 ? NULL : fdopen(fd, "rb");
 	int r;
 
+	if (fd < 0) {
+		lv_warn("working set: %s: plain lazy restore", why);
+		goto out;
+	}
 	if (!f || fread(&h, sizeof(h), 1, f) != 1 || memcmp(h.magic, "LZYVMWS1", 8) != 0 ||
 	    h.count > rs->rd.hdr.mem_size / 4096 * 4) {
 		lv_warn("working set %s is missing or not a working-set file: plain lazy restore",
@@ -446,6 +461,8 @@ int restore_prefetch_ws(struct restore *rs, struct vm *vm)
 out:
 	if (f)
 		fclose(f);
+	else if (fd >= 0)
+		close(fd);
 	free(pages);
 	return 0;
 }

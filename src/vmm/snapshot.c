@@ -145,13 +145,11 @@ const void *snap_find(const struct snap_reader *r, uint32_t type, uint32_t index
 static int write_parts(const char *path, const struct iovec *parts, unsigned n, char *why,
                        size_t whylen)
 {
-	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	int fd = lv_open_output(path, 0600, why, whylen); /* never blocks on a FIFO */
 	int r = 0;
 
-	if (fd < 0) {
-		snprintf(why, whylen, "cannot create %s: %s", path, strerror(errno));
-		return -errno;
-	}
+	if (fd < 0)
+		return fd;
 	for (unsigned i = 0; i < n && !r; i++)
 		r = lv_write_all(fd, parts[i].iov_base, parts[i].iov_len);
 	if (!r && fsync(fd) < 0)

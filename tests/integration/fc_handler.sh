@@ -111,8 +111,8 @@ start_handler fail --mem-file "$T/shrinks.img" || exit 1
 truncate -s 4096 "$T/shrinks.img" # after the handler opened it: reads beyond now fail
 client --socket "$T/fail.sock" --mem-file "$T/mem.img" --threads 1 >"$T/fail-client.out" 2>&1; rc=$?
 check "VM whose page cannot be read is killed (status $rc)" [ "$rc" -eq 137 ]
-check "the failure names the page, the offset and the file" \
-    grep -qE 'reading page 0x[0-9a-f]+ \(source offset 0x[0-9a-f]+, [0-9]+ bytes\) from file .*shrinks.img: No data available' "$T/fail.err"
+check "the failure names the page, the offset, the file and that it shrank" \
+    grep -qE 'reading page 0x[0-9a-f]+ \(source offset 0x[0-9a-f]+, [0-9]+ bytes\) from file .*shrinks.img: .*shrinks.img ends early: it is now 4096 bytes, shorter than the [0-9]+ it had when it was opened' "$T/fail.err"
 stop_handler fail
 check "the failed VM is counted" grep -q '"vms_failed":1' "$T/fail.out"
 
@@ -146,7 +146,7 @@ check "missing --socket is a usage error (2)" [ "$rc" -eq 2 ]
 "$LAZYVM" fc-handler --socket "$T/x.sock" --mem-file "$T/mem.img" --intake fast 2>"$T/u.err"; rc=$?
 check "bad --intake is a usage error (2)" [ "$rc" -eq 2 ]
 "$LAZYVM" fc-handler --socket "$T/x.sock" --mem-file "$T/none.img" 2>"$T/u.err"; rc=$?
-check "missing memory file: status 1 and named" bash -c "[ $rc -eq 1 ] && grep -q 'cannot open memory file .*none.img: No such file' '$T/u.err'"
+check "missing memory file: status 1 and named" bash -c "[ $rc -eq 1 ] && grep -q 'memory file: cannot open .*none.img: No such file' '$T/u.err'"
 touch "$T/regular"
 "$LAZYVM" fc-handler --socket "$T/regular" --mem-file "$T/mem.img" 2>"$T/u.err"; rc=$?
 check "refuses to replace a regular file with its socket" bash -c "[ $rc -eq 1 ] && grep -q 'is not a socket' '$T/u.err' && [ -f '$T/regular' ]"

@@ -40,7 +40,7 @@ static void check_file_source(unsigned flags)
 	static unsigned char bufs[SOURCE_BATCH_MAX][4096];
 	struct source_req reqs[SOURCE_BATCH_MAX];
 
-	CHECK_OK(source_file_open(path, flags, &src));
+	CHECK_OK(source_file_open(path, flags, &src, NULL, 0));
 	CHECK_EQ(source_size(src), 1 << 20);
 	CHECK_OK(source_read(src, bufs[0], 8192, 4096));
 	CHECK(byte_ok(bufs[0], 8192, 4096));
@@ -64,6 +64,12 @@ static void check_file_source(unsigned flags)
 	CHECK_EQ(source_read_batch(src, reqs, 2), -ENODATA);
 	CHECK_EQ(reqs[0].result, 0);
 	CHECK_EQ(reqs[1].result, -ENODATA);
+	/* ... and the message names the file and says it shrank, with both sizes. */
+	char why[512];
+	source_strerror(src, -ENODATA, why, sizeof(why));
+	CHECK(strstr(why, path) && strstr(why, "ends early"));
+	CHECK(strstr(why, "now 16384 bytes, shorter than the 1048576 it had when it was opened"));
+	CHECK(!strcmp(source_strerror(src, -EIO, why, sizeof(why)), strerror(EIO)));
 	source_destroy(src);
 	unlink(path);
 }
@@ -81,8 +87,25 @@ static void test_file_source_errors(void)
 {
 	struct source *src;
 
-	CHECK_EQ(source_file_open("/nonexistent/lazyvm", 0, &src), -ENOENT);
-	CHECK_EQ(source_file_open("/tmp", 0, &src), -EISDIR);
+	char why[256], fifo[] = "/tmp/lazyvm-test-fifo-XXXXXX";
+
+	CHECK_EQ(source_file_open("/nonexistent/lazyvm", 0, &src, why, sizeof(why)), -ENOENT);
+	CHECK(strstr(why, "cannot open /nonexistent/lazyvm: No such file or directory"));
+	CHECK_EQ(source_file_open("/tmp", 0, &src, why, sizeof(why)), -EISDIR);
+	CHECK(strstr(why, "/tmp is a directory, not a regular file or block device"));
+	CHECK_EQ(source_file_open("/dev/null", 0, &src, why, sizeof(why)), -EINVAL);
+	CHECK(strstr(why, "/dev/null is a character device"));
+	CHECK_EQ(source_file_open("", 0, &src, why, sizeof(why)), -EINVAL);
+	CHECK(strstr(why, "empty file name"));
+	/* A FIFO without a writer: refused at once, never waited on. */
+	CHECK(mkdtemp(fifo));
+	strcat(fifo, "/f");
+	CHECK_OK(mkfifo(fifo, 0600) < 0 ? -errno : 0);
+	CHECK_EQ(source_file_open(fifo, 0, &src, why, sizeof(why)), -EINVAL);
+	CHECK(strstr(why, fifo) && strstr(why, "is a FIFO"));
+	unlink(fifo);
+	*strrchr(fifo, '/') = 0;
+	rmdir(fifo);
 }
 
 static void test_zero_and_latency_sources(void)
@@ -134,7 +157,7 @@ static void test_checked_source(void)
 	chunks[0] = crc32c(0, crcs, CSUM_CHUNK_PAGES * 4);
 	chunks[1] = crc32c(0, crcs + CSUM_CHUNK_PAGES, 10 * 4);
 	CHECK_EQ(write(cfd, crcs, pages * 4), (long long)(pages * 4));
-	CHECK_OK(source_file_open(path, 0, &file));
+	CHECK_OK(source_file_open(path, 0, &file, NULL, 0));
 	CHECK_OK(source_checked_wrap(file, cfd, chunks, pages, 4096, &src));
 	CHECK_OK(source_read(src, buf, 4096 * (CSUM_CHUNK_PAGES + 3), 3 * 4096)); /* chunk 1 */
 	CHECK_OK(source_read(src, buf, 0, 8 * 4096));                             /* chunk 0 */
@@ -146,7 +169,7 @@ static void test_checked_source(void)
 	/* A damaged chunk of the checksum file fails every page it covers. */
 	crcs[5] ^= 1;
 	CHECK_EQ(pwrite(cfd, crcs, pages * 4, 0), (long long)(pages * 4));
-	CHECK_OK(source_file_open(path, 0, &file));
+	CHECK_OK(source_file_open(path, 0, &file, NULL, 0));
 	CHECK_OK(source_checked_wrap(file, cfd, chunks, pages, 4096, &src));
 	CHECK_EQ(source_read(src, buf, 4096 * 100, 4096), -EBADMSG);
 	CHECK_OK(source_read(src, buf, 4096 * (CSUM_CHUNK_PAGES + 1), 4096)); /* chunk 1 is fine */
