@@ -133,6 +133,10 @@ struct vmm_migrate_in_config {
 
 const char *vmm_load_name(enum vmm_load l);
 
+/* "HOST:PORT" or "[V6]:PORT" into host and port strings (the form
+ * --migrate-to and --listen take; src/vmm/migrate.c). 0 or -EINVAL. */
+int mig_split_addr(const char *addr, char *host, size_t hostlen, char *port, size_t portlen);
+
 /* Probes which userfault exit backends work on this host (tiny probe VMs) and
  * writes one line each plus the choice into buf. `all` also probes the slow
  * ones. Returns 0, or -errno when KVM itself is unusable. */

@@ -1,4 +1,6 @@
 /* lazyvm: one binary, one subcommand per job. */
+#include <ctype.h>
+#include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -6,6 +8,7 @@
 #include "cli.h"
 #include "lazyvm/log.h"
 #include "lazyvm/units.h"
+#include "lazyvm/vmm.h"
 
 #define LAZYVM_VERSION "0.1.0"
 
@@ -76,13 +79,55 @@ int cli_choice(const char *cmd, const char *opt, const char *val, const char *co
 	return -1;
 }
 
+int cli_bad_option(const char *cmd, int c, char *const *argv)
+{
+	const char *arg = argv[optind - 1];
+	const char *eq = strchr(arg, '=');
+	int n = eq ? (int)(eq - arg) : (int)strlen(arg);
+
+	if (c == ':')
+		fprintf(stderr, "lazyvm %s: %.*s needs a value\n", cmd, n, arg);
+	else if (optopt && !strncmp(arg, "--", 2))
+		fprintf(stderr, "lazyvm %s: %.*s takes no value (got '%s')\n", cmd, n, arg, arg);
+	else if (optopt)
+		fprintf(stderr, "lazyvm %s: unknown option '-%c'\n", cmd, optopt);
+	else
+		fprintf(stderr, "lazyvm %s: unknown or ambiguous option '%s'\n", cmd, arg);
+	fprintf(stderr, "Run 'lazyvm %s --help' for the options.\n", cmd);
+	return 2;
+}
+
+int cli_path(const char *cmd, const char *opt, const char *val)
+{
+	if (*val)
+		return 0;
+	fprintf(stderr, "lazyvm %s: %s: the path is empty\n", cmd, opt);
+	return -1;
+}
+
+int cli_host_port(const char *cmd, const char *opt, const char *val, bool port0)
+{
+	char host[256], port[16] = "";
+	unsigned long p = 0;
+
+	if (mig_split_addr(val, host, sizeof(host), port, sizeof(port)) == 0)
+		p = strtoul(port, NULL, 10);
+	if (!p && !(port0 && !strcmp(port, "0")))
+		p = 65536;
+	if (p <= 65535)
+		return 0;
+	fprintf(stderr, "lazyvm %s: %s: '%s' is not HOST:PORT (a port %s to 65535; [V6]:PORT)\n",
+	        cmd, opt, val, port0 ? "0" : "1");
+	return -1;
+}
+
 int cli_uint(const char *cmd, const char *opt, const char *val, unsigned min, unsigned max,
              unsigned *out)
 {
 	char *end;
 	unsigned long v = strtoul(val, &end, 10);
 
-	if (!*val || *end || v < min || v > max || val[0] == '-') {
+	if (!isdigit((unsigned char)val[0]) || *end || v < min || v > max) {
 		fprintf(stderr, "lazyvm %s: %s: '%s' is not a whole number from %u to %u\n", cmd,
 		        opt, val, min, max);
 		return -1;

@@ -148,7 +148,7 @@ out=$(timeout 30 "$LAZYVM" migrate --listen 127.0.0.1:0 --accept-timeout 300ms 2
 [ "$rc" -eq 1 ] && grep -q "no migration source connected to 127.0.0.1:[0-9]* in time" <<<"$out" &&
     ok "no source within --accept-timeout: status 1, said so" || not_ok "accept timeout: $rc $out"
 out=$("$LAZYVM" run --migrate-to nowhere 2>&1); rc=$?
-[ "$rc" -eq 1 ] && grep -q "'nowhere' is not HOST:PORT" <<<"$out" && ok "bad address named" || not_ok "bad address: $rc $out"
+[ "$rc" -eq 2 ] && grep -q "'nowhere' is not HOST:PORT" <<<"$out" && ok "bad address named (usage, status 2)" || not_ok "bad address: $rc $out"
 out=$("$LAZYVM" run --migrate-after 1s 2>&1); rc=$?
 [ "$rc" -eq 2 ] && ok "--migrate-after without --migrate-to: usage error" || not_ok "usage: $rc $out"
 
