@@ -35,6 +35,10 @@ endif
 
 LIB_SRCS  := $(wildcard src/core/*.c) $(wildcard src/fc/*.c) $(wildcard src/vmm/*.c) \
              $(wildcard src/vmm/x86_64/*.c)
+# The workload parser is the guest's and the host's both (lazyvm run checks the
+# string before it boots); its host object is build/guest/workload_parse.o, the
+# guest's build/guest/workload_parse.c.o.
+LIB_SRCS  += guest/workload_parse.c
 CLI_SRCS  := $(wildcard src/cli/*.c)
 UNIT_SRCS := $(wildcard tests/unit/*.c)
 BENCH_SRCS := $(wildcard bench/*.c)

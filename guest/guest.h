@@ -17,7 +17,7 @@
 #include "layout.h"
 
 #define PAGE_SIZE       4096ull
-#define GUEST_MAX_TASKS 32
+#define GUEST_MAX_TASKS 32 /* WORKLOAD_MAX_TASKS: workload.h checks */
 #define TASK_STACK_SIZE (16 * 1024)
 #define MSG_TEXT_MAX    sizeof(((struct guest_msg *)0)->text)
 

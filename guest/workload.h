@@ -14,9 +14,7 @@
 #define GUEST_WORKLOAD_H
 
 #include "guest.h"
-
-enum job_kind { JOB_SCAN, JOB_RANDOM, JOB_COMPUTE, JOB_CRASH, JOB_EDGE, JOB_RESCAN };
-enum crash_kind { CRASH_UD, CRASH_PF, CRASH_DIV, CRASH_HANG };
+#include "lazyvm/guest_workload.h"
 
 struct job {
 	enum job_kind kind;

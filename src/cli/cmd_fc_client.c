@@ -71,10 +71,19 @@ int cmd_fc_client(int argc, char **argv)
 	int c, r;
 
 	optind = 1;
-	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+	opterr = 0;
+	while ((c = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
 		switch (c) {
-		case 's': sock = optarg; break;
-		case 'm': mem = optarg; break;
+		case 's':
+			if (cli_path(cmd, "--socket", optarg) < 0)
+				return 2;
+			sock = optarg;
+			break;
+		case 'm':
+			if (cli_path(cmd, "--mem-file", optarg) < 0)
+				return 2;
+			mem = optarg;
+			break;
 		case 'r':
 			if (cli_uint(cmd, "--regions", optarg, 1, 16, &regions) < 0)
 				return 2;
@@ -82,6 +91,12 @@ int cmd_fc_client(int argc, char **argv)
 		case 'p':
 			if (cli_size(cmd, "--page-size", optarg, &page) < 0)
 				return 2;
+			if (page != 4096 && page != (2ull << 20)) {
+				fprintf(stderr,
+				        "lazyvm fc-client: --page-size: '%s' is not 4k or 2M\n",
+				        optarg);
+				return 2;
+			}
 			break;
 		case 't':
 			if (cli_uint(cmd, "--threads", optarg, 1, 64, &threads) < 0)
@@ -121,17 +136,18 @@ int cmd_fc_client(int argc, char **argv)
 		}
 		case 'C': clear_nonblock = true; break;
 		case 'h': fputs(help, stdout); return 0;
-		default:
-			fputs("Run 'lazyvm fc-client --help' for the options.\n", stderr);
-			return 2;
+		default: return cli_bad_option(cmd, c, argv);
 		}
 	}
-	if (!sock || !mem || optind < argc) {
-		fprintf(stderr, "lazyvm fc-client: --socket and --mem-file are required\n");
+	if (optind < argc) {
+		fprintf(stderr, "lazyvm fc-client: unexpected argument '%s'\n", argv[optind]);
 		return 2;
 	}
-	if (page != 4096 && page != (2ull << 20)) {
-		fprintf(stderr, "lazyvm fc-client: --page-size must be 4k or 2M\n");
+	if (!sock || !mem) {
+		fprintf(stderr,
+		        "lazyvm fc-client: %s is required\n"
+		        "Run 'lazyvm fc-client --help' for the options.\n",
+		        !sock ? "--socket PATH" : "--mem-file PATH");
 		return 2;
 	}
 	r = fc_vm_create(&vm, mem, regions, page, why, sizeof(why));

@@ -28,6 +28,8 @@ static const char help[] =
     "  --busy-idle DUR          busy intake: after DUR without a fault, block until the\n"
     "                           next one (default 10ms; 0 = spin for ever)\n"
     "  --io-uring               read a batch of faulting pages through io_uring\n"
+    "  --fault-around N         install up to N pages a fault, 1 to 64 (default 16;\n"
+    "                           1 = off)\n"
     "  --source-latency DUR     delay every read by DUR (stands for remote storage)\n"
     "  --on-fatal kill|report   a VM that cannot be served (bad hand-off, unreadable\n"
     "                           page): SIGKILL its process (default; Firecracker would\n"
@@ -91,11 +93,13 @@ int cmd_fc_handler(int argc, char **argv)
 	const char *cmd = "fc-handler";
 	unsigned long long v;
 	struct fc_handler *h;
+	bool busy_idle_given = false;
 	sigset_t sigs;
 	int c, r;
 
 	optind = 1;
-	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+	opterr = 0;
+	while ((c = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
 		switch (c) {
 		case 's': cfg.socket_path = optarg; break;
 		case 'm': cfg.mem_file = optarg; break;
@@ -135,10 +139,14 @@ int cmd_fc_handler(int argc, char **argv)
 			break;
 		}
 		case 'T':
-			if (cli_duration(cmd, "--handshake-timeout", optarg, &v) < 0 || v == 0) {
+			if (cli_duration(cmd, "--handshake-timeout", optarg, &v) < 0)
+				return 2;
+			if (v == 0) {
 				fprintf(
 				    stderr,
-				    "lazyvm fc-handler: --handshake-timeout must be more than 0\n");
+				    "lazyvm fc-handler: --handshake-timeout: '%s': must be more "
+				    "than 0\n",
+				    optarg);
 				return 2;
 			}
 			cfg.handshake_timeout_ns = v;
@@ -162,18 +170,24 @@ int cmd_fc_handler(int argc, char **argv)
 			lv_log_set_level((enum lv_log_level)r);
 			break;
 		case 'h': fputs(help, stdout); return 0;
-		default:
-			fputs("Run 'lazyvm fc-handler --help' for the options.\n", stderr);
-			return 2;
+		default: return cli_bad_option(cmd, c, argv);
 		}
+		busy_idle_given |= c == 'b';
 	}
 	if (optind < argc) {
 		fprintf(stderr, "lazyvm fc-handler: unexpected argument '%s'\n", argv[optind]);
 		return 2;
 	}
 	if (!cfg.socket_path || !cfg.mem_file) {
-		fprintf(stderr, "lazyvm fc-handler: --socket and --mem-file are required\n"
-		                "Run 'lazyvm fc-handler --help' for the options.\n");
+		fprintf(stderr,
+		        "lazyvm fc-handler: %s is required\n"
+		        "Run 'lazyvm fc-handler --help' for the options.\n",
+		        !cfg.socket_path ? "--socket PATH" : "--mem-file PATH");
+		return 2;
+	}
+	if (busy_idle_given && cfg.intake != ENGINE_INTAKE_BUSY) {
+		fprintf(stderr,
+		        "lazyvm fc-handler: --busy-idle does nothing without --intake busy\n");
 		return 2;
 	}
 	/* Signals arrive through a signalfd in the event loop; the handler threads

@@ -1,4 +1,6 @@
 /* lazyvm: one binary, one subcommand per job. */
+#include <ctype.h>
+#include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -7,6 +9,7 @@
 #include "lazyvm/hostport.h"
 #include "lazyvm/log.h"
 #include "lazyvm/units.h"
+#include "lazyvm/vmm.h"
 
 #define LAZYVM_VERSION "0.1.0"
 
@@ -77,13 +80,39 @@ int cli_choice(const char *cmd, const char *opt, const char *val, const char *co
 	return -1;
 }
 
+int cli_bad_option(const char *cmd, int c, char *const *argv)
+{
+	const char *arg = argv[optind - 1];
+	const char *eq = strchr(arg, '=');
+	int n = eq ? (int)(eq - arg) : (int)strlen(arg);
+
+	if (c == ':')
+		fprintf(stderr, "lazyvm %s: %.*s needs a value\n", cmd, n, arg);
+	else if (optopt && !strncmp(arg, "--", 2))
+		fprintf(stderr, "lazyvm %s: %.*s takes no value (got '%s')\n", cmd, n, arg, arg);
+	else if (optopt)
+		fprintf(stderr, "lazyvm %s: unknown option '-%c'\n", cmd, optopt);
+	else
+		fprintf(stderr, "lazyvm %s: unknown or ambiguous option '%s'\n", cmd, arg);
+	fprintf(stderr, "Run 'lazyvm %s --help' for the options.\n", cmd);
+	return 2;
+}
+
+int cli_path(const char *cmd, const char *opt, const char *val)
+{
+	if (*val)
+		return 0;
+	fprintf(stderr, "lazyvm %s: %s: the path is empty\n", cmd, opt);
+	return -1;
+}
+
 int cli_uint(const char *cmd, const char *opt, const char *val, unsigned min, unsigned max,
              unsigned *out)
 {
 	char *end;
 	unsigned long v = strtoul(val, &end, 10);
 
-	if (!*val || *end || v < min || v > max || val[0] == '-') {
+	if (!isdigit((unsigned char)val[0]) || *end || v < min || v > max) {
 		fprintf(stderr, "lazyvm %s: %s: '%s' is not a whole number from %u to %u\n", cmd,
 		        opt, val, min, max);
 		return -1;

@@ -28,6 +28,93 @@ expect() {
 }
 usage() { local what=$1 pattern=$2; shift 2; expect "usage: $what" 2 "$pattern" "$LAZYVM" "$@"; }
 
+echo "# bad usage: status 2, the option and the value named"
+long=$(printf 'scan:4k+%.0s' $(seq 40))scan:4k
+usage "no command" "Usage: lazyvm COMMAND"
+usage "unknown command" "unknown command 'nosuch'" nosuch
+for cmd in run restore migrate fc-handler fc-client; do
+    usage "$cmd: unknown option" "lazyvm $cmd: unknown or ambiguous option '--no-such-option'" $cmd --no-such-option
+    expect "$cmd --help" 0 "^Usage: lazyvm $cmd" "$LAZYVM" $cmd --help
+done
+usage "probe: unknown argument" "unknown argument '--x'" probe --x
+usage "run --mem 0" "--mem: '0' is not 16M to 4G" run --mem 0
+usage "run --mem 17M (not whole 2 MiB)" "--mem: '17M' is not 16M to 4G in whole 2 MiB" run --mem 17M
+usage "run --mem 8G" "--mem: '8G' is not 16M to 4G" run --mem 8G
+usage "run --mem lots" "--mem: 'lots' is not a size" run --mem lots
+usage "run --mem without a value" "--mem needs a value" run --mem
+usage "run --json=yes" "--json takes no value \\(got '--json=yes'\\)" run --json=yes
+usage "run --vcpus 9" "--vcpus: '9' is not a whole number from 1 to 8" run --vcpus 9
+usage "run --vcpus +2" "--vcpus: '\\+2' is not a whole number" run --vcpus +2
+usage "run --mem-slots 0" "--mem-slots: '0' is not a whole number from 1 to 8" run --mem-slots 0
+usage "run --seed -1" "--seed: '-1' is not a whole number" run --seed -1
+usage "run --timeslice 5 (no unit)" "--timeslice: '5' is not a duration" run --timeslice 5
+usage "run --timeslice 100us" "--timeslice: '100us' is not 200us to 1s" run --timeslice 100us
+usage "run --apf maybe" "--apf: 'maybe' is not off or on" run --apf maybe
+usage "run --workload scan:x" "--workload: bad part 'scan:x' of 'scan:x': SIZE is not a number" run --workload scan:x
+usage "run --workload scan:5000" "bad part 'scan:5000'.*multiple of 4k" run --workload scan:5000
+usage "run --workload random:1M" "bad part 'random:1M'.*expected random:SIZE:COUNT" run --workload random:1M
+usage "run --workload edge:32k" "edge:SIZE needs a multiple of 16k, at least 64k" run --workload edge:32k
+usage "run --workload crash:segv" "expected crash:ud, crash:pf, crash:div or crash:hang" run --workload crash:segv
+usage "run --workload rescan:0 (no earlier scan)" "bad part 'rescan:0'.*not the index \\(from 0\\) of an earlier scan task" run --workload rescan:0
+usage "run --workload scan:1M+ (empty part)" "bad part '' of 'scan:1M\\+': empty part" run --workload scan:1M+
+usage "run --workload dance:1" "unknown task" run --workload dance:1
+usage "run --workload too long for the boot info" "\\(${#long} characters\\) is longer than the guest's boot info holds \\(255 characters\\)" run --workload "$long"
+usage "run: a workload larger than --mem" "--workload 'scan:32M' needs 32 MiB of guest memory; --mem is 16 MiB" run --mem 16M --workload scan:32M
+usage "run --snapshot-dir ''" "--snapshot-dir: the path is empty" run --snapshot-dir ""
+usage "run --migrate-to without a port" "--migrate-to 'localhost': 'localhost' is not HOST:PORT" run --migrate-to localhost
+usage "run --migrate-to port 70000" "--migrate-to 'h:70000': port 70000 is out of range" run --migrate-to h:70000
+usage "run --migrate-after without --migrate-to" "--migrate-after needs --migrate-to" run --migrate-after 1s
+usage "run --migrate-after 0" "--migrate-after: '0': must be more than 0" run --migrate-to h:1 --migrate-after 0
+usage "run --migrate-to with --snapshot-dir" "give one" run --migrate-to h:1 --snapshot-dir "$T/x"
+usage "run: a stray argument" "unexpected argument 'extra'" run extra
+usage "restore without DIR" "the snapshot directory is missing" restore
+usage "restore with two DIRs" "give one snapshot directory, not 2" restore a b
+usage "restore ''" "DIR: the path is empty" restore ""
+usage "restore --load fast" "--load: 'fast' is not eager, mmap or lazy" restore d --load fast
+usage "restore --fault-around 0" "--fault-around: '0' is not a whole number from 1 to 64" restore d --fault-around 0
+usage "restore --handler-threads 65" "--handler-threads: '65'" restore d --handler-threads 65
+usage "restore --source-latency 3" "--source-latency: '3' is not a duration" restore d --source-latency 3
+usage "restore --source http://" "--source: 'http://x/y' is not an NBD URI" restore d --source http://x/y
+usage "restore --record-ws ''" "--record-ws: the path is empty" restore d --record-ws ""
+for opt in "--record-ws f" "--prefetch-ws f" "--background-prefetch" "--handler-threads 2" "--intake busy" \
+    "--fault-around 4" "--apf kernel" "--source-latency 1ms"; do
+    for load in eager mmap; do
+        # shellcheck disable=SC2086
+        usage "restore --load $load $opt" "${opt%% *} does nothing with --load $load: it works with --load lazy" \
+            restore d --load $load $opt
+    done
+done
+usage "restore --load mmap --source" "--load mmap maps the local memory file; it cannot read from --source" \
+    restore d --load mmap --source nbd://h:1/x
+usage "restore --apf user without --intake exit" "--apf user needs --intake exit" restore d --apf user
+usage "restore --apf exitless --intake busy" "--apf exitless needs --intake exit" restore d --apf exitless --intake busy
+usage "restore --policy without --apf" "--policy chooses which faults become asynchronous: it needs --apf" restore d --policy async
+usage "restore --handler-threads with --intake exit" "--handler-threads does nothing with --intake exit" \
+    restore d --intake exit --handler-threads 2
+usage "migrate without --listen" "--listen HOST:PORT is required" migrate
+usage "migrate --listen without a port" "--listen 'nohost': 'nohost' is not HOST:PORT" migrate --listen nohost
+usage "migrate --accept-timeout 0" "--accept-timeout: '0': must be more than 0" migrate --listen 127.0.0.1:0 --accept-timeout 0
+usage "migrate --apf kernel" "--apf: 'kernel' is not off, user or exitless" migrate --listen 127.0.0.1:0 --apf kernel
+usage "migrate --apf user without --intake exit" "--apf user needs --intake exit" migrate --listen 127.0.0.1:0 --apf user
+usage "migrate --policy without --apf" "--policy chooses" migrate --listen 127.0.0.1:0 --policy sync
+usage "migrate: a stray argument" "unexpected argument 'x'" migrate --listen 127.0.0.1:0 x
+usage "fc-client without --socket" "--socket PATH is required" fc-client --mem-file m
+usage "fc-client without --mem-file" "--mem-file PATH is required" fc-client --socket s
+usage "fc-client: a stray argument" "unexpected argument 'z'" fc-client --socket s --mem-file m z
+usage "fc-client --page-size 8k" "--page-size: '8k' is not 4k or 2M" fc-client --socket s --mem-file m --page-size 8k
+usage "fc-client --regions 17" "--regions: '17' is not a whole number from 1 to 16" fc-client --socket s --mem-file m --regions 17
+usage "fc-client --bad nonsense" "--bad: unknown mode 'nonsense'" fc-client --socket s --mem-file m --bad nonsense
+usage "fc-handler without --mem-file" "--mem-file PATH is required" fc-handler --socket s
+usage "fc-handler --busy-idle without --intake busy" "--busy-idle does nothing without --intake busy" \
+    fc-handler --socket s --mem-file m --busy-idle 1ms
+usage "fc-handler --handshake-timeout 0" "--handshake-timeout: '0': must be more than 0" \
+    fc-handler --socket s --mem-file m --handshake-timeout 0
+usage "fc-handler --handshake-timeout 5" "--handshake-timeout: '5' is not a duration" \
+    fc-handler --socket s --mem-file m --handshake-timeout 5
+usage "fc-handler --log-level loud" "--log-level: 'loud' is not error, warning, info or debug" \
+    fc-handler --socket s --mem-file m --log-level loud
+usage "fc-handler --threads without a value" "--threads needs a value" fc-handler --socket s --mem-file m --threads
+
 have_kvm=0
 [ -r /dev/kvm ] && [ -w /dev/kvm ] && have_kvm=1
 
@@ -61,6 +148,10 @@ if [ "$have_kvm" -eq 1 ]; then
         rm "$T/bad/$f"; mkdir "$T/bad/$f"
         expect "restore: $f is a directory" 1 "$T/bad/$f is a directory" "$LAZYVM" restore "$T/bad"
     done
+    expect "restore --record-ws FIFO: refused before the guest runs" 1 \
+        "--record-ws: $T/fifo is a FIFO, not a regular file" "$LAZYVM" restore "$snap" --record-ws "$T/fifo"
+    expect "restore --record-ws directory: refused before the guest runs" 1 \
+        "--record-ws: $T/dir is a directory, not a regular file" "$LAZYVM" restore "$snap" --record-ws "$T/dir"
     expect "restore --prefetch-ws FIFO: a warning, then a plain lazy restore" 0 \
         "working set: $T/fifo is a FIFO, not a regular file: plain lazy restore" \
         "$LAZYVM" restore "$snap" --prefetch-ws "$T/fifo"

@@ -36,7 +36,7 @@ for mode in "--load lazy" "--load lazy --intake busy" "--load eager" "--load laz
     else not_ok "NBD $mode: status $rc: $(tail -3 <<<"$out")"; fi
 done
 out=$(restore --load mmap); rc=$?
-[ "$rc" -eq 1 ] && grep -q "cannot read from --source" <<<"$out" && ok "mmap with --source refused" ||
+[ "$rc" -eq 2 ] && grep -q "cannot read from --source" <<<"$out" && ok "mmap with --source refused (usage, status 2)" ||
     not_ok "mmap with --source: $rc $out"
 kill "$nbd_pid"
 
