@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 #include "lazyvm/fdio.h"
@@ -101,12 +102,16 @@ int mig_check_msg(struct mig_msg *m, char *why, size_t whylen)
 void mig_tune_socket(int fd)
 {
 	int one = 1, idle = 5, intvl = 2, cnt = 3;
+	/* A peer that stopped reading (stopped, stuck) cannot hold a send for
+	 * ever: after this the send fails with EAGAIN and the caller says so. */
+	struct timeval sndtimeo = {.tv_sec = MIG_SILENCE_MS / 1000 * 3};
 
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 	setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
 	setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof(idle));
 	setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof(intvl));
 	setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof(cnt));
+	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &sndtimeo, sizeof(sndtimeo));
 }
 
 /* Connects with a deadline. */
@@ -199,6 +204,11 @@ int migrate_connect(struct migrate_out *mo, const char *to, uint64_t mem_size, u
 		r = -EPROTO;
 		goto fail;
 	}
+	/* Until the OFFER the destination waits on us: tell it we are alive. */
+	if ((r = mig_pinger_start(&mo->ping, mo->fd, NULL)) < 0) {
+		snprintf(why, whylen, "cannot start the migration heartbeat: %s", strerror(-r));
+		goto fail;
+	}
 	return 0;
 fail:
 	close(mo->fd);
@@ -208,6 +218,7 @@ fail:
 
 void migrate_close(struct migrate_out *mo)
 {
+	mig_pinger_stop(&mo->ping);
 	if (mo->fd >= 0)
 		close(mo->fd);
 	mo->fd = -1;
@@ -271,6 +282,7 @@ int migrate_out(struct vm *vm, struct migrate_out *mo, char *why, size_t whylen)
 	bool resumable = true;
 	int r;
 
+	mig_pinger_stop(&mo->ping); /* from here on this thread writes the connection */
 	mo->t_pause_ns = lv_now_ns();
 	mo->pages_total = npages;
 	if ((r = snapshot_build(vm, &img, why, whylen)) < 0)
@@ -298,7 +310,10 @@ int migrate_out(struct vm *vm, struct migrate_out *mo, char *why, size_t whylen)
 		snprintf(why, whylen, "sending the VM state to %s: %s", mo->to, strerror(-r));
 		goto out;
 	}
-	if ((r = mig_recv_msg(mo->fd, &m, ACCEPT_TIMEOUT_MS, w2, sizeof(w2))) < 0) {
+	if ((r = mig_recv_msg(mo->fd, &m, ACCEPT_TIMEOUT_MS, w2, sizeof(w2))) == 0 &&
+	    m.kind == MIG_PING) /* an old heartbeat cannot come before ACCEPT, but be kind */
+		r = mig_recv_msg(mo->fd, &m, ACCEPT_TIMEOUT_MS, w2, sizeof(w2));
+	if (r < 0) {
 		resumable = r == -ECONNRESET;
 		snprintf(why, whylen, "waiting for %s to take the VM over: %s%s", mo->to, w2,
 		         resumable ? "" : "; it may be running the VM, so it does not go on here");
@@ -321,7 +336,14 @@ int migrate_out(struct vm *vm, struct migrate_out *mo, char *why, size_t whylen)
 	        "not sent)",
 	        mo->to, (double)(mo->t_accept_ns - mo->t_pause_ns) / 1e6,
 	        (unsigned long long)npages, (unsigned long long)mo->pages_zero);
-	if ((r = mig_recv_msg(mo->fd, &m, -1, w2, sizeof(w2))) < 0) {
+	/* The destination runs the VM and may still need any page: however long
+	 * it is silent (stopped, stuck), giving up here would lose the VM, so
+	 * this only says so, every MIG_SILENCE_MS, and goes on serving. */
+	while ((r = mig_recv_next(mo->fd, &m, w2, sizeof(w2))) == -ETIMEDOUT)
+		lv_warn("migration: %s has sent nothing for %d s, not even its heartbeat (stopped "
+		        "or stuck?); it runs the VM, so this process keeps serving its pages",
+		        mo->to, MIG_SILENCE_MS / 1000);
+	if (r < 0) {
 		snprintf(why, whylen, "%s failed before it had every page (%s): the VM is lost",
 		         mo->to, w2);
 		goto out;

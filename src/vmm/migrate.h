@@ -24,9 +24,12 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <pthread.h>
 
-#define MIG_MAGIC   0x47494d4cu /* "LMIG" */
-#define MIG_VERSION 1u
+#define MIG_MAGIC      0x47494d4cu /* "LMIG" */
+#define MIG_VERSION    2u          /* 2: PING */
+#define MIG_PING_MS    1000        /* a waited-on side says PING this often */
+#define MIG_SILENCE_MS 10000       /* nothing at all for this long: the peer is stopped or stuck */
 
 enum mig_kind {
 	MIG_HELLO = 1,  /* source: arg[0] mem_size, arg[1] vCPUs; destination: echo */
@@ -34,6 +37,8 @@ enum mig_kind {
 	MIG_ACCEPT = 3, /* the destination runs the VM from now on */
 	MIG_REFUSE = 4, /* text: why; the source keeps the VM */
 	MIG_DONE = 5,   /* every page is in: arg[0] pages read, arg[1] zero pages */
+	MIG_PING = 6,   /* "still here": the source until its OFFER, the destination
+	                 * from ACCEPT on; receivers skip it (migrate_ping.c) */
 };
 
 struct mig_msg {
@@ -46,10 +51,26 @@ struct mig_msg {
 };
 _Static_assert(sizeof(struct mig_msg) == 256, "mig_msg");
 
+/* Sends PING on fd every MIG_PING_MS from its own thread (under lock, when
+ * given, if others write fd too) until stopped or the peer is gone. */
+struct mig_pinger {
+	int fd, efd;
+	pthread_mutex_t *lock;
+	pthread_t th;
+	bool started;
+};
+int mig_pinger_start(struct mig_pinger *p, int fd, pthread_mutex_t *lock);
+void mig_pinger_stop(struct mig_pinger *p); /* idempotent */
+
+/* The next message that is not a PING; -ETIMEDOUT after MIG_SILENCE_MS with
+ * nothing at all (the peer is stopped or stuck), else as mig_recv_msg. */
+int mig_recv_next(int fd, struct mig_msg *m, char *why, size_t whylen);
+
 /* The source's side, held by the VM (vm_config.migrate). */
 struct migrate_out {
-	const char *to; /* HOST:PORT of the destination */
-	int fd;         /* the control connection */
+	const char *to;         /* HOST:PORT of the destination */
+	int fd;                 /* the control connection */
+	struct mig_pinger ping; /* from HELLO until the OFFER */
 	/* what happened, for the report */
 	uint64_t t_pause_ns, t_accept_ns, t_done_ns;
 	uint64_t state_bytes, pages_total, pages_zero;

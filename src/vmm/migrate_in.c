@@ -34,6 +34,7 @@ struct mig_in {
 	pthread_mutex_t lock;
 	bool accepted, transferred, done_sent;
 	int send_error;
+	struct mig_pinger ping; /* from ACCEPT on: the source waits on us */
 };
 
 /* ACCEPT once the VM is about to run; DONE once every page is in, and never
@@ -71,6 +72,8 @@ static void hook_ready(void *arg)
 	pthread_mutex_lock(&mi->lock);
 	send_locked(mi, MIG_ACCEPT);
 	mi->accepted = true;
+	if (!mi->send_error && mig_pinger_start(&mi->ping, mi->fd, &mi->lock) < 0)
+		lv_warn("migration: no heartbeat to the source (it will warn that we are silent)");
 	if (mi->transferred) {
 		send_locked(mi, MIG_DONE);
 		mi->done_sent = true;
@@ -320,9 +323,16 @@ static int receive_vm(struct mig_in *mi, const char *dir, uint64_t mem, uint64_t
 	uint8_t *state = NULL, *csums = NULL;
 	int r;
 
-	/* The source decides when to move: the offer may take as long as it likes. */
-	if ((r = mig_recv_msg(mi->fd, &m, -1, why, sizeof(why))) < 0) {
-		snprintf(out->error, sizeof(out->error), "migration source: %s", why);
+	/* The source decides when to move: the offer may take as long as it
+	 * likes, as long as the source's heartbeat says it is alive. */
+	if ((r = mig_recv_next(mi->fd, &m, why, sizeof(why))) < 0) {
+		if (r == -ETIMEDOUT)
+			snprintf(out->error, sizeof(out->error),
+			         "migration source: sent nothing for %d s, not even its heartbeat "
+			         "(stopped or stuck?); the VM stays there",
+			         MIG_SILENCE_MS / 1000);
+		else
+			snprintf(out->error, sizeof(out->error), "migration source: %s", why);
 		return r;
 	}
 	uint64_t state_len = m.arg[0], csums_len = m.arg[1];
@@ -451,6 +461,7 @@ int vmm_migrate_in(const struct vmm_migrate_in_config *cfg, struct vmm_outcome *
 		r = -EIO;
 	}
 out:
+	mig_pinger_stop(&mi.ping);
 	if (dir[0])
 		remove_dir(dir);
 	if (mi.fd >= 0)

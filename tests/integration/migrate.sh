@@ -124,6 +124,48 @@ else
     not_ok "source killed: destination $rc after ${took}s: $(tail -4 <<<"$d")"
 fi
 
+# 5a. The source is stopped (SIGSTOP) before it offers the VM: TCP keepalive
+#     cannot tell (its kernel answers); its heartbeat stops, and the
+#     destination gives up after 10 s of silence. The VM is still the source's.
+dest prestop "$LAZYVM" migrate --listen 127.0.0.1:0 --accept-timeout 60s || exit 1
+# The guest halts for good (crash:hang), so the source waits for its time.
+{ "$LAZYVM" run --mem 64M --workload "scan:1M+crash:hang" --stall-timeout 0 --migrate-to "$addr" --migrate-after 120s >"$T/src5a.out" 2>&1 & } 2>/dev/null
+src_pid=$!; pids+=($src_pid)
+for _ in $(seq 200); do grep -q "source 127.0.0.1 connected" "$T/prestop.err" && break; sleep 0.05; done
+sleep 2 # heartbeats flow: the destination must not give up on a live source
+kill -0 "$dst_pid" 2>/dev/null && alive=yes || alive=no
+kill -STOP "$src_pid"; start=$(date +%s)
+for _ in $(seq 400); do kill -0 "$dst_pid" 2>/dev/null || break; sleep 0.1; done
+took=$(( $(date +%s) - start ))
+kill -9 "$dst_pid" 2>/dev/null; { wait "$dst_pid"; } 2>/dev/null; rc=$?
+kill -9 "$src_pid"; kill -CONT "$src_pid" 2>/dev/null; { wait "$src_pid"; } 2>/dev/null
+d=$(cat "$T/prestop.out" "$T/prestop.err")
+if [ "$alive" = yes ] && [ "$rc" -eq 1 ] && grep -q "sent nothing for 10 s, not even its heartbeat" <<<"$d" && [ "$took" -ge 8 ] && [ "$took" -lt 30 ]; then
+    ok "source stopped before its offer: destination waited while it was alive, gave up ${took}s after the stop, status 1"
+else
+    not_ok "source stopped before its offer: alive $alive, destination $rc after ${took}s: $(tail -3 <<<"$d")"
+fi
+
+# 5a'. The destination is stopped after it took the VM over: the source must
+#      not give up (the VM runs there); it warns and, once the destination
+#      goes on, the migration completes.
+dest dststop "$LAZYVM" migrate --listen 127.0.0.1:0 --accept-timeout 60s || exit 1
+{ "$LAZYVM" run --mem 64M --vcpus 2 --workload "$WL" --migrate-to "$addr" >"$T/src5c.out" 2>&1 & } 2>/dev/null
+src_pid=$!; pids+=($src_pid)
+for _ in $(seq 200); do grep -q "took the VM over" "$T/src5c.out" && break; sleep 0.05; done
+kill -STOP "$dst_pid"
+for _ in $(seq 300); do grep -q "has sent nothing for 10 s" "$T/src5c.out" && break; sleep 0.1; done
+kill -CONT "$dst_pid"
+for _ in $(seq 600); do kill -0 "$src_pid" 2>/dev/null || break; sleep 0.1; done
+kill -9 "$src_pid" 2>/dev/null; { wait "$src_pid"; } 2>/dev/null; src_rc=$?
+{ wait "$dst_pid"; } 2>/dev/null; rc=$?
+if grep -q "has sent nothing for 10 s, not even its heartbeat" "$T/src5c.out" && [ "$src_rc" -eq 0 ] && [ "$rc" -eq 0 ] &&
+    grep -q "ok: 4 task(s) verified" "$T/dststop.out"; then
+    ok "destination stopped after ACCEPT: the source warned, kept serving, and the migration completed"
+else
+    not_ok "destination stopped after ACCEPT: source $src_rc, destination $rc: $(tail -3 "$T/src5c.out") / $(tail -3 "$T/dststop.out")"
+fi
+
 # 5b. The source is stopped (SIGSTOP) mid-transfer: its kernel still accepts
 #     connections and nothing answers. Every wait is bounded (--source-timeout):
 #     the VM stops within 6 x 1 s + 1.55 s of back-off (+ slack), with the reason.
