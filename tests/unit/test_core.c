@@ -86,8 +86,8 @@ static void test_file_source_io_uring(void)
 static void test_file_source_errors(void)
 {
 	struct source *src;
-
-	char why[256], fifo[] = "/tmp/lazyvm-test-fifo-XXXXXX";
+	/* Room for the "/f" appended to the directory mkdtemp makes. */
+	char why[256], fifo[64] = "/tmp/lazyvm-test-fifo-XXXXXX";
 
 	CHECK_EQ(source_file_open("/nonexistent/lazyvm", 0, &src, why, sizeof(why)), -ENOENT);
 	CHECK(strstr(why, "cannot open /nonexistent/lazyvm: No such file or directory"));
