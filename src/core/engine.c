@@ -34,11 +34,8 @@
 #include "lazyvm/units.h"
 #include "engine_internal.h"
 
-static void engine_finish(struct engine *eng, enum engine_status st, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
 /* Records the first terminal status and its reason, and tells the supervisor. */
-static void engine_finish(struct engine *eng, enum engine_status st, const char *fmt, ...)
+void engine_finish(struct engine *eng, enum engine_status st, const char *fmt, ...)
 {
 	int expected = ENGINE_RUNNING;
 	char msg[sizeof(eng->error)] = "";
@@ -83,91 +80,11 @@ struct region *engine_region_find(struct engine *eng, uint64_t addr)
 	return NULL;
 }
 
-/* Marks every page overlapping [start, end) removed. Caller holds install_lock
- * for writing. */
-static uint64_t mark_removed(struct engine *eng, uint64_t start, uint64_t end)
-{
-	uint64_t marked = 0;
-
-	for (size_t i = 0; i < eng->nregions; i++) {
-		struct region *reg = &eng->regions[i];
-		uint64_t rs = reg->r.host_addr, re = rs + reg->r.size;
-		uint64_t s = start > rs ? start : rs, e = end < re ? end : re;
-
-		if (s >= e)
-			continue;
-		uint64_t first = (s - rs) >> reg->shift;
-		uint64_t last = (e - rs + reg->r.page_size - 1) >> reg->shift;
-		pagemap_set_range(reg->pm, first, last - first, PAGE_REMOVED);
-		marked += last - first;
-	}
-	return marked;
-}
-
-/* Handles the non-fault events of a batch. Caller holds install_lock for
- * writing. Returns 0, or -EPROTO after recording a fatal error. */
-static int handle_event(struct worker *w, const struct uffd_msg *msg)
-{
-	struct engine *eng = w->eng;
-
-	switch (msg->event) {
-	case UFFD_EVENT_REMOVE:
-		ctr_add(&w->m.remove_events, 1);
-		ctr_add(&w->m.removed_pages,
-		        mark_removed(eng, msg->arg.remove.start, msg->arg.remove.end));
-		return 0;
-	case UFFD_EVENT_UNMAP:
-		/* The range no longer exists; a new mapping there is fresh memory. */
-		ctr_add(&w->m.unmap_events, 1);
-		ctr_add(&w->m.removed_pages,
-		        mark_removed(eng, msg->arg.remove.start, msg->arg.remove.end));
-		return 0;
-	case UFFD_EVENT_REMAP: {
-		uint64_t from = msg->arg.remap.from, to = msg->arg.remap.to,
-		         len = msg->arg.remap.len;
-		struct region *reg = engine_region_find(eng, from);
-
-		ctr_add(&w->m.remap_events, 1);
-		if (!reg || reg->r.host_addr != from || reg->r.size != len) {
-			engine_finish(
-			    eng, ENGINE_FAILED,
-			    "%s: mremap of [0x%" PRIx64 ", 0x%" PRIx64 ") to 0x%" PRIx64
-			    " does not move one whole region; partial moves are not supported",
-			    eng->name, from, from + len, to);
-			return -EPROTO;
-		}
-		reg->r.host_addr = to;
-		/* Keep the table sorted for engine_region_find. */
-		for (size_t i = 0; i + 1 < eng->nregions; i++)
-			for (size_t j = 0; j + 1 < eng->nregions - i; j++)
-				if (eng->regions[j].r.host_addr > eng->regions[j + 1].r.host_addr) {
-					struct region t = eng->regions[j];
-					eng->regions[j] = eng->regions[j + 1];
-					eng->regions[j + 1] = t;
-				}
-		return 0;
-	}
-	case UFFD_EVENT_FORK:
-		/* Reading the event installed the child's userfaultfd in our fd
-		 * table: close it, or every fork of the peer leaks one. */
-		close((int)msg->arg.fork.ufd);
-		engine_finish(eng, ENGINE_FAILED,
-		              "%s: unexpected userfaultfd event FORK (the peer enabled "
-		              "UFFD_FEATURE_EVENT_FORK, which lazyvm does not handle)",
-		              eng->name);
-		return -EPROTO;
-	default:
-		engine_finish(eng, ENGINE_FAILED, "%s: unexpected userfaultfd event %u", eng->name,
-		              msg->event);
-		return -EPROTO;
-	}
-}
-
 static int install_one(struct worker *w, struct todo *t);
 
 /* Gives claimed pages back uninstalled (the map stays true when a worker
  * stops or must retry). */
-static void release_todos(struct todo *t, unsigned n)
+void engine_release_todos(struct todo *t, unsigned n)
 {
 	for (unsigned i = 0; i < n; i++)
 		for (uint32_t j = 0; j < t[i].npages; j++)
@@ -178,7 +95,7 @@ static void release_todos(struct todo *t, unsigned n)
 /* Fault-around: after the faulting page (already claimed, previously `prev`),
  * claims the missing pages right after it so they come in the same read and
  * the same install. Returns the run's length in pages (>= 1). */
-static uint32_t claim_run(struct engine *eng, struct region *reg, uint64_t idx,
+uint32_t engine_claim_run(struct engine *eng, struct region *reg, uint64_t idx,
                           enum page_state prev, size_t room)
 {
 	uint32_t run = 1;
@@ -190,122 +107,12 @@ static uint32_t claim_run(struct engine *eng, struct region *reg, uint64_t idx,
 	return run;
 }
 
-/* Reads up to `max` messages and never blocks, whatever the peer does to the
- * file's flags: the userfaultfd's file description is shared with the peer, which
- * may clear O_NONBLOCK after the hand-off, and a worker stuck in a blocking read
- * would make engine_stop wait for ever. RWF_NOWAIT asks for a non-blocking read
- * of this one call (userfaultfd honours it since it moved to read_iter; measured
- * here on 6.18); kernels where it still has a plain ->read (Debian 12's 6.1)
- * refuse it with EOPNOTSUPP, and then the flag is checked before each read:
- * that leaves a window of one system call, which only a peer flipping the flag
- * on purpose can hit. Returns a count, or -EPROTO after recording why. */
-static int read_events_nowait(struct engine *eng, struct uffd_msg *msgs, unsigned max)
-{
-	struct iovec iov = {.iov_base = msgs, .iov_len = sizeof(*msgs) * max};
-	int fl;
-
-	while (!atomic_load_explicit(&eng->no_rwf_nowait, memory_order_relaxed)) {
-		ssize_t n = preadv2(eng->cfg.uffd, &iov, 1, -1, RWF_NOWAIT);
-
-		if (n >= 0)
-			return (int)((size_t)n / sizeof(*msgs));
-		if (errno == EINTR)
-			continue;
-		if (errno == EAGAIN)
-			return 0;
-		if (errno != EOPNOTSUPP && errno != EINVAL)
-			return -errno;
-		atomic_store(&eng->no_rwf_nowait, true);
-	}
-	fl = fcntl(eng->cfg.uffd, F_GETFL);
-	if (fl >= 0 && !(fl & O_NONBLOCK)) {
-		engine_finish(eng, ENGINE_FAILED,
-		              "%s: the userfaultfd lost O_NONBLOCK after the hand-off (its owner "
-		              "cleared it) and this kernel has no RWF_NOWAIT for it: a blocking "
-		              "read could hang this engine, so it stops",
-		              eng->name);
-		return -EPROTO;
-	}
-	return uffd_read_events(eng->cfg.uffd, msgs, max);
-}
-
-/* Reads one batch of messages under the write lock, handles events there and
- * turns faults into todos. Returns the number of todos (>= 0) or -errno;
- * *nmsgs gets the number of messages read. */
-static int intake_batch(struct worker *w, struct todo *todo, int *nmsgs)
-{
-	struct engine *eng = w->eng;
-	struct uffd_msg msgs[EVENT_BATCH];
-	unsigned ntodo = 0;
-	size_t buf_used = 0;
-	uint64_t now;
-	int n;
-
-	pthread_rwlock_wrlock(&eng->install_lock);
-	n = read_events_nowait(eng, msgs, eng->batch_max);
-	now = lv_now_ns();
-	*nmsgs = n > 0 ? n : 0;
-	for (int i = 0; i < n; i++) {
-		if (msgs[i].event != UFFD_EVENT_PAGEFAULT) {
-			if (handle_event(w, &msgs[i]) < 0) {
-				n = -EPROTO;
-				break;
-			}
-			continue;
-		}
-		uint64_t addr = msgs[i].arg.pagefault.address;
-		struct region *reg = engine_region_find(eng, addr);
-
-		ctr_add(&w->m.faults, 1);
-		atomic_store_explicit(&eng->last_demand_ns, now, memory_order_relaxed);
-		if (!reg) {
-			engine_finish(eng, ENGINE_FAILED,
-			              "%s: fault at 0x%" PRIx64
-			              " outside every region the peer declared",
-			              eng->name, addr);
-			n = -EPROTO;
-			break;
-		}
-		uint64_t idx = (addr - reg->r.host_addr) >> reg->shift;
-		enum page_state prev = pagemap_claim(reg->pm, idx);
-		if (eng->cfg.blocktime && prev != PAGE_PRESENT && msgs[i].arg.pagefault.feat.ptid)
-			blocktime_begin(eng->cfg.blocktime, (int)msgs[i].arg.pagefault.feat.ptid,
-			                page_addr(reg, idx), now);
-		if (prev == PAGE_INFLIGHT) {
-			ctr_add(&w->m.faults_shared, 1);
-		} else if (prev == PAGE_PRESENT) {
-			/* Installed after the fault was queued: the install woke it already,
-			 * but a wake is cheap and a stranded vCPU is not. */
-			ctr_add(&w->m.faults_stale, 1);
-			uffd_wake(eng->cfg.uffd, page_addr(reg, idx), reg->r.page_size);
-		} else {
-			uint32_t run = claim_run(eng, reg, idx, prev, WORKER_BUF_BYTES - buf_used);
-			todo[ntodo++] = (struct todo){.reg = reg,
-			                              .idx = idx,
-			                              .npages = run,
-			                              .zero = prev == PAGE_REMOVED,
-			                              .data = w->buf + buf_used,
-			                              .t0 = now};
-			if (prev != PAGE_REMOVED)
-				buf_used += run * reg->r.page_size;
-		}
-	}
-	pthread_rwlock_unlock(&eng->install_lock);
-	if (n < 0) {
-		release_todos(todo, ntodo);
-		return n;
-	}
-	if (n > 0)
-		ctr_add(&w->m.read_batches, 1);
-	return n < 0 ? n : (int)ntodo;
-}
-
 /* Gives a claimed page back (after EAGAIN) and wakes its waiters: they retry
  * the access and fault again, by which time the event that made the kernel
  * refuse the install has been read. */
 static void release_and_wake(struct engine *eng, struct todo *t)
 {
-	release_todos(t, 1);
+	engine_release_todos(t, 1);
 	uffd_wake(eng->cfg.uffd, page_addr(t->reg, t->idx), t->npages * t->reg->r.page_size);
 }
 
@@ -325,7 +132,7 @@ static int install_split(struct worker *w, struct todo *t)
 			struct todo rest = *t;
 			rest.idx += j + 1;
 			rest.npages -= j + 1;
-			release_todos(&rest, 1);
+			engine_release_todos(&rest, 1);
 			return r;
 		}
 		if (j)
@@ -451,92 +258,17 @@ void engine_serve_batch(struct worker *w, struct todo *todo, unsigned n)
 			    source_strerror(eng->cfg.source, reqs[q].result, why, sizeof(why)));
 			break;
 		}
-		release_todos(todo, n);
+		engine_release_todos(todo, n);
 		return;
 	}
 	for (unsigned q = 0; q < nreq; q++)
 		ctr_add(&w->m.bytes_read, reqs[q].len);
 	for (unsigned i = 0; i < n; i++) {
 		if (install_one(w, &todo[i]) < 0) {
-			release_todos(todo + i + 1, n - i - 1);
+			engine_release_todos(todo + i + 1, n - i - 1);
 			return;
 		}
 	}
-}
-
-/* One empty spin of a busy worker: true when it has been idle long enough to
- * sleep in poll until the next fault instead of burning the CPU. */
-static bool spin_idle(const struct engine *eng, uint64_t last_msg)
-{
-	if (eng->cfg.busy_idle_ns && lv_now_ns() - last_msg > eng->cfg.busy_idle_ns)
-		return true;
-	cpu_relax();
-	return false;
-}
-
-static void *worker_main(void *arg)
-{
-	struct worker *w = arg;
-	struct engine *eng = w->eng;
-	struct todo todo[EVENT_BATCH];
-	bool block = eng->cfg.intake == ENGINE_INTAKE_BLOCK;
-	uint64_t last_msg = lv_now_ns();
-
-	while (!atomic_load_explicit(&eng->stopping, memory_order_relaxed)) {
-		int nmsgs, n;
-
-		if (block) {
-			struct pollfd p[2] = {{.fd = eng->cfg.uffd, .events = POLLIN},
-			                      {.fd = eng->stop_efd, .events = POLLIN}};
-
-			if (poll(p, 2, -1) < 0) {
-				if (errno == EINTR)
-					continue;
-				engine_finish(eng, ENGINE_FAILED, "%s: poll on the userfaultfd: %s",
-				              eng->name, strerror(errno));
-				break;
-			}
-			if (p[1].revents)
-				break;
-			if (p[0].revents & (POLLERR | POLLNVAL)) {
-				engine_finish(
-				    eng, ENGINE_FAILED,
-				    "%s: the userfaultfd reports an error (poll revents 0x%x)",
-				    eng->name, p[0].revents);
-				break;
-			}
-		} else {
-			/* Busy: look without the lock (a zero-timeout poll) and take the
-			 * write lock only to read what is there, so spinning workers do
-			 * not hold up each other's installs. */
-			struct pollfd p = {.fd = eng->cfg.uffd, .events = POLLIN};
-
-			/* A lone worker has no one to hold up: it reads straight away
-			 * (one system call a spin, as the minimal handler does). */
-			if (eng->cfg.threads > 1 && poll(&p, 1, 0) == 0) {
-				block = spin_idle(eng, last_msg);
-				continue;
-			}
-		}
-		n = intake_batch(w, todo, &nmsgs);
-		if (n < 0) {
-			if (n != -EPROTO)
-				engine_finish(eng, ENGINE_FAILED, "%s: reading the userfaultfd: %s",
-				              eng->name, strerror(-n));
-			break;
-		}
-		if (nmsgs == 0) {
-			if (!block)
-				block = spin_idle(eng, last_msg);
-			continue; /* nothing there, or another worker took it */
-		}
-		if (eng->cfg.intake == ENGINE_INTAKE_BUSY) {
-			block = false;
-			last_msg = lv_now_ns();
-		}
-		engine_serve_batch(w, todo, (unsigned)n);
-	}
-	return NULL;
 }
 
 int engine_create(const struct engine_config *cfg, struct engine **out)
@@ -651,7 +383,7 @@ int engine_start(struct engine *eng)
 		}
 		if (i >= eng->cfg.threads)
 			continue; /* a resolver: driven by engine_resolve, no thread */
-		r = -pthread_create(&w->thread, NULL, worker_main, w);
+		r = -pthread_create(&w->thread, NULL, engine_worker_main, w);
 		if (r < 0)
 			goto err_stop;
 		w->started = true;
@@ -749,7 +481,7 @@ int engine_resolve(struct engine *eng, unsigned slot, uint64_t addr, struct engi
 	/* From here the install (or its failure) ends this thread's wait. */
 	struct todo t = {.reg = reg,
 	                 .idx = idx,
-	                 .npages = claim_run(eng, reg, idx, prev, WORKER_BUF_BYTES),
+	                 .npages = engine_claim_run(eng, reg, idx, prev, WORKER_BUF_BYTES),
 	                 .zero = prev == PAGE_REMOVED,
 	                 .data = w->buf,
 	                 .t0 = t0};

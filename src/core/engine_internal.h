@@ -98,6 +98,26 @@ struct region *engine_region_find(struct engine *eng, uint64_t addr);
  * leaves RUNNING) and releases the claims not reached. */
 void engine_serve_batch(struct worker *w, struct todo *todo, unsigned n);
 
+/* engine.c: records the first terminal status and its reason (the status
+ * leaves RUNNING only after the message is in place) and tells the
+ * supervisor and every worker. */
+void engine_finish(struct engine *eng, enum engine_status st, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* engine.c: gives claimed pages back uninstalled (the map stays true when a
+ * worker stops or must retry). */
+void engine_release_todos(struct todo *t, unsigned n);
+
+/* engine.c: fault-around: after the faulting page (claimed, previously
+ * `prev`), claims the missing pages right after it, as long as they fit in
+ * `room` bytes. Returns the run's length in pages (>= 1). */
+uint32_t engine_claim_run(struct engine *eng, struct region *reg, uint64_t idx,
+                          enum page_state prev, size_t room);
+
+/* engine_intake.c: a handler thread: poll (block) or spin (busy) on the
+ * userfaultfd, read a batch, serve it; until eng->stopping. */
+void *engine_worker_main(void *arg);
+
 /* engine_prefetch.c: called for every run installed while eng->recording. */
 void engine_record_run(struct engine *eng, struct region *reg, uint64_t idx, uint32_t n);
 
