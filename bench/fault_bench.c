@@ -44,23 +44,23 @@
 #include "lazyvm/fc_handshake.h"
 #include "lazyvm/units.h"
 
-#define PAGE 4096u
-#define MIB ((uint64_t)1 << 20)
-#define SEC_NS 1000000000ull
+#define PAGE             4096u
+#define MIB              ((uint64_t)1 << 20)
+#define SEC_NS           1000000000ull
 #define HANDLER_START_NS (5 * SEC_NS) /* a handler must listen within this */
-#define HANDLER_STOP_NS (5 * SEC_NS)  /* and exit within this after the run */
-#define POLL_STEP_NS (1000000ull)     /* 1 ms between checks while waiting */
-#define MAX_THREADS 64u
-#define MAX_TLIST 8u
-#define MAX_REPS 1000u
-#define CHUNK (1u << 20) /* file reads for verification */
-#define FLOOR_EOF_CHECK 16384u /* busy floor: empty reads between EOF checks */
-#define SEED 0x6c617a79766dull /* fixed: every variant touches pages in the same order */
+#define HANDLER_STOP_NS  (5 * SEC_NS) /* and exit within this after the run */
+#define POLL_STEP_NS     (1000000ull) /* 1 ms between checks while waiting */
+#define MAX_THREADS      64u
+#define MAX_TLIST        8u
+#define MAX_REPS         1000u
+#define CHUNK            (1u << 20)        /* file reads for verification */
+#define FLOOR_EOF_CHECK  16384u            /* busy floor: empty reads between EOF checks */
+#define SEED             0x6c617a79766dull /* fixed: every variant touches pages in the same order */
 
-#define DEF_SIZE (32 * MIB)
-#define DEF_SEQ_SIZE (256 * MIB)
-#define DEF_REPS 5u
-#define QUICK_SIZE (4 * MIB)
+#define DEF_SIZE       (32 * MIB)
+#define DEF_SEQ_SIZE   (256 * MIB)
+#define DEF_REPS       5u
+#define QUICK_SIZE     (4 * MIB)
 #define QUICK_SEQ_SIZE (16 * MIB)
 
 enum kind { FLOOR, LAZYVM };
@@ -74,10 +74,10 @@ struct variant {
 };
 
 static const struct variant variants[] = {
-	{"floor-block", FLOOR, BLOCK},
-	{"lazyvm-block", LAZYVM, BLOCK},
-	{"floor-busy", FLOOR, BUSY},
-	{"lazyvm-busy", LAZYVM, BUSY},
+    {"floor-block", FLOOR, BLOCK},
+    {"lazyvm-block", LAZYVM, BLOCK},
+    {"floor-busy", FLOOR, BUSY},
+    {"lazyvm-busy", LAZYVM, BUSY},
 };
 #define NVARIANTS (sizeof(variants) / sizeof(variants[0]))
 
@@ -160,7 +160,7 @@ static void print_log_tail(void)
 	if (n > 0) {
 		buf[n] = '\0';
 		fprintf(stderr, "--- end of the lazyvm handler's log ---\n%s%s---\n", buf,
-			buf[n - 1] == '\n' ? "" : "\n");
+		        buf[n - 1] == '\n' ? "" : "\n");
 	}
 }
 
@@ -181,7 +181,7 @@ static void die(const char *fmt, ...)
 
 /* Like die, but first shows what the lazyvm handler logged. */
 static void die_log(const struct variant *v, const char *fmt, ...)
-	__attribute__((format(printf, 2, 3), noreturn));
+    __attribute__((format(printf, 2, 3), noreturn));
 static void die_log(const struct variant *v, const char *fmt, ...)
 {
 	char msg[1024];
@@ -200,7 +200,8 @@ static const char *describe_status(int st, char *buf, size_t len)
 	if (WIFEXITED(st))
 		snprintf(buf, len, "exit status %d", WEXITSTATUS(st));
 	else if (WIFSIGNALED(st))
-		snprintf(buf, len, "killed by signal %d (%s)", WTERMSIG(st), strsignal(WTERMSIG(st)));
+		snprintf(buf, len, "killed by signal %d (%s)", WTERMSIG(st),
+		         strsignal(WTERMSIG(st)));
 	else
 		snprintf(buf, len, "wait status 0x%x", st);
 	return buf;
@@ -218,11 +219,17 @@ static uint64_t splitmix64(uint64_t *s)
 }
 
 /* Uniform in [0, n), n > 0 (the modulo bias is irrelevant at these sizes). */
-static uint64_t rand_below(uint64_t *s, uint64_t n) { return splitmix64(s) % n; }
+static uint64_t rand_below(uint64_t *s, uint64_t n)
+{
+	return splitmix64(s) % n;
+}
 
 /* The byte of page p a touch reads: varies over the page, so a page installed
  * at the wrong offset within the file is caught as well as a wrong page. */
-static inline uint64_t byte_off(uint64_t p) { return (p * 2654435761ull) & (PAGE - 1); }
+static inline uint64_t byte_off(uint64_t p)
+{
+	return (p * 2654435761ull) & (PAGE - 1);
+}
 
 static int cmp_u64(const void *a, const void *b)
 {
@@ -303,11 +310,15 @@ static int pread_full(int fd, void *buf, size_t len, uint64_t off)
 	return 0;
 }
 
-static void sleep_step(void) { lv_sleep_ns(POLL_STEP_NS); }
+static void sleep_step(void)
+{
+	lv_sleep_ns(POLL_STEP_NS);
+}
 
 /* ---- the floor handlers (run in a forked child; never return) ---- */
 
-static void floor_fail(const char *name, const char *fmt, ...) __attribute__((format(printf, 2, 3), noreturn));
+static void floor_fail(const char *name, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3), noreturn));
 static void floor_fail(const char *name, const char *fmt, ...)
 {
 	char msg[512];
@@ -345,15 +356,19 @@ static int floor_accept(const char *name, struct fc_handshake *hs, int *conn_out
 			char b[CMSG_SPACE(4 * sizeof(int))];
 			struct cmsghdr align;
 		} ctrl;
-		struct iovec iov = {.iov_base = buf + len, .iov_len = FC_HANDSHAKE_MAX_BYTES + 1 - len};
-		struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctrl.b,
-				    .msg_controllen = sizeof(ctrl.b)};
+		struct iovec iov = {.iov_base = buf + len,
+		                    .iov_len = FC_HANDSHAKE_MAX_BYTES + 1 - len};
+		struct msghdr mh = {.msg_iov = &iov,
+		                    .msg_iovlen = 1,
+		                    .msg_control = ctrl.b,
+		                    .msg_controllen = sizeof(ctrl.b)};
 		ssize_t n = recvmsg(conn, &mh, MSG_CMSG_CLOEXEC);
 
 		if (n < 0 && errno == EINTR)
 			continue;
 		if (n <= 0)
-			floor_fail(name, "reading the hand-off: %s", n ? strerror(errno) : "end of file");
+			floor_fail(name, "reading the hand-off: %s",
+			           n ? strerror(errno) : "end of file");
 		for (struct cmsghdr *cm = CMSG_FIRSTHDR(&mh); cm; cm = CMSG_NXTHDR(&mh, cm))
 			if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS && uffd < 0)
 				memcpy(&uffd, CMSG_DATA(cm), sizeof(int));
@@ -387,7 +402,7 @@ static bool floor_peer_gone(int conn)
 /* Serves one message: pread the page, UFFDIO_COPY it. Returns false when the
  * address space is gone. */
 static bool floor_serve(const char *name, const struct fc_handshake *hs, int uffd, int mem_fd,
-			const struct uffd_msg *msg, unsigned char *page)
+                        const struct uffd_msg *msg, unsigned char *page)
 {
 	uint64_t addr, off = UINT64_MAX;
 
@@ -428,7 +443,8 @@ static void floor_main(const struct variant *v)
 	if (mem_fd < 0)
 		floor_fail(v->name, "cannot open %s: %s", g.mem_path, strerror(errno));
 	if (v->intake == BLOCK) {
-		struct pollfd p[2] = {{.fd = uffd, .events = POLLIN}, {.fd = conn, .events = POLLIN}};
+		struct pollfd p[2] = {{.fd = uffd, .events = POLLIN},
+		                      {.fd = conn, .events = POLLIN}};
 
 		for (;;) {
 			if (poll(p, 2, -1) < 0) {
@@ -444,11 +460,12 @@ static void floor_main(const struct variant *v)
 						_exit(0);
 				} else if (n >= 0 || (errno != EAGAIN && errno != EINTR)) {
 					floor_fail(v->name, "reading the userfaultfd: %s",
-						   n < 0 ? strerror(errno) : "short read");
+					           n < 0 ? strerror(errno) : "short read");
 				}
 			} else if (p[0].revents & (POLLERR | POLLHUP | POLLNVAL)) {
-				floor_fail(v->name, "the userfaultfd reports an error (revents 0x%x)",
-					   p[0].revents);
+				floor_fail(v->name,
+				           "the userfaultfd reports an error (revents 0x%x)",
+				           p[0].revents);
 			}
 			if (p[1].revents && floor_peer_gone(conn))
 				_exit(0);
@@ -464,7 +481,7 @@ static void floor_main(const struct variant *v)
 		}
 		if (n >= 0 || (errno != EAGAIN && errno != EINTR))
 			floor_fail(v->name, "reading the userfaultfd: %s",
-				   n < 0 ? strerror(errno) : "short read");
+			           n < 0 ? strerror(errno) : "short read");
 		if (++empty % FLOOR_EOF_CHECK == 0 && floor_peer_gone(conn))
 			_exit(0);
 	}
@@ -518,7 +535,8 @@ static pid_t start_handler(const struct variant *v)
 	prctl(PR_SET_PDEATHSIG, SIGKILL);
 	if (getppid() != parent)
 		_exit(1);
-	if (g.pin != PIN_NONE && sched_setaffinity(0, sizeof(g.handler_cpus), &g.handler_cpus) < 0) {
+	if (g.pin != PIN_NONE &&
+	    sched_setaffinity(0, sizeof(g.handler_cpus), &g.handler_cpus) < 0) {
 		fprintf(stderr, "fault_bench: sched_setaffinity: %s\n", strerror(errno));
 		_exit(127);
 	}
@@ -530,7 +548,8 @@ static pid_t start_handler(const struct variant *v)
 	int log_fd = open(g.log_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
 
 	if (log_fd < 0 || dup2(log_fd, 1) < 0 || dup2(log_fd, 2) < 0) {
-		dprintf(err_fd, "fault_bench: cannot open the log %s: %s\n", g.log_path, strerror(errno));
+		dprintf(err_fd, "fault_bench: cannot open the log %s: %s\n", g.log_path,
+		        strerror(errno));
 		_exit(127);
 	}
 	lazyvm_argv(v, argv);
@@ -552,10 +571,11 @@ static void handoff(const struct variant *v, pid_t pid, struct fc_vm *vm)
 		if (waitpid(pid, &st, WNOHANG) == pid) {
 			g.child = 0;
 			die_log(v, "the %s handler ended (%s) before accepting the VM", v->name,
-				describe_status(st, st_buf, sizeof(st_buf)));
+			        describe_status(st, st_buf, sizeof(st_buf)));
 		}
 		if (stat(g.sock_path, &sb) == 0 && S_ISSOCK(sb.st_mode)) {
-			int r = fc_vm_handoff(vm, g.sock_path, FC_BAD_NONE, FC_FIELDS_BOTH, why, sizeof(why));
+			int r = fc_vm_handoff(vm, g.sock_path, FC_BAD_NONE, FC_FIELDS_BOTH, why,
+			                      sizeof(why));
 
 			if (r == 0)
 				return;
@@ -567,8 +587,8 @@ static void handoff(const struct variant *v, pid_t pid, struct fc_vm *vm)
 				die_log(v, "handing the VM to the %s handler: %s", v->name, why);
 		}
 		if (lv_now_ns() > deadline)
-			die_log(v, "the %s handler did not come up within 5 s (no socket at %s)", v->name,
-				g.sock_path);
+			die_log(v, "the %s handler did not come up within 5 s (no socket at %s)",
+			        v->name, g.sock_path);
 		sleep_step();
 	}
 }
@@ -594,15 +614,15 @@ static void stop_handler(const struct variant *v, pid_t pid)
 		}
 		if (lv_now_ns() > deadline)
 			die_log(v, "the %s handler did not exit within 5 s after the run (killed)",
-				v->name); /* cleanup() kills and reaps it */
+			        v->name); /* cleanup() kills and reaps it */
 		sleep_step();
 	}
 	g.child = 0;
 	g.handler_cpu_s = (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
-			  (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
+	                  (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
 	if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
 		die_log(v, "the %s handler ended with %s", v->name,
-			describe_status(st, st_buf, sizeof(st_buf)));
+		        describe_status(st, st_buf, sizeof(st_buf)));
 }
 
 /* ---- the client side: touching pages ---- */
@@ -651,7 +671,7 @@ static void *touch_main(void *arg)
 
 /* Compares the VM's bytes [0, len) with the memory file's. */
 static void verify_range(const struct variant *v, const struct fc_vm *vm, const unsigned char *base,
-			 uint64_t from, uint64_t len, unsigned char *chunk)
+                         uint64_t from, uint64_t len, unsigned char *chunk)
 {
 	for (uint64_t off = from; off < from + len; off += CHUNK) {
 		size_t n = (size_t)(from + len - off < CHUNK ? from + len - off : CHUNK);
@@ -664,9 +684,10 @@ static void verify_range(const struct variant *v, const struct fc_vm *vm, const 
 
 			while (base[off + i] == chunk[i])
 				i++;
-			die_log(v, "%s: the VM's byte at offset %" PRIu64 " (page %" PRIu64
-				   ") is 0x%02x, the memory file has 0x%02x: a broken run, no numbers",
-				v->name, off + i, (off + i) / PAGE, base[off + i], chunk[i]);
+			die_log(v,
+			        "%s: the VM's byte at offset %" PRIu64 " (page %" PRIu64
+			        ") is 0x%02x, the memory file has 0x%02x: a broken run, no numbers",
+			        v->name, off + i, (off + i) / PAGE, base[off + i], chunk[i]);
 		}
 	}
 }
@@ -674,7 +695,7 @@ static void verify_range(const struct variant *v, const struct fc_vm *vm, const 
 /* One run: a fresh handler and VM; `nthreads` threads touch the first `pages`
  * pages (shuffled shares) or one thread touches them in order (sequential). */
 static void run_one(const struct variant *v, uint64_t pages, unsigned nthreads, bool sequential,
-		    struct run_result *res)
+                    struct run_result *res)
 {
 	struct toucher t[MAX_THREADS];
 	pthread_barrier_t bar;
@@ -693,7 +714,8 @@ static void run_one(const struct variant *v, uint64_t pages, unsigned nthreads, 
 	for (unsigned i = 0; i < nthreads; i++) {
 		uint64_t lo = pages * i / nthreads, hi = pages * (i + 1) / nthreads, s = SEED + i;
 
-		t[i] = (struct toucher){.bar = &bar, .order = order + lo, .n = hi - lo, .lat = lat + lo};
+		t[i] = (struct toucher){
+		    .bar = &bar, .order = order + lo, .n = hi - lo, .lat = lat + lo};
 		for (uint64_t k = hi - lo; !sequential && k > 1; k--) {
 			uint64_t j = rand_below(&s, k), x = order[lo + k - 1];
 			order[lo + k - 1] = order[lo + j];
@@ -706,7 +728,8 @@ static void run_one(const struct variant *v, uint64_t pages, unsigned nthreads, 
 	if (fc_vm_create(&vm, g.mem_path, 1, PAGE, why, sizeof(why)) < 0)
 		die("creating the VM: %s", why);
 	handoff(v, pid, &vm);
-	const unsigned char *base = (const unsigned char *)(uintptr_t)vm.regions[0].base_host_virt_addr;
+	const unsigned char *base =
+	    (const unsigned char *)(uintptr_t)vm.regions[0].base_host_virt_addr;
 
 	/* One untimed fault on a page outside the measured range: the handler has
 	 * then read the hand-off and started serving, so no sample pays for that. */
@@ -731,18 +754,21 @@ static void run_one(const struct variant *v, uint64_t pages, unsigned nthreads, 
 		int r = pthread_timedjoin_np(t[i].th, NULL, &dl);
 
 		if (r == ETIMEDOUT)
-			die_log(v, "%s: the touch phase did not finish in time: the handler stopped "
-				   "serving faults", v->name);
+			die_log(v,
+			        "%s: the touch phase did not finish in time: the handler stopped "
+			        "serving faults",
+			        v->name);
 		if (r)
 			die("pthread_join: %s", strerror(r));
 	}
 	pthread_barrier_destroy(&bar);
 	for (unsigned i = 0; i < nthreads; i++) {
 		if (t[i].bad)
-			die_log(v, "%s: page %" PRIu64 " read 0x%02x at byte %" PRIu64
-				   ", the memory file has 0x%02x: a broken run, no numbers",
-				v->name, t[i].bad_page, t[i].got, byte_off(t[i].bad_page),
-				g.expected[t[i].bad_page]);
+			die_log(v,
+			        "%s: page %" PRIu64 " read 0x%02x at byte %" PRIu64
+			        ", the memory file has 0x%02x: a broken run, no numbers",
+			        v->name, t[i].bad_page, t[i].got, byte_off(t[i].bad_page),
+			        g.expected[t[i].bad_page]);
 		if (t[i].t_start < start)
 			start = t[i].t_start;
 		if (t[i].t_end > end)
@@ -856,11 +882,12 @@ static void command_line(int argc, char **argv, char *buf, size_t len)
 
 	buf[0] = '\0';
 	for (int i = 0; i < argc && pos < len; i++) {
-		bool plain = argv[i][0] != '\0' && strspn(argv[i], "abcdefghijklmnopqrstuvwxyz"
-								    "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
-								    "0123456789-_./=,:+%@") ==
-								strlen(argv[i]);
-		int n = snprintf(buf + pos, len - pos, plain ? "%s%s" : "%s'%s'", i ? " " : "", argv[i]);
+		bool plain = argv[i][0] != '\0' &&
+		             strspn(argv[i], "abcdefghijklmnopqrstuvwxyz"
+		                             "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+		                             "0123456789-_./=,:+%@") == strlen(argv[i]);
+		int n = snprintf(buf + pos, len - pos, plain ? "%s%s" : "%s'%s'", i ? " " : "",
+		                 argv[i]);
 
 		if (n < 0)
 			break;
@@ -869,43 +896,43 @@ static void command_line(int argc, char **argv, char *buf, size_t len)
 }
 
 static const char usage_text[] =
-	"Usage: fault_bench [OPTIONS]\n"
-	"\n"
-	"Compares lazyvm's fc-handler with the floor (the least any userfaultfd handler\n"
-	"must do: read a fault, pread the page, UFFDIO_COPY it), both serving the same\n"
-	"memory file, in one run. This process is the client: it maps the VM memory,\n"
-	"hands the userfaultfd to the handler as Firecracker does, and times the first\n"
-	"touch of every page. Variants: floor-block, lazyvm-block, floor-busy,\n"
-	"lazyvm-busy, interleaved in a shuffled order in every repetition.\n"
-	"\n"
-	"Tests:\n"
-	"  latency     T threads (each of --threads) touch disjoint shares of the first\n"
-	"              --size bytes, in random order; median and p99 of the touch\n"
-	"              latency, pages per second\n"
-	"  sequential  one thread touches the first --seq-size bytes in address order;\n"
-	"              total seconds\n"
-	"\n"
-	"Options:\n"
-	"  --mem-file PATH   memory file to serve (default: a file of random bytes,\n"
-	"                    max(--size, --seq-size) + 4 KiB, created under $TMPDIR or\n"
-	"                    /tmp and deleted at the end); its last page is the untimed\n"
-	"                    warm-up page\n"
-	"  --size SIZE       bytes touched by the latency test (default 32M; 0 = skip)\n"
-	"  --seq-size SIZE   bytes touched by the sequential test (default 256M; 0 = skip)\n"
-	"  --reps N          repetitions (default 5); the report gives medians over them\n"
-	"  --threads LIST    touching threads of the latency test (default 1,2)\n"
-	"  --quick           smoke test: --size 4M --seq-size 16M --reps 1 (explicit\n"
-	"                    options win)\n"
-	"  --pin none|same|split  CPU placement (default none: the scheduler decides);\n"
-	"                    same: handler and client on the first allowed CPU; split:\n"
-	"                    handler on the last allowed CPU, client on the others\n"
-	"  --lazyvm PATH     the lazyvm binary (default: ../lazyvm next to this binary,\n"
-	"                    else $B/lazyvm, else build/lazyvm)\n"
-	"  -h, --help        this text\n"
-	"\n"
-	"The Markdown report goes to stdout, progress to stderr. Exit status: 0 after a\n"
-	"complete run, 1 on an error (a handler that fails, does not start within 5 s or\n"
-	"serves a wrong byte), 2 on bad usage.\n";
+    "Usage: fault_bench [OPTIONS]\n"
+    "\n"
+    "Compares lazyvm's fc-handler with the floor (the least any userfaultfd handler\n"
+    "must do: read a fault, pread the page, UFFDIO_COPY it), both serving the same\n"
+    "memory file, in one run. This process is the client: it maps the VM memory,\n"
+    "hands the userfaultfd to the handler as Firecracker does, and times the first\n"
+    "touch of every page. Variants: floor-block, lazyvm-block, floor-busy,\n"
+    "lazyvm-busy, interleaved in a shuffled order in every repetition.\n"
+    "\n"
+    "Tests:\n"
+    "  latency     T threads (each of --threads) touch disjoint shares of the first\n"
+    "              --size bytes, in random order; median and p99 of the touch\n"
+    "              latency, pages per second\n"
+    "  sequential  one thread touches the first --seq-size bytes in address order;\n"
+    "              total seconds\n"
+    "\n"
+    "Options:\n"
+    "  --mem-file PATH   memory file to serve (default: a file of random bytes,\n"
+    "                    max(--size, --seq-size) + 4 KiB, created under $TMPDIR or\n"
+    "                    /tmp and deleted at the end); its last page is the untimed\n"
+    "                    warm-up page\n"
+    "  --size SIZE       bytes touched by the latency test (default 32M; 0 = skip)\n"
+    "  --seq-size SIZE   bytes touched by the sequential test (default 256M; 0 = skip)\n"
+    "  --reps N          repetitions (default 5); the report gives medians over them\n"
+    "  --threads LIST    touching threads of the latency test (default 1,2)\n"
+    "  --quick           smoke test: --size 4M --seq-size 16M --reps 1 (explicit\n"
+    "                    options win)\n"
+    "  --pin none|same|split  CPU placement (default none: the scheduler decides);\n"
+    "                    same: handler and client on the first allowed CPU; split:\n"
+    "                    handler on the last allowed CPU, client on the others\n"
+    "  --lazyvm PATH     the lazyvm binary (default: ../lazyvm next to this binary,\n"
+    "                    else $B/lazyvm, else build/lazyvm)\n"
+    "  -h, --help        this text\n"
+    "\n"
+    "The Markdown report goes to stdout, progress to stderr. Exit status: 0 after a\n"
+    "complete run, 1 on an error (a handler that fails, does not start within 5 s or\n"
+    "serves a wrong byte), 2 on bad usage.\n";
 
 static void usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
 static void usage_error(const char *fmt, ...)
@@ -973,7 +1000,8 @@ static const char *find_lazyvm(void)
 		char *slash = strrchr(self, '/');
 		if (slash) {
 			*slash = '\0';
-			snprintf(path, sizeof(path), "%.*s/../lazyvm", (int)(sizeof(path) - 12), self);
+			snprintf(path, sizeof(path), "%.*s/../lazyvm", (int)(sizeof(path) - 12),
+			         self);
 			if (access(path, X_OK) == 0)
 				return path;
 		}
@@ -1017,7 +1045,8 @@ static void set_pinning(void)
 		CPU_SET(first, &client);
 	} else {
 		if (n < 2)
-			usage_error("--pin split needs two or more CPUs; this process may use %d", n);
+			usage_error("--pin split needs two or more CPUs; this process may use %d",
+			            n);
 		client = all;
 		CPU_CLR(last, &client);
 		CPU_SET(last, &g.handler_cpus);
@@ -1037,12 +1066,11 @@ static void fmt_mib(uint64_t bytes, char *buf, size_t len)
 int main(int argc, char **argv)
 {
 	static const struct option opts[] = {
-		{"mem-file", required_argument, 0, 'm'}, {"size", required_argument, 0, 's'},
-		{"seq-size", required_argument, 0, 'S'}, {"reps", required_argument, 0, 'r'},
-		{"threads", required_argument, 0, 't'},  {"quick", no_argument, 0, 'q'},
-		{"lazyvm", required_argument, 0, 'l'},   {"pin", required_argument, 0, 'p'},
-		{"help", no_argument, 0, 'h'},
-		{0, 0, 0, 0},
+	    {"mem-file", required_argument, 0, 'm'}, {"size", required_argument, 0, 's'},
+	    {"seq-size", required_argument, 0, 'S'}, {"reps", required_argument, 0, 'r'},
+	    {"threads", required_argument, 0, 't'},  {"quick", no_argument, 0, 'q'},
+	    {"lazyvm", required_argument, 0, 'l'},   {"pin", required_argument, 0, 'p'},
+	    {"help", no_argument, 0, 'h'},           {0, 0, 0, 0},
 	};
 	uint64_t size = DEF_SIZE, seq_size = DEF_SEQ_SIZE, bench_t0 = lv_now_ns();
 	bool size_set = false, seq_set = false, reps_set = false, quick = false;
@@ -1055,9 +1083,18 @@ int main(int argc, char **argv)
 	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
 		switch (c) {
 		case 'm': mem_file = optarg; break;
-		case 's': size = parse_size_opt("--size", optarg); size_set = true; break;
-		case 'S': seq_size = parse_size_opt("--seq-size", optarg); seq_set = true; break;
-		case 'r': reps = parse_uint_opt("--reps", optarg, 1, MAX_REPS); reps_set = true; break;
+		case 's':
+			size = parse_size_opt("--size", optarg);
+			size_set = true;
+			break;
+		case 'S':
+			seq_size = parse_size_opt("--seq-size", optarg);
+			seq_set = true;
+			break;
+		case 'r':
+			reps = parse_uint_opt("--reps", optarg, 1, MAX_REPS);
+			reps_set = true;
+			break;
 		case 't': ntl = parse_threads(optarg, tlist); break;
 		case 'q': quick = true; break;
 		case 'l': lazyvm = optarg; break;
@@ -1086,14 +1123,16 @@ int main(int argc, char **argv)
 		usage_error("--size and --seq-size are both 0: nothing to measure");
 	for (unsigned i = 0; i < ntl && size; i++)
 		if (size / PAGE < tlist[i])
-			usage_error("--size %" PRIu64 " has fewer pages than %u threads", size, tlist[i]);
+			usage_error("--size %" PRIu64 " has fewer pages than %u threads", size,
+			            tlist[i]);
 
 	if (g.pin != PIN_NONE)
 		set_pinning(); /* before any thread or child: they inherit the client's set */
 	g.lazyvm = lazyvm ? lazyvm : find_lazyvm();
 	if (access(g.lazyvm, X_OK) != 0)
-		usage_error("cannot run the lazyvm binary %s: %s (build it with make, or pass --lazyvm)",
-			    g.lazyvm, strerror(errno));
+		usage_error(
+		    "cannot run the lazyvm binary %s: %s (build it with make, or pass --lazyvm)",
+		    g.lazyvm, strerror(errno));
 
 	/* Our files live in one private directory; the signal handler removes it. */
 	const char *tmp = getenv("TMPDIR");
@@ -1111,7 +1150,9 @@ int main(int argc, char **argv)
 		char p[PATH_MAX];
 		snprintf(p, sizeof(p), "%s", g.sock_path);
 		g.sock_path[0] = '\0';
-		die("socket path %s is too long for a unix socket: set TMPDIR to a shorter directory", p);
+		die("socket path %s is too long for a unix socket: set TMPDIR to a shorter "
+		    "directory",
+		    p);
 	}
 	struct sigaction sa = {.sa_handler = on_signal};
 	sigemptyset(&sa.sa_mask);
@@ -1129,8 +1170,8 @@ int main(int argc, char **argv)
 		if (!S_ISREG(st.st_mode))
 			die("--mem-file %s is not a regular file", mem_file);
 		if ((uint64_t)st.st_size % PAGE || (uint64_t)st.st_size < 2 * PAGE)
-			die("--mem-file %s (%lld bytes) is not two or more whole 4 KiB pages", mem_file,
-			    (long long)st.st_size);
+			die("--mem-file %s (%lld bytes) is not two or more whole 4 KiB pages",
+			    mem_file, (long long)st.st_size);
 		g.file_size = (uint64_t)st.st_size;
 		/* The last page is the warm-up page: the tests use what lies before it. */
 		if (!size_set && size > g.file_size - PAGE)
@@ -1184,21 +1225,23 @@ int main(int argc, char **argv)
 				r = &seqr[jobs[k].v * reps + rep];
 				run_one(v, seq_size / PAGE, 1, true, r);
 				fprintf(stderr,
-					"rep %u/%u  %-12s  sequential %3" PRIu64 " MiB, 1 thread: %.3f s "
-					"(median %.1f us, p99 %.1f us; handler CPU %.2f s)\n",
-					rep + 1, reps, v->name, seq_size / MIB, r->wall_s, r->med_us,
-					r->p99_us, r->handler_cpu_s);
+				        "rep %u/%u  %-12s  sequential %3" PRIu64
+				        " MiB, 1 thread: %.3f s "
+				        "(median %.1f us, p99 %.1f us; handler CPU %.2f s)\n",
+				        rep + 1, reps, v->name, seq_size / MIB, r->wall_s,
+				        r->med_us, r->p99_us, r->handler_cpu_s);
 			} else {
 				unsigned T = tlist[jobs[k].ti];
 
 				r = &lat[(jobs[k].v * ntl + jobs[k].ti) * reps + rep];
 				run_one(v, size / PAGE, T, false, r);
-				fprintf(stderr,
-					"rep %u/%u  %-12s  random %3" PRIu64
-					" MiB, %u thread%s: median %.1f us, p99 %.1f us, %.0f pages/s; "
-					"handler CPU %.2f s\n",
-					rep + 1, reps, v->name, size / MIB, T, T > 1 ? "s" : " ", r->med_us,
-					r->p99_us, r->pps, r->handler_cpu_s);
+				fprintf(
+				    stderr,
+				    "rep %u/%u  %-12s  random %3" PRIu64
+				    " MiB, %u thread%s: median %.1f us, p99 %.1f us, %.0f pages/s; "
+				    "handler CPU %.2f s\n",
+				    rep + 1, reps, v->name, size / MIB, T, T > 1 ? "s" : " ",
+				    r->med_us, r->p99_us, r->pps, r->handler_cpu_s);
 			}
 		}
 	}
@@ -1215,8 +1258,8 @@ int main(int argc, char **argv)
 
 	printf("## lazyvm fc-handler vs. the floor\n\n");
 	printf("- Command: `%s`\n", cmdline);
-	printf("- Machine: %ld CPUs online (nproc), %s, Linux %s; %s\n", sysconf(_SC_NPROCESSORS_ONLN),
-	       cpu, un.release, date);
+	printf("- Machine: %ld CPUs online (nproc), %s, Linux %s; %s\n",
+	       sysconf(_SC_NPROCESSORS_ONLN), cpu, un.release, date);
 	fmt_mib(g.file_size - PAGE, buf_a, sizeof(buf_a));
 	printf("- Memory file: %s%s%s, %s + the 4 KiB warm-up page; the same file for every "
 	       "variant, read through the page cache\n",
@@ -1228,22 +1271,27 @@ int main(int argc, char **argv)
 		printf("%s`", vi > 1 ? " and " : " ");
 		for (unsigned i = 1; hargv[i]; i++)
 			printf("%s%s", i > 1 ? " " : "lazyvm ",
-			       hargv[i] == g.sock_path ? "S" : hargv[i] == g.mem_path ? "F" : hargv[i]);
+			       hargv[i] == g.sock_path  ? "S"
+			       : hargv[i] == g.mem_path ? "F"
+			                                : hargv[i]);
 		printf("`");
 	}
 	printf(", one fault thread per VM\n");
-	printf("- floor: a forked child of the benchmark, one thread; block: poll(2) on the UFFD "
-	       "and the connection, read one `uffd_msg`, pread(2) the page, `UFFDIO_COPY`; busy: the "
-	       "same spinning on a non-blocking read(2), no poll\n");
+	printf(
+	    "- floor: a forked child of the benchmark, one thread; block: poll(2) on the UFFD "
+	    "and the connection, read one `uffd_msg`, pread(2) the page, `UFFDIO_COPY`; busy: the "
+	    "same spinning on a non-blocking read(2), no poll\n");
 	printf("- Client: the benchmark itself (fc_vm_create: 1 region, 4 KiB pages; Firecracker's "
 	       "hand-off); a fresh handler and VM for every run; one untimed warm-up fault on the "
 	       "file's last page before timing\n");
-	printf("- Method: %u rep%s; in each, every (variant, test) runs once in a shuffled order; a "
-	       "cell is the median over reps of the run's value. Latency: CLOCK_MONOTONIC around a "
-	       "one-byte volatile read of the page's first touch; median and p99 are nearest-rank over "
-	       "the samples of all threads. Every byte read is checked against the file, and every "
-	       "touched page compared in full after the run\n",
-	       reps, reps > 1 ? "s" : "");
+	printf(
+	    "- Method: %u rep%s; in each, every (variant, test) runs once in a shuffled order; a "
+	    "cell is the median over reps of the run's value. Latency: CLOCK_MONOTONIC around a "
+	    "one-byte volatile read of the page's first touch; median and p99 are nearest-rank "
+	    "over "
+	    "the samples of all threads. Every byte read is checked against the file, and every "
+	    "touched page compared in full after the run\n",
+	    reps, reps > 1 ? "s" : "");
 	if (g.pin == PIN_NONE)
 		printf("- CPU placement: not pinned (the scheduler places handler and client)\n");
 	else
@@ -1255,10 +1303,12 @@ int main(int argc, char **argv)
 
 	if (size) {
 		fmt_mib(size, buf_a, sizeof(buf_a));
-		printf("### Random first touches: %s (%" PRIu64 " pages), disjoint shares per thread\n\n",
+		printf("### Random first touches: %s (%" PRIu64
+		       " pages), disjoint shares per thread\n\n",
 		       buf_a, size / PAGE);
-		printf("| variant | threads | median (us) | p99 (us) | pages/s | rep medians, min-max "
-		       "(us) | median ratio | p99 ratio | pages/s ratio |\n");
+		printf(
+		    "| variant | threads | median (us) | p99 (us) | pages/s | rep medians, min-max "
+		    "(us) | median ratio | p99 ratio | pages/s ratio |\n");
 		printf("|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
 		for (unsigned ti = 0; ti < ntl; ti++) {
 			double med[NVARIANTS], p99[NVARIANTS], pps[NVARIANTS];
@@ -1277,8 +1327,8 @@ int main(int argc, char **argv)
 				for (unsigned k = 0; k < reps; k++)
 					a[k] = r[k].pps;
 				pps[v] = median_of(a, reps);
-				printf("| %s | %u | %.1f | %.1f | %.0f | %.1f-%.1f |", variants[v].name,
-				       tlist[ti], med[v], p99[v], pps[v], lo, hi);
+				printf("| %s | %u | %.1f | %.1f | %.0f | %.1f-%.1f |",
+				       variants[v].name, tlist[ti], med[v], p99[v], pps[v], lo, hi);
 				if (variants[v].kind == LAZYVM)
 					printf(" %.2f | %.2f | %.2f |\n", med[v] / med[v - 1],
 					       p99[v] / p99[v - 1], pps[v] / pps[v - 1]);
@@ -1290,10 +1340,13 @@ int main(int argc, char **argv)
 	}
 	if (seq_size) {
 		fmt_mib(seq_size, buf_a, sizeof(buf_a));
-		printf("### Restore %s sequentially: 1 thread, %" PRIu64 " pages in address order\n\n",
+		printf("### Restore %s sequentially: 1 thread, %" PRIu64
+		       " pages in address order\n\n",
 		       buf_a, seq_size / PAGE);
-		printf("| intake | floor (s) | lazyvm (s) | lazyvm / floor | floor reps, min-max (s) | lazyvm "
-		       "reps, min-max (s) | floor median fault (us) | lazyvm median fault (us) |\n");
+		printf(
+		    "| intake | floor (s) | lazyvm (s) | lazyvm / floor | floor reps, min-max (s) "
+		    "| lazyvm "
+		    "reps, min-max (s) | floor median fault (us) | lazyvm median fault (us) |\n");
 		printf("|---|---:|---:|---:|---:|---:|---:|---:|\n");
 		for (unsigned vf = 0; vf < NVARIANTS; vf += 2) {
 			double s[2], lo[2], hi[2], m[2], a[MAX_REPS];
@@ -1312,8 +1365,8 @@ int main(int argc, char **argv)
 			snprintf(buf_a, sizeof(buf_a), "%.3f-%.3f", lo[0], hi[0]);
 			snprintf(buf_b, sizeof(buf_b), "%.3f-%.3f", lo[1], hi[1]);
 			printf("| %s | %.3f | %.3f | %.2f | %s | %s | %.1f | %.1f |\n",
-			       variants[vf].intake == BLOCK ? "block" : "busy", s[0], s[1], s[1] / s[0],
-			       buf_a, buf_b, m[0], m[1]);
+			       variants[vf].intake == BLOCK ? "block" : "busy", s[0], s[1],
+			       s[1] / s[0], buf_a, buf_b, m[0], m[1]);
 		}
 		printf("\n");
 	}
