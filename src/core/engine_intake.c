@@ -224,18 +224,40 @@ static bool spin_idle(const struct engine *eng, uint64_t last_msg)
 	return false;
 }
 
+/* Whether the userfaultfd has lost O_NONBLOCK (its owner cleared it), said
+ * once per engine. */
+static bool lost_nonblock(struct engine *eng)
+{
+	int fl = fcntl(eng->cfg.uffd, F_GETFL);
+
+	if (fl < 0 || (fl & O_NONBLOCK))
+		return false;
+	if (!atomic_exchange(&eng->nap_warned, true))
+		lv_warn("%s: the userfaultfd lost O_NONBLOCK after the hand-off (its owner cleared "
+		        "it), so poll cannot wait on it: looking for faults every millisecond",
+		        eng->name);
+	return true;
+}
+
 void *engine_worker_main(void *arg)
 {
 	struct worker *w = arg;
 	struct engine *eng = w->eng;
 	struct todo todo[EVENT_BATCH];
-	bool block = eng->cfg.intake == ENGINE_INTAKE_BLOCK;
+	bool block = eng->cfg.intake == ENGINE_INTAKE_BLOCK, nap = false;
 	uint64_t last_msg = lv_now_ns();
 
 	while (!atomic_load_explicit(&eng->stopping, memory_order_relaxed)) {
 		int nmsgs, n;
 
-		if (block) {
+		if (block && nap) {
+			/* poll cannot wait on this userfaultfd (below): look every
+			 * millisecond, reads never block (read_events_nowait). */
+			struct pollfd stop = {.fd = eng->stop_efd, .events = POLLIN};
+
+			if (poll(&stop, 1, 1) > 0)
+				break;
+		} else if (block) {
 			struct pollfd p[2] = {{.fd = eng->cfg.uffd, .events = POLLIN},
 			                      {.fd = eng->stop_efd, .events = POLLIN}};
 
@@ -248,6 +270,15 @@ void *engine_worker_main(void *arg)
 			}
 			if (p[1].revents)
 				break;
+			/* A userfaultfd without O_NONBLOCK always polls as POLLERR (the
+			 * kernel's way of saying poll cannot promise a read will not
+			 * block). Its owner cleared the flag after the hand-off: go on
+			 * serving by looking every millisecond, rather than leave the VM
+			 * without a page server. */
+			if ((p[0].revents & POLLERR) && lost_nonblock(eng)) {
+				nap = true;
+				continue;
+			}
 			if (p[0].revents & (POLLERR | POLLNVAL)) {
 				engine_finish(
 				    eng, ENGINE_FAILED,

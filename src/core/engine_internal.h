@@ -81,6 +81,7 @@ struct engine {
 	size_t nrec, caprec;
 	/* the kernel refuses RWF_NOWAIT on userfaultfd reads (before 6.8) */
 	_Atomic bool no_rwf_nowait;
+	_Atomic bool nap_warned; /* lost_nonblock said so (engine_intake.c) */
 };
 
 static inline uint64_t page_addr(const struct region *reg, uint64_t idx)

@@ -63,6 +63,15 @@ check "a peer that clears O_NONBLOCK after the hand-off is still served, busy in
     bash -c "[ $rc -eq 0 ] && grep -q 'cleared O_NONBLOCK' <<<'$out' && grep -q 'every byte matches' <<<'$out'"
 good_vm block "the handler serves the next VM afterwards"
 stop_handler block
+# Without O_NONBLOCK a userfaultfd always polls as POLLERR: a blocking-intake
+# worker (and a busy one that fell back to blocking when idle, which under
+# load is a matter of timing) must go on serving, not give the VM up.
+start_handler blockpoll --mem-file "$T/mem.img" --intake block --threads 2 --on-fatal report || exit 1
+out=$(client --socket "$T/blockpoll.sock" --mem-file "$T/mem.img" --threads 2 --clear-nonblock 2>&1); rc=$?
+check "block intake: a peer that clears O_NONBLOCK is still served, with a warning (status $rc)" \
+    bash -c "[ $rc -eq 0 ] && grep -q 'every byte matches' <<<'$out' && grep -q 'lost O_NONBLOCK' '$T/blockpoll.err'"
+good_vm blockpoll "the blocking-intake handler serves the next VM afterwards"
+stop_handler blockpoll
 
 echo "# 4. userfaultfd features lazyvm does not handle are refused by name"
 start_handler feat --mem-file "$T/mem.img" --on-fatal report || exit 1
