@@ -11,7 +11,6 @@
 #include "lazyvm/engine.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <stdarg.h>
 #include <inttypes.h>
 #include <poll.h>
@@ -23,7 +22,6 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
-#include <sys/uio.h>
 #include <unistd.h>
 
 #include "lazyvm/blocktime.h"
