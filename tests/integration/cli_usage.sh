@@ -11,21 +11,8 @@ LAZYVM=$(realpath "$B/lazyvm")
 T=$(mktemp -d /tmp/lazyvm-cli-test.XXXXXX)
 trap 'rm -rf "$T"' EXIT
 failures=0
-ok() { echo "ok - $*"; }
-not_ok() { echo "not ok - $*"; failures=$((failures + 1)); }
-# expect DESCRIPTION STATUS PATTERN COMMAND...: exit status and a line of
-# output (stdout and stderr) matching PATTERN, within 10 s.
-expect() {
-    local what=$1 want=$2 pattern=$3; shift 3
-    local out rc
-    out=$(timeout -k 2 10 "$@" 2>&1 </dev/null); rc=$?
-    if [ "$rc" -eq "$want" ] && grep -qE -- "$pattern" <<<"$out"; then
-        ok "$what"
-    else
-        not_ok "$what (status $rc, want $want; no line matching '$pattern')"
-        sed 's/^/    | /' <<<"$out" | tail -8
-    fi
-}
+EXPECT_TIMEOUT=10
+. "$(dirname "$0")/lib/expect.bash"
 usage() { local what=$1 pattern=$2; shift 2; expect "usage: $what" 2 "$pattern" "$LAZYVM" "$@"; }
 
 echo "# bad usage: status 2, the option and the value named"

@@ -9,22 +9,7 @@ T=$(mktemp -d /tmp/lazyvm-hangs-test.XXXXXX)
 pids=()
 trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done; rm -rf "$T"' EXIT
 failures=0
-ok() { echo "ok - $*"; }
-not_ok() { echo "not ok - $*"; failures=$((failures + 1)); }
-# expect DESCRIPTION STATUS PATTERN COMMAND...: exit status and a line of output
-expect() {
-    local what=$1 want=$2 pattern=$3; shift 3
-    local out rc t0=$EPOCHREALTIME
-    out=$(timeout 60 "$@" 2>&1); rc=$?
-    local secs
-    secs=$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }')
-    if [ "$rc" -eq "$want" ] && grep -qE -- "$pattern" <<<"$out"; then
-        ok "$what (${secs}s)"
-    else
-        not_ok "$what (status $rc, want $want; no line matching '$pattern'; ${secs}s)"
-        sed 's/^/    | /' <<<"$out" | tail -15
-    fi
-}
+. "$(dirname "$0")/lib/expect.bash"
 flip() { # flip FILE OFFSET: one byte of FILE changed
     python3 - "$1" "$2" <<'PY'
 import sys; p, off = sys.argv[1], int(sys.argv[2], 0)

@@ -10,8 +10,7 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null; done; rm -rf "$T"; }
 trap cleanup EXIT
 failures=0
-ok() { echo "ok - $*"; }
-not_ok() { echo "not ok - $*"; failures=$((failures + 1)); }
+. "$(dirname "$0")/lib/expect.bash"
 WL="scan:4M+random:4M:300+compute:2000+edge:64k"
 
 # dest NAME ARGS...: a destination on an ephemeral loopback port, in the

@@ -9,8 +9,7 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null; done; rm -rf "$T"; }
 trap cleanup EXIT
 failures=0
-ok() { echo "ok - $*"; }
-not_ok() { echo "not ok - $*"; failures=$((failures + 1)); }
+. "$(dirname "$0")/lib/expect.bash"
 command -v nbdkit >/dev/null || { echo "nbdkit is missing: run 'make deps'"; exit 1; }
 
 port=$((20000 + RANDOM % 20000))

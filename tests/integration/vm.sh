@@ -8,20 +8,7 @@ LAZYVM=$(realpath "$B/lazyvm")
 T=$(mktemp -d /tmp/lazyvm-vm-test.XXXXXX)
 trap 'rm -rf "$T"' EXIT
 failures=0
-ok() { echo "ok - $*"; }
-not_ok() { echo "not ok - $*"; failures=$((failures + 1)); }
-# expect DESCRIPTION STATUS PATTERN COMMAND...: exit status and a line of output
-expect() {
-    local what=$1 want=$2 pattern=$3; shift 3
-    local out rc
-    out=$(timeout 60 "$@" 2>&1); rc=$?
-    if [ "$rc" -eq "$want" ] && grep -qE -- "$pattern" <<<"$out"; then
-        ok "$what"
-    else
-        not_ok "$what (status $rc, want $want; no line matching '$pattern')"
-        sed 's/^/    | /' <<<"$out" | tail -15
-    fi
-}
+. "$(dirname "$0")/lib/expect.bash"
 json_field() { python3 -c "import json,sys; print(json.loads(sys.stdin.read().strip().splitlines()[-1])['$1'])"; }
 
 W="scan:2M+random:2M:100+compute:2000"

@@ -1,8 +1,7 @@
 # Shared by the fc-handler integration scripts (sourced, not run): the check
 # helpers and start_handler. Needs T, LAZYVM, failures and handler_pid set.
 
-ok() { echo "ok - $*"; }
-not_ok() { echo "not ok - $*"; failures=$((failures + 1)); }
+. "$(dirname "${BASH_SOURCE[0]}")/expect.bash"
 check() { # check DESCRIPTION COMMAND...
     local what=$1; shift
     if "$@"; then ok "$what"; else not_ok "$what"; fi
