@@ -7,6 +7,7 @@
 #   make deps       install the Debian packages the build needs (idempotent)
 #   make fuzz       build and run the handshake fuzzer for FUZZ_SECONDS (clang/libFuzzer)
 #   make format-check   clang-format --dry-run over the sources
+#   make static     a static build/static/lazyvm (for Firecracker's jail; no NBD)
 
 CC      ?= gcc
 SAN     ?= 0
@@ -22,7 +23,7 @@ CFLAGS  ?= -O2 -g
 CFLAGS  += -std=gnu11 -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
            -Wno-unused-parameter -D_GNU_SOURCE -Iinclude -MMD -MP $(SANFLAGS)
 LDFLAGS += $(SANFLAGS)
-LDLIBS  += -luring -lnbd -lpthread
+LDLIBS  += -luring -lnbd -ljson-c -lpthread
 
 # Quiet by default; `make V=1` prints the full commands.
 ifeq ($(V),1)
@@ -50,6 +51,8 @@ BENCH_BINS := $(BENCH_SRCS:bench/%.c=$(B)/bench/%)
 
 # The bundled guest kernel (guest/guest.mk defines GUEST_BIN and its rules).
 -include guest/guest.mk
+# The static lazyvm (make static; static.mk).
+include static.mk
 # The hardware-model KVM test host under QEMU (make hwtest; tests/hw/hw.mk).
 ifneq ($(NO_HW),1)
 -include tests/hw/hw.mk
@@ -104,7 +107,8 @@ FUZZ_SECONDS ?= 30
 fuzz: deps-check
 	@mkdir -p $(B)/fuzz
 	clang -std=gnu11 -g -O1 -D_GNU_SOURCE -Iinclude -fsanitize=fuzzer,address,undefined \
-	    -o $(B)/fuzz/fuzz_handshake fuzz/fuzz_handshake.c src/fc/handshake.c src/core/log.c
+	    -o $(B)/fuzz/fuzz_handshake fuzz/fuzz_handshake.c src/fc/handshake.c src/fc/messages.c \
+	    src/core/log.c -ljson-c
 	mkdir -p $(B)/fuzz/corpus && cp -n fuzz/corpus/* $(B)/fuzz/corpus/ 2>/dev/null || true
 	$(B)/fuzz/fuzz_handshake -max_total_time=$(FUZZ_SECONDS) -max_len=4096 -print_final_stats=1 $(B)/fuzz/corpus
 

@@ -336,7 +336,7 @@ static int floor_accept(const char *name, struct fc_handshake *hs, int *conn_out
 {
 	struct sockaddr_un sa = {.sun_family = AF_UNIX};
 	char *buf = malloc(FC_HANDSHAKE_MAX_BYTES + 1), err[320];
-	size_t len = 0;
+	size_t len = 0, end;
 	int lfd, conn, uffd = -1, c;
 
 	if (!buf)
@@ -351,7 +351,7 @@ static int floor_accept(const char *name, struct fc_handshake *hs, int *conn_out
 	if (conn < 0)
 		floor_fail(name, "accept: %s", strerror(errno));
 	close(lfd);
-	while ((c = fc_handshake_complete(buf, len)) == 0) {
+	while ((c = fc_json_next(buf, len, &end)) == 0) {
 		union {
 			char b[CMSG_SPACE(4 * sizeof(int))];
 			struct cmsghdr align;
@@ -378,7 +378,7 @@ static int floor_accept(const char *name, struct fc_handshake *hs, int *conn_out
 	}
 	if (c < 0)
 		floor_fail(name, "the hand-off is not JSON");
-	if (fc_handshake_parse(buf, len, g.file_size, hs, err, sizeof(err)) < 0)
+	if (fc_handshake_parse(buf, end, g.file_size, hs, err, sizeof(err)) < 0)
 		floor_fail(name, "bad hand-off: %s", err);
 	if (uffd < 0)
 		floor_fail(name, "the hand-off carried no file descriptor");
@@ -574,8 +574,7 @@ static void handoff(const struct variant *v, pid_t pid, struct fc_vm *vm)
 			        describe_status(st, st_buf, sizeof(st_buf)));
 		}
 		if (stat(g.sock_path, &sb) == 0 && S_ISSOCK(sb.st_mode)) {
-			int r = fc_vm_handoff(vm, g.sock_path, FC_BAD_NONE, FC_FIELDS_BOTH, why,
-			                      sizeof(why));
+			int r = fc_vm_handoff(vm, g.sock_path, FC_BAD_NONE, why, sizeof(why));
 
 			if (r == 0)
 				return;
@@ -725,7 +724,9 @@ static void run_one(const struct variant *v, uint64_t pages, unsigned nthreads, 
 	memset(lat, 0, pages * sizeof(*lat)); /* no allocation faults while timing */
 
 	pid = start_handler(v);
-	if (fc_vm_create(&vm, g.mem_path, 1, PAGE, why, sizeof(why)) < 0)
+	struct fc_vm_config vc = {
+	    .mem_file = g.mem_path, .nregions = 1, .page_size = PAGE, .version = FC_V1_12};
+	if (fc_vm_create(&vm, &vc, why, sizeof(why)) < 0)
 		die("creating the VM: %s", why);
 	handoff(v, pid, &vm);
 	const unsigned char *base =

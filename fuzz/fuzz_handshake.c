@@ -2,14 +2,16 @@
  *
  * Beyond "no crash, no sanitizer report", it checks what the rest of lazyvm
  * relies on, and abort()s when any of it fails:
- *   - fc_handshake_complete answers 1, 0 or -EINVAL, and says 1 for anything
- *     the parser accepts (else a stream reader would wait forever for it);
+ *   - fc_json_next answers 1, 0 or -EINVAL, and says 1, ending where the
+ *     value ends, for anything the parser accepts (else a stream reader would
+ *     wait forever for it, or cut it short);
  *   - a failed parse returns -EINVAL/-E2BIG/-ENOMEM, leaves *out empty and
  *     explains itself in a NUL-terminated message, whatever the buffer size;
  *   - an accepted handshake obeys every rule in fc_handshake.h;
  *   - checking against a file size only ever refuses more, and the smallest
  *     file the regions fit in is accepted while one page less is not;
- *   - format then parse gives back the same regions. */
+ *   - format then parse gives back the same regions, in every release's shape;
+ *   - a fault request is read or refused, never crashed on. */
 #include "lazyvm/fc_handshake.h"
 
 #include <errno.h>
@@ -80,28 +82,49 @@ static uint64_t check_regions(const struct fc_handshake *hs, uint64_t file_size)
 	return file_end;
 }
 
+static bool same_regions(const struct fc_handshake *a, const struct fc_handshake *b,
+                         bool with_page_size)
+{
+	if (a->nregions != b->nregions)
+		return false;
+	for (size_t i = 0; i < a->nregions; i++) {
+		const struct fc_region *x = &a->regions[i], *y = &b->regions[i];
+
+		if (x->base_host_virt_addr != y->base_host_virt_addr || x->size != y->size ||
+		    x->offset != y->offset || (with_page_size && x->page_size != y->page_size))
+			return false;
+	}
+	return true;
+}
+
 static void check_round_trip(const struct fc_handshake *hs)
 {
-	size_t cap = hs->nregions * 160 + 3;
-	struct fc_handshake again = {0};
+	size_t cap = hs->nregions * 220 + 3;
 	char err[ERRLEN];
 	char *buf = malloc(cap);
-	bool same;
+	size_t end;
 	int n;
 
 	require(buf != NULL, "malloc");
-	n = fc_handshake_format(hs->regions, hs->nregions, buf, cap);
-	require(n > 0 && (size_t)n < cap && strlen(buf) == (size_t)n,
-	        "format fits and says its length");
-	require(fc_handshake_complete(buf, (size_t)n) == 1, "formatted output is complete");
-	require(fc_handshake_parse(buf, (size_t)n, 0, &again, err, sizeof(err)) == 0,
-	        "formatted output parses");
-	same = again.nregions == hs->nregions &&
-	       memcmp(again.regions, hs->regions, hs->nregions * sizeof(*hs->regions)) == 0;
-	require(same, "format then parse gives the same regions");
-	fc_handshake_free(&again);
-	require(fc_handshake_format(hs->regions, hs->nregions, buf, (size_t)n) == -ENOSPC,
-	        "format without room for the NUL is -ENOSPC");
+	for (int shape = FC_SHAPE_V1_4; shape <= FC_SHAPE_SECRET_HIDING; shape++) {
+		struct fc_handshake again = {0};
+		/* v1.4's shape has no page size: it reads back as 4 KiB pages,
+		 * which 2 MiB-aligned regions also are. */
+		bool ps = shape != FC_SHAPE_V1_4;
+
+		n = fc_handshake_format(hs->regions, hs->nregions, (enum fc_shape)shape, buf, cap);
+		require(n > 0 && (size_t)n < cap && strlen(buf) == (size_t)n,
+		        "format fits and says its length");
+		require(fc_json_next(buf, (size_t)n, &end) == 1 && end == (size_t)n,
+		        "formatted output is complete where it ends");
+		require(fc_handshake_parse(buf, (size_t)n, 0, &again, err, sizeof(err)) == 0,
+		        "formatted output parses");
+		require(same_regions(hs, &again, ps), "format then parse gives the same regions");
+		fc_handshake_free(&again);
+		require(fc_handshake_format(hs->regions, hs->nregions, (enum fc_shape)shape, buf,
+		                            (size_t)n) == -ENOSPC,
+		        "format without room for the NUL is -ENOSPC");
+	}
 	free(buf);
 }
 
@@ -156,8 +179,25 @@ static void check_small_err(const char *buf, size_t len, int want_rc)
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	const char *buf = (const char *)data;
-	int complete = fc_handshake_complete(buf, size);
+	struct fc_fault_request q;
+	char err[ERRLEN];
+	size_t end = 0;
+	int complete = fc_json_next(buf, size, &end);
 	int rc0, rc1;
+
+	/* A complete value followed by only white space is a whole message. */
+	if (complete == 1) {
+		while (end < size && memchr(" \t\r\n", buf[end], 4) && buf[end])
+			end++;
+		if (end < size)
+			complete = -EINVAL;
+	}
+	if (size <= FC_HANDSHAKE_MAX_BYTES) {
+		int fr = fc_fault_request_parse(buf, size, &q, err, sizeof(err));
+
+		require(fr == 1 || fr == 0 || fr == -EINVAL || fr == -ENOMEM,
+		        "a fault request is read, not one, or refused");
+	}
 
 	require(complete == 1 || complete == 0 || complete == -EINVAL, "complete's answers");
 	rc0 = parse_and_check(buf, size, 0, complete);
@@ -166,11 +206,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	check_small_err(buf, size, rc0);
 	/* A message that parses ends in ']': without it the stream is not done. */
 	if (rc0 == 0) {
-		size_t end = size;
+		size_t cut = size, e;
 
-		while (end && buf[end - 1] != ']')
-			end--;
-		require(end > 0 && fc_handshake_complete(buf, end - 1) == 0,
+		while (cut && buf[cut - 1] != ']')
+			cut--;
+		require(cut > 0 && fc_json_next(buf, cut - 1, &e) == 0,
 		        "a handshake missing its ']' is incomplete");
 	}
 	return 0;

@@ -1,10 +1,11 @@
-/* A client that plays Firecracker's part of the UFFD hand-off, exactly as
- * released Firecracker does it: guest memory as anonymous MAP_PRIVATE regions
- * (MAP_HUGETLB for 2 MiB pages), one non-blocking userfaultfd with
- * UFFD_FEATURE_EVENT_REMOVE, every region registered in MISSING mode, one
- * message of JSON plus the UFFD as SCM_RIGHTS. Used by `lazyvm fc-client`,
- * `make demo`, the integration tests and the benchmarks. It can also send
- * deliberately broken hand-offs, to test a handler's refusals. */
+/* A client that plays Firecracker's part of the UFFD hand-off the way a given
+ * release does it, read from that release's source (docs/SNAPSHOT.md has the
+ * table): how the userfaultfd is made and which features it asks for, how
+ * guest memory is mapped and registered, which fields the JSON carries, which
+ * fds go with it, what happens to the socket afterwards, and (v1.14+) memory
+ * hotplug's PROT_NONE slots. Used by `lazyvm fc-client`, `make demo`, the
+ * integration tests and the benchmarks. It can also send deliberately broken
+ * hand-offs, to test a handler's refusals. */
 #ifndef LAZYVM_FC_CLIENT_H
 #define LAZYVM_FC_CLIENT_H
 
@@ -15,21 +16,35 @@
 
 #include "lazyvm/fc_handshake.h"
 
+/* The releases whose behaviour differs for a handler. */
+enum fc_version {
+	FC_V1_4,            /* v1.4: syscall (user-mode only); 3 fields; socket closed */
+	FC_V1_7,            /* v1.5-v1.11: /dev/userfaultfd; + page_size_kib; socket closed */
+	FC_V1_12,           /* v1.12-v1.16: EVENT_REMOVE always; + page_size; socket kept */
+	FC_V_MAIN,          /* main: as v1.12, THP (MADV_HUGEPAGE, 2 MiB-aligned regions) */
+	FC_V_SECRET_HIDING, /* + gpa_start, is_guest_memfd; "no_exitless_apf" after */
+	FC_VERSION_COUNT
+};
+
+/* "1.4", "1.7", "1.12", "main", "secret-hiding". */
+const char *fc_version_name(enum fc_version v);
+int fc_version_parse(const char *name, enum fc_version *out);
+
 enum fc_bad {
 	FC_BAD_NONE,
-	FC_BAD_NO_FD,         /* JSON without SCM_RIGHTS */
-	FC_BAD_TWO_FDS,       /* the UFFD twice */
-	FC_BAD_NOT_UFFD,      /* the memory file's fd instead of the UFFD */
-	FC_BAD_GARBAGE,       /* bytes that are not JSON */
-	FC_BAD_TRUNCATED,     /* half the JSON, then close */
-	FC_BAD_OVERSIZED,     /* more than FC_HANDSHAKE_MAX_BYTES */
-	FC_BAD_OVERLAP,       /* two regions at the same address */
-	FC_BAD_BEYOND_FILE,   /* a region reaching past the memory file */
-	FC_BAD_UNALIGNED,     /* a base address off the page grid */
-	FC_BAD_UNKNOWN_FIELD, /* an extra field in a region */
-	FC_BAD_SILENT,        /* connect and send nothing */
-	FC_BAD_BLOCKING,      /* a userfaultfd without O_NONBLOCK */
-	FC_BAD_EVENT_FORK,    /* a userfaultfd with UFFD_FEATURE_EVENT_FORK */
+	FC_BAD_NO_FD,       /* JSON without SCM_RIGHTS */
+	FC_BAD_TWO_FDS,     /* the UFFD twice */
+	FC_BAD_NOT_UFFD,    /* the memory file's fd instead of the UFFD */
+	FC_BAD_GARBAGE,     /* bytes that are not JSON */
+	FC_BAD_TRUNCATED,   /* half the JSON, then close */
+	FC_BAD_OVERSIZED,   /* more than FC_HANDSHAKE_MAX_BYTES */
+	FC_BAD_OVERLAP,     /* two regions at the same address */
+	FC_BAD_BEYOND_FILE, /* a region reaching past the memory file */
+	FC_BAD_UNALIGNED,   /* a base address off the page grid */
+	FC_BAD_WRONG_TYPE,  /* a size sent as a string */
+	FC_BAD_SILENT,      /* connect and send nothing */
+	FC_BAD_BLOCKING,    /* a userfaultfd without O_NONBLOCK */
+	FC_BAD_EVENT_FORK,  /* a userfaultfd with UFFD_FEATURE_EVENT_FORK */
 	FC_BAD_COUNT
 };
 
@@ -37,36 +52,59 @@ enum fc_bad {
 const char *fc_bad_name(enum fc_bad b);
 int fc_bad_parse(const char *name, enum fc_bad *out);
 
-enum fc_fields { FC_FIELDS_BOTH, FC_FIELDS_PAGE_SIZE, FC_FIELDS_KIB };
-
 /* Who connects and sends the hand-off: this process (as Firecracker does), or
  * a child forked for it that then stays (a bystander that is not the VM) or
  * exits at once; the memory and the userfaultfd stay this process's. */
 enum fc_connector { FC_CONNECTOR_SELF, FC_CONNECTOR_CHILD, FC_CONNECTOR_CHILD_EXIT };
 
+struct fc_vm_config {
+	const char *mem_file;
+	unsigned nregions;  /* guest memory regions, 1 to 15 (+1 with hotplug) */
+	uint64_t page_size; /* 4096 or 2 MiB (hugetlbfs) */
+	enum fc_version version;
+	bool balloon;        /* the snapshot has a balloon device: before v1.12 the
+	                      * only case EVENT_REMOVE is asked for */
+	bool hotplug;        /* v1.14+: one more region, the hotplug area, whose
+	                      * third quarter is an unplugged slot (PROT_NONE after
+	                      * the hand-off) */
+	bool guest_memfd;    /* secret-hiding: is_guest_memfd and three fds (the
+	                      * second and third are memfd stand-ins) */
+	bool unknown_fields; /* add fields no release sends, as a newer one might */
+};
+
+struct fc_hole {
+	uint64_t addr, len;
+};
+
 struct fc_vm {
+	struct fc_vm_config cfg;
 	struct fc_region regions[16];
 	unsigned nregions;
+	struct fc_hole holes[2]; /* PROT_NONE after the hand-off (hotplug) */
+	unsigned nholes;
 	int uffd;
-	int mem_fd;    /* the memory file, for verification */
-	uint64_t size; /* bytes of guest memory = the memory file's size */
+	const char *uffd_how; /* "/dev/userfaultfd" or "userfaultfd(2)" */
+	uint64_t features;    /* asked for with UFFDIO_API */
+	int mem_fd;           /* the memory file, for verification */
+	uint64_t size;        /* bytes of guest memory = the memory file's size */
 	uint64_t page_size;
-	int sock;                    /* connection to the handler, -1 before the hand-off */
+	int sock;                    /* connection to the handler, -1 when closed */
 	enum fc_connector connector; /* set before fc_vm_handoff; SELF by default */
 	pid_t child;                 /* the connecting child, 0 for none */
 	int lifeline;                /* its end of a pipe: the child exits on EOF */
 };
 
-/* Maps `nregions` regions covering the whole memory file (page_size 4096 or
- * 2 MiB), opens and registers the UFFD. Returns 0 or -errno with `why`. */
-int fc_vm_create(struct fc_vm *vm, const char *mem_file, unsigned nregions, uint64_t page_size,
-                 char *why, size_t whylen);
+/* Maps the regions covering the whole memory file, makes and registers the
+ * userfaultfd as cfg->version does. Returns 0 or -errno with `why`. */
+int fc_vm_create(struct fc_vm *vm, const struct fc_vm_config *cfg, char *why, size_t whylen);
 
-/* Connects to `socket_path` and sends the hand-off (or the broken one `bad`),
- * with the page size in the fields `fields` names, from vm->connector.
+/* Connects to `socket_path` and sends the hand-off (or the broken one `bad`)
+ * from vm->connector, then does what the release does after it (closes the
+ * socket, keeps it, sends secret-hiding's second message, protects unplugged
+ * slots). A refused hand-off's socket stays open for fc_vm_read_reply.
  * Returns 0 or -errno. */
-int fc_vm_handoff(struct fc_vm *vm, const char *socket_path, enum fc_bad bad, enum fc_fields fields,
-                  char *why, size_t whylen);
+int fc_vm_handoff(struct fc_vm *vm, const char *socket_path, enum fc_bad bad, char *why,
+                  size_t whylen);
 
 /* Waits up to timeout_ms for the handler's reply line (sent on refusal) into
  * buf. Returns its length, 0 on EOF / timeout without a reply, or -errno. */
@@ -77,13 +115,16 @@ struct fc_touch_result {
 	uint64_t mismatches; /* pages whose bytes differ from the memory file */
 	uint64_t nonzero;    /* removed pages that did not read as zeros */
 	uint64_t removed_pages;
-	double touch_s; /* wall time of the touch phase */
+	uint64_t hole_pages;    /* left alone: PROT_NONE */
+	const char *remove_how; /* how the balloon removed, or why it did not */
+	double touch_s;         /* wall time of the touch phase */
 };
 
-/* `threads` threads each touch every page in their own random order and
- * compare it with the memory file; then, with check_remove, MADV_DONTNEED the
- * second quarter of every region and check that it reads zeros while the rest
- * still matches. */
+/* `threads` threads each touch every accessible page in their own random
+ * order and compare it with the memory file; then, with check_remove, the
+ * balloon takes back the second quarter of every region as the release's
+ * balloon does (MADV_DONTNEED, or before v1.11 a fresh mapping over it) and
+ * that quarter must read zeros while the rest still matches. */
 int fc_vm_touch_verify(struct fc_vm *vm, unsigned threads, unsigned seed, bool check_remove,
                        struct fc_touch_result *res);
 

@@ -13,6 +13,7 @@
 #ifndef LAZYVM_FC_HANDLER_H
 #define LAZYVM_FC_HANDLER_H
 
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 
@@ -34,6 +35,8 @@ struct fc_handler_config {
 	int io_uring;               /* batch source reads through io_uring */
 	unsigned fault_around;      /* pages per fault, see engine_config */
 	uint64_t source_latency_ns; /* 0: none */
+	bool populate_all;          /* every page of a VM in the background, from its
+	                             * hand-off on (Firecracker's fault_all handler) */
 	enum fc_on_fatal on_fatal;
 	uint64_t handshake_timeout_ns;
 	unsigned max_vms;     /* VMs served at once (hand-offs being read not counted) */

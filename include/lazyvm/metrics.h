@@ -36,6 +36,7 @@ struct hist {
 	X(bytes_read, "bytes read from the source")                                                \
 	X(eexist, "installs that found the page already there")                                    \
 	X(eagain, "installs retried because the address space was changing")                       \
+	X(holes, "pages left out: in no registered range (a VMA boundary, a hotplug hole)")        \
 	X(remove_events, "UFFD_EVENT_REMOVE received")                                             \
 	X(removed_pages, "pages marked removed")                                                   \
 	X(unmap_events, "UFFD_EVENT_UNMAP received")                                               \

@@ -52,7 +52,11 @@ enum uffd_outcome {
 enum uffd_outcome uffd_classify(int err);
 const char *uffd_outcome_name(enum uffd_outcome o);
 
-/* Is `fd` a userfaultfd? (checks the anon inode name; 1 yes, 0 no, -errno) */
+/* Is `fd` a userfaultfd? 1 yes, 0 no, -errno. Needs no /proc (see uffd.c). */
 int uffd_fd_check(int fd);
+
+/* What kind of file `fd` is, in words, for an error message ("anon_inode:
+ * [eventfd]" where /proc says, "a regular file of 4096 bytes" otherwise). */
+const char *uffd_fd_kind(int fd, char *buf, size_t len);
 
 #endif

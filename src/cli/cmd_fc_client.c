@@ -11,26 +11,42 @@
 static const char help[] =
     "Usage: lazyvm fc-client --socket PATH --mem-file PATH [OPTIONS]\n"
     "\n"
-    "Play Firecracker's part of the UFFD hand-off against a page-fault handler:\n"
-    "map guest memory as anonymous private regions, register them with a\n"
-    "non-blocking userfaultfd (EVENT_REMOVE, MISSING mode), send the JSON regions\n"
-    "and the userfaultfd over PATH, then touch every page from several threads in\n"
-    "random order and compare every byte with the memory file. Then MADV_DONTNEED\n"
-    "(a balloon) the second quarter of each region and check that it reads zeros.\n"
+    "Play Firecracker's part of the UFFD hand-off against a page-fault handler, the\n"
+    "way the chosen release does it (read from its source; docs/SNAPSHOT.md): make\n"
+    "and register the userfaultfd, map guest memory, send the JSON regions and the\n"
+    "fds over PATH, then do what that release does with the socket. Then touch\n"
+    "every page from several threads in random order and compare every byte with\n"
+    "the memory file, and let a balloon take back the second quarter of each region\n"
+    "(as that release's balloon does), which must then read zeros.\n"
     "\n"
     "  --socket PATH        the handler's socket\n"
     "  --mem-file PATH      the memory file the handler serves (the guest memory is\n"
     "                       as large as the file)\n"
-    "  --regions N          guest memory regions, 1 to 16 (default 3)\n"
+    "  --fc-version V       the release played (default 1.12):\n"
+    "                       1.4   userfaultfd(2) user-mode only; base_host_virt_addr,\n"
+    "                             size, offset; EVENT_REMOVE only with --balloon;\n"
+    "                             socket closed after the hand-off\n"
+    "                       1.7   /dev/userfaultfd; + page_size_kib (v1.5-v1.11)\n"
+    "                       1.12  + page_size; EVENT_REMOVE always; socket kept open\n"
+    "                             (v1.12-v1.16)\n"
+    "                       main  as 1.12, guest memory 2 MiB-aligned, MADV_HUGEPAGE\n"
+    "                       secret-hiding  + gpa_start, is_guest_memfd; then the\n"
+    "                             \"no_exitless_apf\" message\n"
+    "  --balloon            the snapshot has a balloon (before v1.12 the only case\n"
+    "                       EVENT_REMOVE is asked for)\n"
+    "  --hotplug            v1.14+ memory hotplug: one more region, the hotplug area,\n"
+    "                       with an unplugged slot made PROT_NONE after the hand-off\n"
+    "  --guest-memfd        secret-hiding: a guest_memfd VM (is_guest_memfd, three\n"
+    "                       fds: memfds stand in for the guest_memfd and bitmap)\n"
+    "  --unknown-fields     add fields no release sends (a newer one might)\n"
+    "  --regions N          guest memory regions, 1 to 15 (default 3)\n"
     "  --page-size SIZE     4k (default) or 2M (hugetlbfs; needs free huge pages)\n"
     "  --threads N          touching threads (default 4)\n"
     "  --seed N             random order seed (default 1)\n"
-    "  --fields WHICH       page size fields sent: both (default, Firecracker 1.x),\n"
-    "                       page_size, or page_size_kib (deprecated)\n"
-    "  --no-remove-check    skip the MADV_DONTNEED check\n"
+    "  --no-remove-check    skip the balloon check\n"
     "  --bad MODE           send a broken hand-off and print the handler's reply:\n"
     "                       no-fd, two-fds, not-uffd, garbage, truncated, oversized,\n"
-    "                       overlap, beyond-file, unaligned, unknown-field, silent,\n"
+    "                       overlap, beyond-file, unaligned, wrong-type, silent,\n"
     "                       blocking (no O_NONBLOCK), event-fork (EVENT_FORK feature)\n"
     "  --connector WHO      who connects and sends: self (default), child (a forked\n"
     "                       child that stays: a bystander), child-exit (it exits)\n"
@@ -39,7 +55,7 @@ static const char help[] =
     "  -h, --help           this text\n"
     "\n"
     "Exit status: 0 every byte verified; 1 a mismatch or an error; 2 bad usage;\n"
-    "3 (with --bad) the handler refused the hand-off with a reply.\n";
+    "3 (with --bad, or --guest-memfd) the handler refused the hand-off with a reply.\n";
 
 int cmd_fc_client(int argc, char **argv)
 {
@@ -50,7 +66,11 @@ int cmd_fc_client(int argc, char **argv)
 	    {"page-size", required_argument, 0, 'p'},
 	    {"threads", required_argument, 0, 't'},
 	    {"seed", required_argument, 0, 'S'},
-	    {"fields", required_argument, 0, 'F'},
+	    {"fc-version", required_argument, 0, 'V'},
+	    {"balloon", no_argument, 0, 'B'},
+	    {"hotplug", no_argument, 0, 'H'},
+	    {"guest-memfd", no_argument, 0, 'G'},
+	    {"unknown-fields", no_argument, 0, 'U'},
 	    {"no-remove-check", no_argument, 0, 'n'},
 	    {"bad", required_argument, 0, 'b'},
 	    {"connector", required_argument, 0, 'c'},
@@ -61,7 +81,7 @@ int cmd_fc_client(int argc, char **argv)
 	const char *cmd = "fc-client", *sock = NULL, *mem = NULL;
 	unsigned regions = 3, threads = 4, seed = 1;
 	unsigned long long page = 4096;
-	enum fc_fields fields = FC_FIELDS_BOTH;
+	struct fc_vm_config vc = {.version = FC_V1_12};
 	enum fc_bad bad = FC_BAD_NONE;
 	bool check_remove = true, clear_nonblock = false;
 	enum fc_connector connector = FC_CONNECTOR_SELF;
@@ -85,7 +105,7 @@ int cmd_fc_client(int argc, char **argv)
 			mem = optarg;
 			break;
 		case 'r':
-			if (cli_uint(cmd, "--regions", optarg, 1, 16, &regions) < 0)
+			if (cli_uint(cmd, "--regions", optarg, 1, 15, &regions) < 0)
 				return 2;
 			break;
 		case 'p':
@@ -106,16 +126,20 @@ int cmd_fc_client(int argc, char **argv)
 			if (cli_uint(cmd, "--seed", optarg, 0, 0x7fffffff, &seed) < 0)
 				return 2;
 			break;
-		case 'F': {
-			/* in enum fc_fields order */
-			static const char *const fieldsets[] = {"both", "page_size",
-			                                        "page_size_kib"};
-			int k;
-			if (CLI_CHOICE(cmd, "--fields", optarg, fieldsets, &k) < 0)
+		case 'V':
+			if (fc_version_parse(optarg, &vc.version) < 0) {
+				fprintf(
+				    stderr,
+				    "lazyvm fc-client: --fc-version: '%s' is not 1.4, 1.7, 1.12, "
+				    "main or secret-hiding\n",
+				    optarg);
 				return 2;
-			fields = (enum fc_fields)k;
+			}
 			break;
-		}
+		case 'B': vc.balloon = true; break;
+		case 'H': vc.hotplug = true; break;
+		case 'G': vc.guest_memfd = true; break;
+		case 'U': vc.unknown_fields = true; break;
 		case 'n': check_remove = false; break;
 		case 'b':
 			if (fc_bad_parse(optarg, &bad) < 0) {
@@ -150,13 +174,25 @@ int cmd_fc_client(int argc, char **argv)
 		        !sock ? "--socket PATH" : "--mem-file PATH");
 		return 2;
 	}
-	r = fc_vm_create(&vm, mem, regions, page, why, sizeof(why));
+	if (vc.hotplug && (vc.version < FC_V1_12 || page != 4096)) {
+		fprintf(stderr, "lazyvm fc-client: --hotplug: memory hotplug is Firecracker v1.14 "
+		                "and later (--fc-version 1.12, main or secret-hiding), 4k pages\n");
+		return 2;
+	}
+	if (vc.guest_memfd && vc.version != FC_V_SECRET_HIDING) {
+		fprintf(stderr, "lazyvm fc-client: --guest-memfd needs --fc-version secret-hiding\n");
+		return 2;
+	}
+	vc.mem_file = mem;
+	vc.nregions = regions;
+	vc.page_size = page;
+	r = fc_vm_create(&vm, &vc, why, sizeof(why));
 	if (r < 0) {
 		fprintf(stderr, "lazyvm fc-client: %s\n", why);
 		return 1;
 	}
 	vm.connector = connector;
-	r = fc_vm_handoff(&vm, sock, bad, fields, why, sizeof(why));
+	r = fc_vm_handoff(&vm, sock, bad, why, sizeof(why));
 	if (r < 0) {
 		fprintf(stderr, "lazyvm fc-client: %s\n", why);
 		fc_vm_destroy(&vm);
@@ -185,16 +221,24 @@ int cmd_fc_client(int argc, char **argv)
 		}
 		printf("fc-client: cleared O_NONBLOCK on the userfaultfd the handler reads\n");
 	}
-	if (bad != FC_BAD_NONE) {
+	printf(
+	    "fc-client: Firecracker %s: userfaultfd from %s, features 0x%llx, %u region(s)%s%s\n",
+	    fc_version_name(vc.version), vm.uffd_how, (unsigned long long)vm.features, vm.nregions,
+	    vm.nholes ? ", an unplugged slot (PROT_NONE)" : "",
+	    vm.sock >= 0 ? ", socket kept open" : ", socket closed");
+	fflush(stdout);
+	if (bad != FC_BAD_NONE || vc.guest_memfd) {
 		char reply[512];
 		int n = fc_vm_read_reply(&vm, reply, sizeof(reply), 20000);
 
 		fc_vm_destroy(&vm);
 		if (n > 0 && strstr(reply, "handshake rejected")) {
-			printf("fc-client: --bad %s: handler replied: %s", fc_bad_name(bad), reply);
+			printf("fc-client: --%s%s: handler replied: %s",
+			       bad ? "bad " : "guest-memfd", bad ? fc_bad_name(bad) : "", reply);
 			return 3;
 		}
-		printf("fc-client: --bad %s: no refusal from the handler (%s)\n", fc_bad_name(bad),
+		printf("fc-client: --%s%s: no refusal from the handler (%s)\n",
+		       bad ? "bad " : "guest-memfd", bad ? fc_bad_name(bad) : "",
 		       n > 0 ? reply : "connection closed or timed out without a reply");
 		return 1;
 	}
@@ -214,10 +258,15 @@ int cmd_fc_client(int argc, char **argv)
 	       res.mismatches ? "MISMATCH against the memory file"
 	                      : "every byte matches the memory file",
 	       (unsigned long long)res.mismatches);
-	if (check_remove)
-		printf("fc-client: balloon: %llu pages removed with MADV_DONTNEED, %s\n",
-		       (unsigned long long)res.removed_pages,
+	if (res.hole_pages)
+		printf("fc-client: %llu pages of the unplugged slot left alone (PROT_NONE)\n",
+		       (unsigned long long)res.hole_pages);
+	if (check_remove && res.removed_pages)
+		printf("fc-client: balloon: %llu pages removed by %s, %s\n",
+		       (unsigned long long)res.removed_pages, res.remove_how,
 		       res.nonzero ? "SOME DO NOT READ ZEROS" : "all read zeros afterwards");
+	else if (check_remove)
+		printf("fc-client: balloon: %s\n", res.remove_how);
 	fc_vm_destroy(&vm);
 	return res.mismatches || res.nonzero ? 1 : 0;
 }

@@ -12,12 +12,20 @@
 
 static const char help[] =
     "Usage: lazyvm fc-handler --socket PATH --mem-file PATH [OPTIONS]\n"
+    "       lazyvm fc-handler [OPTIONS] SOCKET MEMFILE\n"
+    "       fc-handler [OPTIONS] SOCKET MEMFILE   (lazyvm copied or linked under a name\n"
+    "                                             ending in fc-handler)\n"
     "\n"
     "Serve the page faults of Firecracker VMs restored with the Uffd memory backend\n"
     "(PUT /snapshot/load with mem_backend {backend_type: \"Uffd\", backend_path: PATH})\n"
     "from a snapshot memory file. Each connection is one VM: the handler checks its\n"
     "hand-off (JSON regions + the userfaultfd) and serves its faults until the VM\n"
     "exits. Balloon-removed ranges read zeros afterwards. Many VMs at once.\n"
+    "Every Firecracker release's hand-off is accepted (v1.4 to v1.16, main, and the\n"
+    "secret-hiding branch without guest_memfd; docs/SNAPSHOT.md); fields it does\n"
+    "not know are ignored (logged at debug level). Needs no /proc: it runs inside\n"
+    "Firecracker's jail (use the static build, make static), where a VM it cannot\n"
+    "prove to be the connecting process is never killed.\n"
     "\n"
     "  --socket PATH            unix socket to listen on (a stale socket is replaced,\n"
     "                           one someone listens on is not)\n"
@@ -31,6 +39,9 @@ static const char help[] =
     "  --fault-around N         install up to N pages a fault, 1 to 64 (default 16;\n"
     "                           1 = off)\n"
     "  --source-latency DUR     delay every read by DUR (stands for remote storage)\n"
+    "  --populate all|fault     all: install every page of a VM in the background\n"
+    "                           from its hand-off on (as Firecracker's fault_all\n"
+    "                           handler does); fault: only what faults (default)\n"
     "  --on-fatal kill|report   a VM that cannot be served (bad hand-off, unreadable\n"
     "                           page): SIGKILL its process (default; Firecracker would\n"
     "                           hang for ever) when the connecting process is proven\n"
@@ -70,6 +81,7 @@ int cmd_fc_handler(int argc, char **argv)
 	    {"fault-around", required_argument, 0, 'A'},
 	    {"io-uring", no_argument, 0, 'u'},
 	    {"source-latency", required_argument, 0, 'l'},
+	    {"populate", required_argument, 0, 'p'},
 	    {"on-fatal", required_argument, 0, 'f'},
 	    {"handshake-timeout", required_argument, 0, 'T'},
 	    {"max-vms", required_argument, 0, 'M'},
@@ -130,6 +142,14 @@ int cmd_fc_handler(int argc, char **argv)
 				return 2;
 			cfg.source_latency_ns = v;
 			break;
+		case 'p': {
+			static const char *const modes[] = {"fault", "all"};
+			int k;
+			if (CLI_CHOICE(cmd, "--populate", optarg, modes, &k) < 0)
+				return 2;
+			cfg.populate_all = k == 1;
+			break;
+		}
 		case 'f': {
 			static const char *const policies[] = {"kill", "report"};
 			int k;
@@ -174,6 +194,12 @@ int cmd_fc_handler(int argc, char **argv)
 		}
 		busy_idle_given |= c == 'b';
 	}
+	/* Firecracker's positional convention: SOCKET MEMFILE, as its example
+	 * handlers and its test harness (inside the jail) run them. */
+	if (optind < argc && !cfg.socket_path)
+		cfg.socket_path = argv[optind++];
+	if (optind < argc && !cfg.mem_file)
+		cfg.mem_file = argv[optind++];
 	if (optind < argc) {
 		fprintf(stderr, "lazyvm fc-handler: unexpected argument '%s'\n", argv[optind]);
 		return 2;

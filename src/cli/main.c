@@ -142,6 +142,13 @@ int main(int argc, char **argv)
 		if (!strcmp(env, levels[i]))
 			lv_log_set_level((enum lv_log_level)i);
 
+	/* Firecracker's jail runs a page-fault handler as `HANDLER SOCKET MEMFILE`:
+	 * a copy or link of lazyvm named fc-handler (any name ending so) is
+	 * that handler, with its options or those two positional arguments. */
+	const char *base = strrchr(argv[0], '/') ? strrchr(argv[0], '/') + 1 : argv[0];
+	size_t blen = strlen(base);
+	if (blen >= 10 && !strcmp(base + blen - 10, "fc-handler"))
+		return cmd_fc_handler(argc, argv);
 	if (argc < 2) {
 		usage(stderr);
 		return 2;

@@ -167,6 +167,23 @@ static int install_one(struct worker *w, struct todo *t)
 	else
 		r = uffd_zeropage(eng->cfg.uffd, addr, ps);
 
+	/* ENOENT: the range is not inside one registered VMA. A run that crosses
+	 * a VMA boundary (an mprotect'ed hotplug slot, a region mapped in two
+	 * pieces) goes in page by page, each inside its own VMA; a single page
+	 * that still gets ENOENT has left the userfaultfd (unregistered or
+	 * unmapped, which woke its waiters): it is left out, not a failure. */
+	if (r == -ENOENT) {
+		pthread_rwlock_unlock(&eng->install_lock);
+		if (t->npages > 1)
+			return install_split(w, t);
+		engine_release_todos(t, 1);
+		if (!atomic_load_explicit(&w->m.holes, memory_order_relaxed))
+			lv_debug("%s: page 0x%" PRIx64 " is in no registered range (UFFDIO_COPY: "
+			         "ENOENT): left out",
+			         eng->name, addr);
+		ctr_add(&w->m.holes, 1);
+		return 0;
+	}
 	enum uffd_outcome o = uffd_classify(r);
 	if (o == UFFD_EXISTS && t->npages > 1) {
 		/* Part of the run may be in: settle each page on its own. */

@@ -167,7 +167,22 @@ static int intake_batch(struct worker *w, struct todo *todo, int *nmsgs)
 			continue;
 		}
 		uint64_t addr = msgs[i].arg.pagefault.address;
+		uint64_t pf = msgs[i].arg.pagefault.flags;
 		struct region *reg = engine_region_find(eng, addr);
+
+		/* A peer that registered write-protect or minor mode (seen here
+		 * when no /proc told the handler its features up front) wants
+		 * what UFFDIO_COPY cannot give. */
+		if (pf & (UFFD_PAGEFAULT_FLAG_WP | UFFD_PAGEFAULT_FLAG_MINOR)) {
+			engine_finish(
+			    eng, ENGINE_FAILED,
+			    "%s: a %s fault at 0x%" PRIx64 ": the peer registered %s mode, "
+			    "which lazyvm does not serve (it serves MISSING faults)",
+			    eng->name, pf & UFFD_PAGEFAULT_FLAG_WP ? "write-protect" : "minor",
+			    addr, pf & UFFD_PAGEFAULT_FLAG_WP ? "write-protect" : "minor");
+			n = -EPROTO;
+			break;
+		}
 
 		ctr_add(&w->m.faults, 1);
 		atomic_store_explicit(&eng->last_demand_ns, now, memory_order_relaxed);

@@ -5,7 +5,10 @@
 #include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
+#include <linux/magic.h>
 #include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -263,15 +266,55 @@ const char *uffd_outcome_name(enum uffd_outcome o)
 	return names[o];
 }
 
+/* Without /proc (a jail has none): the file must live on the anonymous-inode
+ * file system, and answer a userfaultfd's own ioctl as only a userfaultfd
+ * does. UFFDIO_WAKE of an empty range is refused with EINVAL by every
+ * userfaultfd (before UFFDIO_API too) and wakes nothing; the other files there
+ * (eventfd, epoll, signalfd, timerfd, io_uring, KVM, guest_memfd) do not know
+ * the 0xAA ioctls and say ENOTTY. */
 int uffd_fd_check(int fd)
 {
-	char path[64], target[64];
+	struct uffdio_range empty = {0, 0};
+	struct statfs sf;
+
+	if (fstatfs(fd, &sf) < 0)
+		return -errno;
+	if (sf.f_type != ANON_INODE_FS_MAGIC)
+		return 0;
+	return ioctl(fd, UFFDIO_WAKE, &empty) < 0 && errno == EINVAL;
+}
+
+const char *uffd_fd_kind(int fd, char *buf, size_t len)
+{
+	char path[64];
+	struct stat st;
+	struct statfs sf;
 	ssize_t n;
 
+	/* /proc names the file best, when there is one. */
 	snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
-	n = readlink(path, target, sizeof(target) - 1);
-	if (n < 0)
-		return -errno;
-	target[n] = '\0';
-	return strcmp(target, "anon_inode:[userfaultfd]") == 0;
+	n = readlink(path, buf, len - 1);
+	if (n > 0) {
+		buf[n] = '\0';
+		return buf;
+	}
+	if (fstat(fd, &st) < 0) {
+		snprintf(buf, len, "unknown: %s", strerror(errno));
+		return buf;
+	}
+	if (fstatfs(fd, &sf) == 0 && sf.f_type == ANON_INODE_FS_MAGIC)
+		snprintf(buf, len, "an anonymous-inode file such as an eventfd");
+	else if (S_ISREG(st.st_mode))
+		snprintf(buf, len, "a regular file of %lld bytes", (long long)st.st_size);
+	else if (S_ISCHR(st.st_mode))
+		snprintf(buf, len, "a character device");
+	else if (S_ISSOCK(st.st_mode))
+		snprintf(buf, len, "a socket");
+	else if (S_ISFIFO(st.st_mode))
+		snprintf(buf, len, "a pipe");
+	else if (S_ISDIR(st.st_mode))
+		snprintf(buf, len, "a directory");
+	else
+		snprintf(buf, len, "a file of type 0%o", st.st_mode & S_IFMT);
+	return buf;
 }

@@ -1,33 +1,67 @@
-/* The Firecracker-playing client: see include/lazyvm/fc_client.h. */
+/* The Firecracker-playing client: see include/lazyvm/fc_client.h. What each
+ * release does is from its source (docs/SNAPSHOT.md). */
 #include "lazyvm/fc_client.h"
 
 #include <errno.h>
 #include <fcntl.h>
-#include <poll.h>
 #include <stdio.h>
-#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "lazyvm/compat.h"
 #include "lazyvm/fdio.h"
 #include "lazyvm/uffd.h"
-#include "lazyvm/units.h"
+
+#define ALIGN_2M (2ull << 20)
+
+static const char *const version_names[FC_VERSION_COUNT] = {
+    [FC_V1_4] = "1.4",
+    [FC_V1_7] = "1.7",
+    [FC_V1_12] = "1.12",
+    [FC_V_MAIN] = "main",
+    [FC_V_SECRET_HIDING] = "secret-hiding",
+};
+
+/* The index of `name` in names[first..n), or -EINVAL. */
+static int name_index(const char *const *names, int first, int n, const char *name)
+{
+	for (int i = first; i < n; i++)
+		if (names[i] && strcmp(name, names[i]) == 0)
+			return i;
+	return -EINVAL;
+}
 
 static const char *const bad_names[FC_BAD_COUNT] = {
     [FC_BAD_NO_FD] = "no-fd",           [FC_BAD_TWO_FDS] = "two-fds",
     [FC_BAD_NOT_UFFD] = "not-uffd",     [FC_BAD_GARBAGE] = "garbage",
     [FC_BAD_TRUNCATED] = "truncated",   [FC_BAD_OVERSIZED] = "oversized",
     [FC_BAD_OVERLAP] = "overlap",       [FC_BAD_BEYOND_FILE] = "beyond-file",
-    [FC_BAD_UNALIGNED] = "unaligned",   [FC_BAD_UNKNOWN_FIELD] = "unknown-field",
+    [FC_BAD_UNALIGNED] = "unaligned",   [FC_BAD_WRONG_TYPE] = "wrong-type",
     [FC_BAD_SILENT] = "silent",         [FC_BAD_BLOCKING] = "blocking",
     [FC_BAD_EVENT_FORK] = "event-fork",
 };
+
+const char *fc_version_name(enum fc_version v)
+{
+	return v < FC_VERSION_COUNT ? version_names[v] : NULL;
+}
+
+int fc_version_parse(const char *name, enum fc_version *out)
+{
+	int v = name_index(version_names, 0, FC_VERSION_COUNT, name);
+
+	if (v >= 0)
+		*out = (enum fc_version)v;
+	return v < 0 ? v : 0;
+}
 
 const char *fc_bad_name(enum fc_bad b)
 {
@@ -36,57 +70,151 @@ const char *fc_bad_name(enum fc_bad b)
 
 int fc_bad_parse(const char *name, enum fc_bad *out)
 {
-	for (int b = 1; b < FC_BAD_COUNT; b++)
-		if (strcmp(name, bad_names[b]) == 0) {
-			*out = (enum fc_bad)b;
-			return 0;
-		}
-	return -EINVAL;
+	int b = name_index(bad_names, 1, FC_BAD_COUNT, name);
+
+	if (b >= 0)
+		*out = (enum fc_bad)b;
+	return b < 0 ? b : 0;
 }
 
-int fc_vm_create(struct fc_vm *vm, const char *mem_file, unsigned nregions, uint64_t page_size,
-                 char *why, size_t whylen)
+/* The userfaultfd as the release's userfaultfd crate makes it: v1.4 (0.5)
+ * calls the system call with UFFD_USER_MODE_ONLY (again without it before
+ * 5.11); v1.5 on (0.7+) prefer /dev/userfaultfd and use the system call only
+ * when the device does not exist. Always O_CLOEXEC | O_NONBLOCK. */
+static int make_uffd(struct fc_vm *vm)
 {
-	struct stat st;
+	const int fl = O_CLOEXEC | O_NONBLOCK;
+	int fd, dev;
+
+	if (vm->cfg.version == FC_V1_4) {
+		vm->uffd_how = "userfaultfd(2), user mode only";
+		fd = (int)syscall(SYS_userfaultfd, fl | UFFD_USER_MODE_ONLY);
+		if (fd < 0 && errno == EINVAL) {
+			vm->uffd_how = "userfaultfd(2)";
+			fd = (int)syscall(SYS_userfaultfd, fl);
+		}
+		return fd < 0 ? -errno : fd;
+	}
+	dev = open("/dev/userfaultfd", O_RDWR | O_CLOEXEC);
+	if (dev < 0 && errno == ENOENT) {
+		vm->uffd_how = "userfaultfd(2)";
+		fd = (int)syscall(SYS_userfaultfd, fl);
+		return fd < 0 ? -errno : fd;
+	}
+	if (dev < 0)
+		return -errno;
+	vm->uffd_how = "/dev/userfaultfd";
+	fd = ioctl(dev, USERFAULTFD_IOC_NEW, fl);
+	int saved = errno;
+	close(dev);
+	return fd < 0 ? -saved : fd;
+}
+
+/* EVENT_REMOVE always from v1.12; before, only for a snapshot with a balloon.
+ * Nothing else, in any release (not even MISSING_HUGETLBFS for 2M pages). */
+static uint64_t release_features(const struct fc_vm_config *cfg)
+{
+	return cfg->version >= FC_V1_12 || cfg->balloon ? UFFD_FEATURE_EVENT_REMOVE : 0;
+}
+
+static int open_uffd(struct fc_vm *vm, uint64_t features, char *why, size_t whylen)
+{
+	struct uffdio_api api = {.api = UFFD_API, .features = features};
+	int fd = make_uffd(vm);
+
+	if (fd < 0) {
+		snprintf(why, whylen, "creating the userfaultfd (%s): %s", vm->uffd_how,
+		         strerror(-fd));
+		return fd;
+	}
+	if (ioctl(fd, UFFDIO_API, &api) < 0) {
+		int r = -errno;
+		snprintf(why, whylen, "UFFDIO_API with features 0x%llx: %s",
+		         (unsigned long long)features, strerror(errno));
+		close(fd);
+		return r;
+	}
+	return fd;
+}
+
+/* An anonymous private mapping as the release makes guest memory; main
+ * aligns every region to 2 MiB (an over-sized PROT_NONE reservation trimmed
+ * at both ends) and asks for transparent huge pages. */
+static void *map_region(const struct fc_vm *vm, uint64_t size)
+{
+	int flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE;
+
+	if (vm->page_size > 4096)
+		return mmap(NULL, size, PROT_READ | PROT_WRITE, flags | MAP_HUGETLB, -1, 0);
+	if (vm->cfg.version != FC_V_MAIN)
+		return mmap(NULL, size, PROT_READ | PROT_WRITE, flags, -1, 0);
+	char *p = mmap(NULL, size + ALIGN_2M, PROT_NONE, flags, -1, 0);
+	if (p == MAP_FAILED)
+		return p;
+	uint64_t head = (ALIGN_2M - (uint64_t)(uintptr_t)p % ALIGN_2M) % ALIGN_2M;
+	if (head)
+		munmap(p, head);
+	munmap(p + head + size, ALIGN_2M - head);
+	p += head;
+	if (mprotect(p, size, PROT_READ | PROT_WRITE) < 0 || madvise(p, size, MADV_HUGEPAGE) < 0) {
+		munmap(p, size);
+		return MAP_FAILED;
+	}
+	return p;
+}
+
+int fc_vm_create(struct fc_vm *vm, const struct fc_vm_config *cfg, char *why, size_t whylen)
+{
+	unsigned nregions = cfg->nregions + (cfg->hotplug ? 1 : 0);
 	uint64_t pages, per, off = 0;
+	struct stat st;
 	int r;
 
-	*vm = (struct fc_vm){
-	    .uffd = -1, .mem_fd = -1, .sock = -1, .lifeline = -1, .page_size = page_size};
-	if (nregions < 1 || nregions > sizeof(vm->regions) / sizeof(vm->regions[0]) ||
-	    (page_size != 4096 && page_size != (2u << 20))) {
-		snprintf(why, whylen, "1 to 16 regions of 4 KiB or 2 MiB pages");
+	*vm = (struct fc_vm){.cfg = *cfg,
+	                     .uffd = -1,
+	                     .mem_fd = -1,
+	                     .sock = -1,
+	                     .lifeline = -1,
+	                     .page_size = cfg->page_size};
+	if (cfg->nregions < 1 || nregions > sizeof(vm->regions) / sizeof(vm->regions[0]) ||
+	    (cfg->page_size != 4096 && cfg->page_size != ALIGN_2M) ||
+	    cfg->version >= FC_VERSION_COUNT) {
+		snprintf(why, whylen, "1 to 15 regions (16 with hotplug) of 4 KiB or 2 MiB pages");
 		return -EINVAL;
 	}
-	if ((r = vm->mem_fd = lv_open_input(mem_file, 0, &st, why, whylen)) < 0)
+	if (cfg->hotplug && (cfg->version < FC_V1_12 || cfg->page_size != 4096)) {
+		snprintf(why, whylen,
+		         "memory hotplug is Firecracker v1.14 and later (here: "
+		         "--fc-version 1.12, main or secret-hiding), 4 KiB pages");
+		return -EINVAL;
+	}
+	if (cfg->guest_memfd && cfg->version != FC_V_SECRET_HIDING) {
+		snprintf(why, whylen, "guest_memfd is the secret-hiding branch's");
+		return -EINVAL;
+	}
+	if ((r = vm->mem_fd = lv_open_input(cfg->mem_file, 0, &st, why, whylen)) < 0)
 		goto err;
 	vm->size = (uint64_t)st.st_size;
-	pages = vm->size / page_size;
-	if (vm->size % page_size || pages < nregions) {
+	pages = vm->size / vm->page_size;
+	if (vm->size % vm->page_size || pages < nregions * (cfg->hotplug ? 4u : 1u)) {
 		snprintf(why, whylen,
 		         "memory file %s (%llu bytes) is not %u or more whole %llu-byte pages",
-		         mem_file, (unsigned long long)vm->size, nregions,
-		         (unsigned long long)page_size);
+		         cfg->mem_file, (unsigned long long)vm->size, nregions * 4,
+		         (unsigned long long)vm->page_size);
 		r = -EINVAL;
 		goto err;
 	}
-	uint64_t features =
-	    UFFD_FEATURE_EVENT_REMOVE | (page_size > 4096 ? UFFD_FEATURE_MISSING_HUGETLBFS : 0);
-	vm->uffd = uffd_open(features, NULL, why, whylen);
-	if (vm->uffd < 0) {
-		r = vm->uffd;
-		if (!why[0])
-			snprintf(why, whylen, "userfaultfd: %s", strerror(-r));
+	vm->features = release_features(cfg);
+	vm->uffd = r = open_uffd(vm, vm->features, why, whylen);
+	if (r < 0)
 		goto err;
-	}
-	/* Like Firecracker: each region its own mapping, registered separately. */
+	/* Each region its own mapping, registered on its own (MISSING mode),
+	 * the file offsets the running sum of the sizes. */
 	per = pages / nregions;
 	for (unsigned i = 0; i < nregions; i++) {
 		uint64_t size =
-		    (i == nregions - 1 ? pages - per * (nregions - 1) : per) * page_size;
-		int flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE |
-		            (page_size > 4096 ? MAP_HUGETLB : 0);
-		void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, flags, -1, 0);
+		    (i == nregions - 1 ? pages - per * (nregions - 1) : per) * vm->page_size;
+		void *p = map_region(vm, size);
 
 		if (p == MAP_FAILED) {
 			r = -errno;
@@ -97,18 +225,27 @@ int fc_vm_create(struct fc_vm *vm, const char *mem_file, unsigned nregions, uint
 		vm->regions[i] = (struct fc_region){.base_host_virt_addr = (uint64_t)(uintptr_t)p,
 		                                    .size = size,
 		                                    .offset = off,
-		                                    .page_size = page_size};
+		                                    .page_size = vm->page_size,
+		                                    .gpa_start = off + (i ? 1ull << 32 : 0),
+		                                    .guest_memfd = cfg->guest_memfd};
 		vm->nregions++;
 		off += size;
-		char missing[64] = "";
 		r = uffd_register(vm->uffd, (uint64_t)(uintptr_t)p, size,
-		                  UFFDIO_REGISTER_MODE_MISSING, 1ull << _UFFDIO_COPY, missing,
-		                  sizeof(missing));
+		                  UFFDIO_REGISTER_MODE_MISSING, 0, why, whylen);
 		if (r < 0) {
-			snprintf(why, whylen, "registering region %u: %s %s", i, strerror(-r),
-			         missing);
+			snprintf(why, whylen, "registering region %u: %s", i, strerror(-r));
 			goto err;
 		}
+	}
+	if (cfg->hotplug) {
+		/* One slot in the middle of the hotplug area is unplugged: after the
+		 * hand-off (as v1.14's restore does) it becomes PROT_NONE, splitting
+		 * the registered mapping in three. */
+		const struct fc_region *hp = &vm->regions[nregions - 1];
+		uint64_t slot = hp->size / 4 / vm->page_size * vm->page_size;
+
+		vm->holes[vm->nholes++] =
+		    (struct fc_hole){.addr = hp->base_host_virt_addr + 2 * slot, .len = slot};
 	}
 	return 0;
 err:
@@ -116,11 +253,11 @@ err:
 	return r;
 }
 
-/* Sends `len` bytes with `nfds` fds attached (0, 1 or 2). */
+/* Sends `len` bytes with `nfds` fds attached (0 to 3). */
 static int send_with_fds(int sock, const char *buf, size_t len, const int *fds, unsigned nfds)
 {
 	union {
-		char buf[CMSG_SPACE(2 * sizeof(int))];
+		char buf[CMSG_SPACE(3 * sizeof(int))];
 		struct cmsghdr align;
 	} ctrl;
 	struct iovec iov = {.iov_base = (void *)buf, .iov_len = len};
@@ -154,9 +291,32 @@ static int send_with_fds(int sock, const char *buf, size_t len, const int *fds, 
 	return 0;
 }
 
-/* Builds the JSON, correct or broken on purpose. Returns a malloc'd string. */
-static char *build_json(const struct fc_vm *vm, enum fc_bad bad, enum fc_fields fields, size_t *len)
+/* Inserts `text` right after every region's opening brace. */
+static int insert_in_regions(char *buf, size_t cap, int n, const char *text)
 {
+	size_t add = strlen(text);
+
+	for (char *p = buf; (p = strchr(p, '{'));) {
+		if ((size_t)n + add + 1 > cap)
+			return -ENOSPC;
+		memmove(p + 1 + add, p + 1, (size_t)n - (size_t)(p + 1 - buf) + 1);
+		memcpy(p + 1, text, add);
+		n += (int)add;
+		p += 1 + add;
+	}
+	return n;
+}
+
+/* Builds the JSON, correct or broken on purpose. Returns a malloc'd string. */
+static char *build_json(const struct fc_vm *vm, enum fc_bad bad, size_t *len)
+{
+	static const enum fc_shape shapes[FC_VERSION_COUNT] = {
+	    [FC_V1_4] = FC_SHAPE_V1_4,
+	    [FC_V1_7] = FC_SHAPE_V1_7,
+	    [FC_V1_12] = FC_SHAPE_V1_12,
+	    [FC_V_MAIN] = FC_SHAPE_V1_12,
+	    [FC_V_SECRET_HIDING] = FC_SHAPE_SECRET_HIDING,
+	};
 	struct fc_region regs[16];
 	size_t cap = FC_HANDSHAKE_MAX_BYTES + 4096;
 	char *buf = malloc(cap);
@@ -171,27 +331,26 @@ static char *build_json(const struct fc_vm *vm, enum fc_bad bad, enum fc_fields 
 		regs[vm->nregions - 1].size += vm->page_size;
 	if (bad == FC_BAD_UNALIGNED)
 		regs[0].base_host_virt_addr += 512;
-	n = fc_handshake_format(regs, vm->nregions, buf, cap);
+	n = fc_handshake_format(regs, vm->nregions, shapes[vm->cfg.version], buf, cap);
+	if (n >= 0 && vm->cfg.unknown_fields)
+		n = insert_in_regions(buf, cap, n,
+		                      "\"memory_slot\":3,\"tags\":{\"a\":[1,\"x\",null]},"
+		                      "\"ratio\":-0.5,");
+	if (n >= 0 && bad == FC_BAD_WRONG_TYPE) {
+		char *p = strstr(buf, "\"size\":");
+		char *end = p ? p + 7 + strspn(p + 7, "0123456789") : NULL;
+
+		if (p && (size_t)n + 3 < cap) {
+			memmove(end + 1, end, strlen(end) + 1);
+			*end = '"';
+			memmove(p + 8, p + 7, strlen(p + 7) + 1);
+			p[7] = '"';
+			n += 2;
+		}
+	}
 	if (n < 0) {
 		free(buf);
 		return NULL;
-	}
-	/* fc_handshake_format writes both fields, as Firecracker 1.x does; older
-	 * and newer releases send one of them: strip the other. */
-	const char *drop = fields == FC_FIELDS_PAGE_SIZE ? ",\"page_size_kib\":"
-	                   : fields == FC_FIELDS_KIB     ? ",\"page_size\":"
-	                                                 : NULL;
-	for (char *p; drop && (p = strstr(buf, drop));) {
-		char *end = p + strlen(drop);
-		while (*end >= '0' && *end <= '9')
-			end++;
-		memmove(p, end, strlen(end) + 1);
-	}
-	n = (int)strlen(buf);
-	if (bad == FC_BAD_UNKNOWN_FIELD) {
-		memmove(buf + 2 + 12, buf + 2, (size_t)n - 1); /* after "[{" */
-		memcpy(buf + 2, "\"balloon\":1,", 12);
-		n += 12;
 	}
 	if (bad == FC_BAD_GARBAGE)
 		n = snprintf(buf, cap, "GET /snapshot HTTP/1.1\r\n\r\n");
@@ -207,19 +366,12 @@ static char *build_json(const struct fc_vm *vm, enum fc_bad bad, enum fc_fields 
 	return buf;
 }
 
-/* Moves every region to a new userfaultfd with `extra` features, blocking
- * when asked: the hand-offs a handler must refuse by their userfaultfd. */
 static int replace_uffd(struct fc_vm *vm, uint64_t extra, bool blocking, char *why, size_t whylen)
 {
-	uint64_t features = UFFD_FEATURE_EVENT_REMOVE | extra |
-	                    (vm->page_size > 4096 ? UFFD_FEATURE_MISSING_HUGETLBFS : 0);
-	int fd = uffd_open(features, NULL, why, whylen), r;
+	int fd = open_uffd(vm, vm->features | extra, why, whylen), r;
 
-	if (fd < 0) {
-		if (!why[0])
-			snprintf(why, whylen, "userfaultfd: %s", strerror(-fd));
+	if (fd < 0)
 		return fd;
-	}
 	if (blocking && fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK) < 0) {
 		r = -errno;
 		snprintf(why, whylen, "clearing O_NONBLOCK: %s", strerror(errno));
@@ -231,7 +383,7 @@ static int replace_uffd(struct fc_vm *vm, uint64_t extra, bool blocking, char *w
 
 		uffd_unregister(vm->uffd, g->base_host_virt_addr, g->size);
 		r = uffd_register(fd, g->base_host_virt_addr, g->size, UFFDIO_REGISTER_MODE_MISSING,
-		                  1ull << _UFFDIO_COPY, why, whylen);
+		                  0, why, whylen);
 		if (r < 0) {
 			snprintf(why, whylen, "registering region %u again: %s", i, strerror(-r));
 			close(fd);
@@ -243,14 +395,14 @@ static int replace_uffd(struct fc_vm *vm, uint64_t extra, bool blocking, char *w
 	return 0;
 }
 
-static int handoff_self(struct fc_vm *vm, const char *socket_path, enum fc_bad bad,
-                        enum fc_fields fields, char *why, size_t whylen);
+static int handoff_self(struct fc_vm *vm, const char *socket_path, enum fc_bad bad, char *why,
+                        size_t whylen);
 
 /* The hand-off from a forked child (see enum fc_connector). The child reports
  * its result as one byte (0 ok, else errno), then waits on the lifeline or
  * exits; the parent keeps the memory and the userfaultfd. */
-static int handoff_child(struct fc_vm *vm, const char *socket_path, enum fc_bad bad,
-                         enum fc_fields fields, char *why, size_t whylen)
+static int handoff_child(struct fc_vm *vm, const char *socket_path, enum fc_bad bad, char *why,
+                         size_t whylen)
 {
 	int status[2], life[2], r;
 	unsigned char res = 0;
@@ -280,7 +432,7 @@ static int handoff_child(struct fc_vm *vm, const char *socket_path, enum fc_bad 
 
 		close(status[0]);
 		close(life[1]);
-		r = handoff_self(vm, socket_path, bad, fields, why, whylen);
+		r = handoff_self(vm, socket_path, bad, why, whylen);
 		res = (unsigned char)(r < 0 ? -r : 0);
 		if (write(status[1], &res, 1) < 0)
 			_exit(1);
@@ -306,8 +458,8 @@ static int handoff_child(struct fc_vm *vm, const char *socket_path, enum fc_bad 
 	return 0;
 }
 
-int fc_vm_handoff(struct fc_vm *vm, const char *socket_path, enum fc_bad bad, enum fc_fields fields,
-                  char *why, size_t whylen)
+int fc_vm_handoff(struct fc_vm *vm, const char *socket_path, enum fc_bad bad, char *why,
+                  size_t whylen)
 {
 	int r;
 
@@ -318,8 +470,26 @@ int fc_vm_handoff(struct fc_vm *vm, const char *socket_path, enum fc_bad bad, en
 			return r;
 	}
 	if (vm->connector != FC_CONNECTOR_SELF)
-		return handoff_child(vm, socket_path, bad, fields, why, whylen);
-	return handoff_self(vm, socket_path, bad, fields, why, whylen);
+		r = handoff_child(vm, socket_path, bad, why, whylen);
+	else
+		r = handoff_self(vm, socket_path, bad, why, whylen);
+	if (r < 0 || bad != FC_BAD_NONE)
+		return r;
+	/* What the release does next. Before v1.12 the socket is dropped as soon
+	 * as the message is out; since, it is kept (and never used again). */
+	if (vm->cfg.version <= FC_V1_7 && vm->sock >= 0) {
+		close(vm->sock);
+		vm->sock = -1;
+	}
+	/* v1.14's restore makes unplugged slots PROT_NONE after the hand-off. */
+	for (unsigned i = 0; i < vm->nholes; i++)
+		if (mprotect((void *)(uintptr_t)vm->holes[i].addr, vm->holes[i].len, PROT_NONE) <
+		    0) {
+			r = -errno;
+			snprintf(why, whylen, "protecting the unplugged slot: %s", strerror(errno));
+			return r;
+		}
+	return 0;
 }
 
 int fc_vm_clear_nonblock(struct fc_vm *vm)
@@ -331,12 +501,35 @@ int fc_vm_clear_nonblock(struct fc_vm *vm)
 	return 0;
 }
 
-static int handoff_self(struct fc_vm *vm, const char *socket_path, enum fc_bad bad,
-                        enum fc_fields fields, char *why, size_t whylen)
+/* The secret-hiding branch's fds: the userfaultfd, then for a guest_memfd VM
+ * the guest_memfd and the userfault bitmap's memfd. A guest_memfd needs a
+ * KVM VM; plain memfds stand in for both (a handler that refuses guest_memfd
+ * memory, as lazyvm does, never uses them). */
+static unsigned handoff_fds(const struct fc_vm *vm, enum fc_bad bad, int fds[3])
 {
+	fds[0] = bad == FC_BAD_NOT_UFFD ? vm->mem_fd : vm->uffd;
+	if (bad == FC_BAD_NO_FD)
+		return 0;
+	if (bad == FC_BAD_TWO_FDS) {
+		fds[1] = vm->uffd;
+		return 2;
+	}
+	if (!vm->cfg.guest_memfd)
+		return 1;
+	fds[1] = memfd_create("guest_memfd stand-in", MFD_CLOEXEC);
+	fds[2] = memfd_create("userfault bitmap stand-in", MFD_CLOEXEC);
+	return fds[1] < 0 || fds[2] < 0 ? 1 : 3;
+}
+
+static int handoff_self(struct fc_vm *vm, const char *socket_path, enum fc_bad bad, char *why,
+                        size_t whylen)
+{
+	/* secret-hiding: "no_exitless_apf" follows the hand-off (the other
+	 * answer, "exitless_apf:N", carries three fds per vCPU). */
+	static const char no_apf[] = "no_exitless_apf";
 	struct sockaddr_un sa = {.sun_family = AF_UNIX};
-	int fds[2] = {vm->uffd, vm->uffd};
-	unsigned nfds = 1;
+	int fds[3] = {-1, -1, -1};
+	unsigned nfds;
 	size_t len = 0;
 	char *json;
 	int r;
@@ -357,171 +550,30 @@ static int handoff_self(struct fc_vm *vm, const char *socket_path, enum fc_bad b
 	}
 	if (bad == FC_BAD_SILENT)
 		return 0;
-	json = build_json(vm, bad, fields, &len);
+	json = build_json(vm, bad, &len);
 	if (!json) {
 		snprintf(why, whylen, "out of memory building the handshake");
 		return -ENOMEM;
 	}
-	if (bad == FC_BAD_NO_FD)
-		nfds = 0;
-	if (bad == FC_BAD_TWO_FDS)
-		nfds = 2;
-	if (bad == FC_BAD_NOT_UFFD)
-		fds[0] = vm->mem_fd;
+	nfds = handoff_fds(vm, bad, fds);
 	r = send_with_fds(vm->sock, json, len, fds, nfds);
 	free(json);
+	for (unsigned i = 1; i < nfds; i++)
+		if (fds[i] != vm->uffd)
+			close(fds[i]);
+	/* A handler that refused the hand-off may have closed the socket
+	 * already; its reply is still there to read. */
+	if (r == 0 && vm->cfg.version == FC_V_SECRET_HIDING && bad == FC_BAD_NONE) {
+		r = send_with_fds(vm->sock, no_apf, sizeof(no_apf) - 1, NULL, 0);
+		if (r == -EPIPE || r == -ECONNRESET)
+			r = 0;
+	}
 	if (r < 0) {
 		snprintf(why, whylen, "sending the handshake: %s", strerror(-r));
 		return r;
 	}
 	if (bad == FC_BAD_TRUNCATED)
 		shutdown(vm->sock, SHUT_WR);
-	return 0;
-}
-
-int fc_vm_read_reply(struct fc_vm *vm, char *buf, size_t len, int timeout_ms)
-{
-	struct pollfd p = {.fd = vm->sock, .events = POLLIN};
-	size_t got = 0;
-
-	while (got + 1 < len) {
-		int r = poll(&p, 1, timeout_ms);
-		if (r < 0 && errno == EINTR)
-			continue;
-		if (r <= 0)
-			break;
-		ssize_t n = read(vm->sock, buf + got, len - 1 - got);
-		if (n <= 0)
-			break;
-		got += (size_t)n;
-		if (memchr(buf, '\n', got))
-			break;
-	}
-	buf[got] = '\0';
-	return (int)got;
-}
-
-struct touch_arg {
-	struct fc_vm *vm;
-	unsigned seed;
-	uint64_t mismatches;
-};
-
-/* Page i of the whole memory, whatever region holds it. */
-static unsigned char *page_ptr(struct fc_vm *vm, uint64_t i)
-{
-	uint64_t off = i * vm->page_size;
-
-	for (unsigned r = 0; r < vm->nregions; r++)
-		if (off - vm->regions[r].offset < vm->regions[r].size)
-			return (unsigned char *)(uintptr_t)vm->regions[r].base_host_virt_addr +
-			       (off - vm->regions[r].offset);
-	return NULL;
-}
-
-static int page_matches(struct fc_vm *vm, uint64_t i, unsigned char *scratch)
-{
-	if (pread(vm->mem_fd, scratch, vm->page_size, (off_t)(i * vm->page_size)) !=
-	    (ssize_t)vm->page_size)
-		return 0;
-	return memcmp(page_ptr(vm, i), scratch, vm->page_size) == 0;
-}
-
-static void *touch_thread(void *p)
-{
-	struct touch_arg *a = p;
-	uint64_t pages = a->vm->size / a->vm->page_size;
-	uint64_t *order = malloc(pages * sizeof(*order));
-	unsigned char *scratch = malloc(a->vm->page_size);
-
-	if (!order || !scratch) {
-		a->mismatches = UINT64_MAX;
-		goto out;
-	}
-	for (uint64_t i = 0; i < pages; i++)
-		order[i] = i;
-	for (uint64_t i = pages - 1; i > 0; i--) {
-		uint64_t j =
-		    ((uint64_t)rand_r(&a->seed) << 31 ^ (uint64_t)rand_r(&a->seed)) % (i + 1);
-		uint64_t t = order[i];
-		order[i] = order[j];
-		order[j] = t;
-	}
-	for (uint64_t i = 0; i < pages; i++)
-		a->mismatches += !page_matches(a->vm, order[i], scratch);
-out:
-	free(order);
-	free(scratch);
-	return NULL;
-}
-
-int fc_vm_touch_verify(struct fc_vm *vm, unsigned threads, unsigned seed, bool check_remove,
-                       struct fc_touch_result *res)
-{
-	pthread_t th[64];
-	struct touch_arg args[64];
-	uint64_t pages = vm->size / vm->page_size, t0;
-	unsigned char *scratch;
-	int r;
-
-	memset(res, 0, sizeof(*res));
-	if (threads < 1 || threads > 64)
-		return -EINVAL;
-	t0 = lv_now_ns();
-	for (unsigned i = 0; i < threads; i++) {
-		args[i] = (struct touch_arg){.vm = vm, .seed = seed + i * 7919};
-		r = -pthread_create(&th[i], NULL, touch_thread, &args[i]);
-		if (r < 0) {
-			threads = i;
-			break;
-		}
-	}
-	for (unsigned i = 0; i < threads; i++) {
-		pthread_join(th[i], NULL);
-		res->mismatches += args[i].mismatches;
-	}
-	res->touch_s = (double)(lv_now_ns() - t0) / 1e9;
-	res->touches = pages * threads;
-	if (!check_remove)
-		return 0;
-	/* A balloon takes back the second quarter of every region. */
-	scratch = malloc(vm->page_size);
-	if (!scratch)
-		return -ENOMEM;
-	for (unsigned i = 0; i < vm->nregions; i++) {
-		struct fc_region *g = &vm->regions[i];
-		uint64_t q = g->size / 4 / vm->page_size * vm->page_size;
-
-		if (!q)
-			continue;
-		if (madvise((char *)(uintptr_t)g->base_host_virt_addr + q, q, MADV_DONTNEED) < 0) {
-			free(scratch);
-			return -errno;
-		}
-		res->removed_pages += q / vm->page_size;
-	}
-	for (uint64_t p = 0; p < pages; p++) {
-		uint64_t off = p * vm->page_size;
-		bool removed = false;
-
-		for (unsigned i = 0; i < vm->nregions; i++) {
-			struct fc_region *g = &vm->regions[i];
-			uint64_t q = g->size / 4 / vm->page_size * vm->page_size;
-			if (off - g->offset < g->size)
-				removed = off - g->offset >= q && off - g->offset < 2 * q;
-		}
-		if (!removed) {
-			res->mismatches += !page_matches(vm, p, scratch);
-			continue;
-		}
-		const unsigned char *m = page_ptr(vm, p);
-		for (uint64_t b = 0; b < vm->page_size; b++)
-			if (m[b]) {
-				res->nonzero++;
-				break;
-			}
-	}
-	free(scratch);
 	return 0;
 }
 

@@ -14,14 +14,12 @@
 #include "lazyvm/fc_handshake.h"
 #include "lazyvm/uffd.h"
 
-#define MAX_FDS_PER_MSG 8
-
 int fc_conn_init(struct fc_conn *c, int fd, pid_t *pid, int *pidfd, bool *race_free)
 {
 	struct ucred cred;
 	socklen_t len = sizeof(cred);
 
-	*c = (struct fc_conn){.fd = fd, .uffd = -1};
+	*c = (struct fc_conn){.fd = fd};
 	*pid = 0;
 	c->buf = malloc(FC_HANDSHAKE_MAX_BYTES + 1);
 	if (!c->buf)
@@ -51,23 +49,83 @@ static void take_fds(struct fc_conn *c, struct msghdr *mh)
 		int *fds = (int *)CMSG_DATA(cm);
 
 		for (size_t i = 0; i < n; i++) {
-			if (c->uffd < 0) {
-				c->uffd = fds[i];
-			} else {
+			if (c->nfds < FC_CONN_MAX_FDS)
+				c->fds[c->nfds] = fds[i];
+			else
 				close(fds[i]);
-				c->extra_fds++;
-			}
+			c->nfds++;
 		}
 	}
+}
+
+/* After the hand-off (the secret-hiding branch, commit 1189ece0b on): the
+ * text "no_exitless_apf" or "exitless_apf:N" (with 3N fds), then frames of a
+ * little-endian u32 length and that many bytes of bitcode; before that
+ * commit, JSON values. 1 with *end and c->msg_kind, 0 need more, -1 neither. */
+static int next_message(struct fc_conn *c, size_t *end)
+{
+	static const char no_apf[] = "no_exitless_apf", apf[] = "exitless_apf:";
+	const size_t nl = sizeof(no_apf) - 1, al = sizeof(apf) - 1;
+	size_t n = c->len;
+
+	*end = 0;
+	if (!n)
+		return 0;
+	if (memcmp(c->buf, no_apf, n < nl ? n : nl) == 0) {
+		c->msg_kind = FC_MSG_APF_TEXT;
+		*end = nl;
+		return n >= nl;
+	}
+	if (memcmp(c->buf, apf, n < al ? n : al) == 0) {
+		/* The count ends where its send did: nothing follows it until a
+		 * vCPU faults, so the digits buffered are all of them. */
+		c->msg_kind = FC_MSG_APF_TEXT;
+		*end = n < al ? 0 : al + strspn(c->buf + al, "0123456789");
+		return n > al && *end > al;
+	}
+	if (strchr("{[ \t\r\n", c->buf[0]) && c->buf[0]) {
+		c->msg_kind = FC_MSG_JSON;
+		return fc_json_next(c->buf, n, end);
+	}
+	if (n < 4)
+		return 0;
+	uint32_t flen =
+	    (uint32_t)(unsigned char)c->buf[0] | (uint32_t)(unsigned char)c->buf[1] << 8 |
+	    (uint32_t)(unsigned char)c->buf[2] << 16 | (uint32_t)(unsigned char)c->buf[3] << 24;
+	if (flen > FC_HANDSHAKE_MAX_BYTES - 4)
+		return -1;
+	c->msg_kind = FC_MSG_FRAME;
+	*end = 4 + (size_t)flen;
+	return n >= *end;
 }
 
 int fc_conn_receive(struct fc_conn *c, char *why, size_t whylen)
 {
 	for (;;) {
 		union {
-			char buf[CMSG_SPACE(MAX_FDS_PER_MSG * sizeof(int))];
+			char buf[CMSG_SPACE(FC_CONN_CTRL_FDS * sizeof(int))];
 			struct cmsghdr align;
 		} ctrl;
+		size_t end;
+		int complete;
+
+		/* What is buffered may already hold the next message. */
+		complete =
+		    c->handed_off ? next_message(c, &end) : fc_json_next(c->buf, c->len, &end);
+		if (complete > 0) {
+			c->msg_len = end;
+			return 1;
+		}
+		if (complete < 0) {
+			c->msg_len = c->len; /* not JSON: the parser names the problem */
+			c->msg_kind = FC_MSG_GARBAGE;
+			return 1;
+		}
+		if (c->len > FC_HANDSHAKE_MAX_BYTES) {
+			snprintf(why, whylen, "%s larger than the %u bytes allowed",
+			         c->handed_off ? "a message" : "handshake", FC_HANDSHAKE_MAX_BYTES);
+			return -1;
+		}
 		struct iovec iov = {.iov_base = c->buf + c->len,
 		                    .iov_len = FC_HANDSHAKE_MAX_BYTES + 1 - c->len};
 		struct msghdr mh = {.msg_iov = &iov,
@@ -81,64 +139,69 @@ int fc_conn_receive(struct fc_conn *c, char *why, size_t whylen)
 				continue;
 			if (errno == EAGAIN)
 				return 0;
-			snprintf(why, whylen, "reading the handshake: %s", strerror(errno));
+			snprintf(why, whylen, "reading the %s: %s",
+			         c->handed_off ? "socket" : "handshake", strerror(errno));
 			return -1;
 		}
 		take_fds(c, &mh);
-		if (mh.msg_flags & MSG_CTRUNC) {
+		if (c->handed_off) {
+			/* exitless_apf:N's 3N fds: lazyvm does not do exitless
+			 * async PF for Firecracker; they are counted and closed. */
+			c->late_fds += c->nfds;
+			fc_conn_close_fds(c);
+		}
+		if (mh.msg_flags & MSG_CTRUNC || (!c->handed_off && c->nfds > FC_CONN_MAX_FDS)) {
 			snprintf(why, whylen,
-			         "more than %d file descriptors sent; expected one userfaultfd",
-			         MAX_FDS_PER_MSG);
+			         "more than %d file descriptors sent; Firecracker sends one "
+			         "userfaultfd, or three with guest_memfd",
+			         FC_CONN_MAX_FDS);
 			return -1;
 		}
 		if (n == 0) {
 			c->eof = true;
 			if (c->len == 0)
-				snprintf(why, whylen,
-				         "connection closed before any handshake was sent");
+				snprintf(why, whylen, "connection closed before any %s was sent",
+				         c->handed_off ? "further message" : "handshake");
 			else
 				snprintf(why, whylen,
-				         "truncated handshake: connection closed after %zu bytes "
-				         "of JSON",
-				         c->len);
+				         "truncated %s: connection closed after %zu bytes of JSON",
+				         c->handed_off ? "message" : "handshake", c->len);
 			return -1;
 		}
 		c->len += (size_t)n;
-		if (c->len > FC_HANDSHAKE_MAX_BYTES) {
-			snprintf(why, whylen, "handshake larger than the %u bytes allowed",
-			         FC_HANDSHAKE_MAX_BYTES);
-			return -1;
-		}
-		int complete = fc_handshake_complete(c->buf, c->len);
-		if (complete == 0)
-			continue;
-		if (complete < 0)
-			return 1; /* not JSON: the parser names the problem */
-		if (c->extra_fds) {
-			snprintf(why, whylen,
-			         "%d file descriptors sent; expected exactly one userfaultfd",
-			         c->extra_fds + 1);
-			return -1;
-		}
-		if (c->uffd < 0) {
-			snprintf(why, whylen,
-			         "no userfaultfd came with the handshake (no SCM_RIGHTS)");
-			return -1;
-		}
-		if (uffd_fd_check(c->uffd) != 1) {
-			char path[64], target[128] = "?";
-			ssize_t t;
-
-			snprintf(path, sizeof(path), "/proc/self/fd/%d", c->uffd);
-			t = readlink(path, target, sizeof(target) - 1);
-			target[t > 0 ? t : 1] = '\0';
-			snprintf(why, whylen,
-			         "the file descriptor sent is not a userfaultfd (it is %s)",
-			         target);
-			return -1;
-		}
-		return 1;
 	}
+}
+
+void fc_conn_consume(struct fc_conn *c)
+{
+	memmove(c->buf, c->buf + c->msg_len, c->len - c->msg_len);
+	c->len -= c->msg_len;
+	c->msg_len = 0;
+}
+
+int fc_conn_check_fds(struct fc_conn *c, char *why, size_t whylen)
+{
+	char kind[160];
+
+	if (c->nfds == 0) {
+		snprintf(why, whylen, "no userfaultfd came with the handshake (no SCM_RIGHTS)");
+		return -1;
+	}
+	if (uffd_fd_check(c->fds[0]) != 1) {
+		snprintf(why, whylen, "the file descriptor sent is not a userfaultfd (it is %s)",
+		         uffd_fd_kind(c->fds[0], kind, sizeof(kind)));
+		return -1;
+	}
+	return 0;
+}
+
+int fc_conn_take_uffd(struct fc_conn *c)
+{
+	int fd = c->nfds ? c->fds[0] : -1;
+
+	if (c->nfds)
+		c->fds[0] = -1;
+	return fd;
 }
 
 void fc_conn_reply(struct fc_conn *c, const char *why)
@@ -155,14 +218,21 @@ void fc_conn_reply(struct fc_conn *c, const char *why)
 		(void)0; /* the peer may be gone: the log has the message */
 }
 
+void fc_conn_close_fds(struct fc_conn *c)
+{
+	for (unsigned i = 0; i < c->nfds && i < FC_CONN_MAX_FDS; i++)
+		if (c->fds[i] >= 0)
+			close(c->fds[i]);
+	c->nfds = 0;
+}
+
 void fc_conn_close(struct fc_conn *c)
 {
 	if (c->fd >= 0)
 		close(c->fd);
-	if (c->uffd >= 0)
-		close(c->uffd);
+	fc_conn_close_fds(c);
 	free(c->buf);
-	c->fd = c->uffd = -1;
+	c->fd = -1;
 	c->buf = NULL;
 }
 
@@ -231,6 +301,17 @@ int fc_uffd_check(int uffd, char *why, size_t whylen)
 		return -1;
 	}
 	r = fc_uffd_features(uffd, &features);
+	if (r == -ENOENT) {
+		/* No /proc (a jail): the features stay unknown. What they would
+		 * change shows in the messages, and the engine refuses it there:
+		 * a fork event closes its fd and stops, a WP or minor fault
+		 * stops; SIGBUS mode sends nothing, so its VM gets SIGBUS, never a
+		 * wrong page. */
+		snprintf(why, whylen,
+		         "features not checked up front (no /proc/self/fdinfo); checked as "
+		         "messages arrive");
+		return 0;
+	}
 	if (r < 0) {
 		snprintf(why, whylen,
 		         "cannot read the userfaultfd's features from /proc/self/fdinfo/%d (%s); "
@@ -249,5 +330,5 @@ int fc_uffd_check(int uffd, char *why, size_t whylen)
 		         names);
 		return -1;
 	}
-	return 0;
+	return 1;
 }

@@ -7,14 +7,28 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-/* One connection's hand-off while it is being read. */
+/* Firecracker's secret-hiding hand-off sends three: the userfaultfd, the
+ * guest_memfd and the userfault bitmap's memfd. */
+#define FC_CONN_MAX_FDS 4
+/* Room for the fds of one message after it: "exitless_apf:N" brings 3 a vCPU. */
+#define FC_CONN_CTRL_FDS 256
+
+/* What a message after the hand-off is (fc_conn_receive sets it). */
+enum fc_msg_kind { FC_MSG_JSON, FC_MSG_APF_TEXT, FC_MSG_FRAME, FC_MSG_GARBAGE };
+
+/* One connection: the hand-off while it is read, then (Firecracker keeps the
+ * socket open from v1.12) the messages that may follow it. */
 struct fc_conn {
-	int fd;    /* the accepted socket, -1 when closed */
-	int uffd;  /* the userfaultfd received, -1 until then (owned until handed on) */
-	char *buf; /* FC_HANDSHAKE_MAX_BYTES + 1 bytes */
-	size_t len;
-	int extra_fds; /* file descriptors beyond the first (refused) */
-	bool eof;      /* the peer closed its end */
+	int fd;                    /* the accepted socket, -1 when closed */
+	int fds[FC_CONN_MAX_FDS];  /* received (owned until taken); fds[0] the uffd */
+	unsigned nfds;             /* how many came (may exceed the array: refused) */
+	char *buf;                 /* FC_HANDSHAKE_MAX_BYTES + 1 bytes */
+	size_t len;                /* bytes buffered */
+	size_t msg_len;            /* the complete message at the front of buf */
+	bool eof;                  /* the peer closed its end */
+	bool handed_off;           /* the hand-off is done: messages follow */
+	enum fc_msg_kind msg_kind; /* of the message at the front, after the hand-off */
+	unsigned late_fds;         /* fds that came after the hand-off (closed) */
 };
 
 /* Takes `fd` (non-blocking), finds the peer (SO_PEERCRED) and a pidfd for it
@@ -29,15 +43,27 @@ int fc_conn_init(struct fc_conn *c, int fd, pid_t *pid, int *pidfd, bool *race_f
 int fc_uffd_features(int uffd, uint64_t *features);
 
 /* Checks a received userfaultfd before it is served: O_NONBLOCK, and no feature
- * beyond those lazyvm handles (named). 0, or -1 with a sentence in `why`. */
+ * beyond those lazyvm handles (named). 1 checked; 0 when the features cannot be
+ * known (no /proc), with `why` saying so; -1 refused, with the reason. */
 int fc_uffd_check(int uffd, char *why, size_t whylen);
 
-/* Reads what is available. Returns 1 when a complete JSON value and exactly one
- * userfaultfd have arrived (the bytes are in c->buf[0..c->len)), or when the
- * bytes can no longer become JSON (the parser will name the problem); 0 when
- * more is needed; -1 with a sentence in `why` for a bad hand-off (no fd, more
- * than one fd, not a userfaultfd, too big, closed early). */
+/* Reads what is available. Returns 1 when a complete JSON value is at the
+ * front of the buffer (c->buf[0..c->msg_len)), or when the bytes can no longer
+ * become JSON (then msg_len is all of them, for the parser to name the
+ * problem); 0 when more is needed; -1 with a sentence in `why` (closed, too
+ * big, too many fds). fc_conn_consume drops the message once handled. */
 int fc_conn_receive(struct fc_conn *c, char *why, size_t whylen);
+void fc_conn_consume(struct fc_conn *c);
+
+/* The hand-off's fds: at least one, the first a userfaultfd (checked without
+ * /proc). 0, or -1 with `why`. */
+int fc_conn_check_fds(struct fc_conn *c, char *why, size_t whylen);
+
+/* Takes the userfaultfd (fds[0]) out of the conn; -1 when none came. */
+int fc_conn_take_uffd(struct fc_conn *c);
+
+/* Closes the fds still held (the guest_memfd and bitmap of a refused VM). */
+void fc_conn_close_fds(struct fc_conn *c);
 
 /* Tells the peer why it was refused (best effort, never blocks). */
 void fc_conn_reply(struct fc_conn *c, const char *why);

@@ -25,10 +25,11 @@
  * process_vm_readv would sleep in the fault until someone serves it: the event
  * loop must never sleep on a peer.
  *
- * Anything else (no SO_PEERPIDFD, no permission to read the process, every
- * candidate page zero or already present) leaves the VM unproven: it is then
- * never killed, and its end is seen from its memory, not its pid
- * (fc_uffd_mm_alive). */
+ * Anything else (no SO_PEERPIDFD, no permission to read the process, no
+ * /proc at all as in a jail, every candidate page zero or already present)
+ * leaves the VM unproven: it is then never killed, and its end is seen from
+ * its memory, not its pid (fc_uffd_mm_alive, which needs no /proc). Serving
+ * never depends on the proof. */
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -111,6 +112,14 @@ int fc_owner_prove(const struct fc_owner_query *q, char *why, size_t whylen)
 	}
 	snprintf(path, sizeof(path), "/proc/%d/mem", (int)q->pid);
 	mem = open(path, O_RDONLY | O_CLOEXEC);
+	if (mem < 0 && access("/proc/self", F_OK) < 0) {
+		/* A jail: its chroot has no /proc. The proof needs one (see above:
+		 * no other read of the peer's memory stays off its faults), so
+		 * the VM stays unproven and is never killed. */
+		snprintf(why, whylen,
+		         "there is no /proc here (a jail?) to read the VM's memory through");
+		return 0;
+	}
 	if (mem < 0 && (errno == ENOENT || errno == ESRCH)) {
 		snprintf(why, whylen, "process %d, which connected, has exited", (int)q->pid);
 		return 0;

@@ -4,8 +4,7 @@
 #   make hwtest-clean  remove build/hw except the download cache
 #
 # Everything lives under $(HW_B) (build/hw), never in $(B):
-#   $(HW_B)/obj/...            objects of the static lazyvm (no sanitizers)
-#   $(HW_B)/lazyvm             lazyvm linked -static (liburing.a, -lpthread)
+#   $(HW_B)/lazyvm             the static lazyvm (make static, static.mk)
 #   $(HW_B)/cache/             Debian's kernel and busybox-static, unpacked (tests/hw/fetch)
 #   $(HW_B)/vmlinuz            the kernel that boots
 #   $(HW_B)/initramfs.cpio.gz  busybox, modules, lazyvm, tests/hw/init
@@ -19,26 +18,11 @@ endif
 
 HW_B       ?= build/hw
 HW_CACHE   ?= $(HW_B)/cache
-HW_URING_A ?= $(firstword $(wildcard /usr/lib/x86_64-linux-gnu/liburing.a /usr/lib/liburing.a /usr/local/lib/liburing.a))
 
-# The top Makefile's flags minus the sanitizers (a static ASan binary does not link),
-# and without the NBD source: a static libnbd would drag in gnutls and libxml2,
-# and the tier does not test NBD (the binary says so if asked).
-HW_CFLAGS   = $(filter-out $(SANFLAGS),$(CFLAGS)) -DLAZYVM_NO_NBD
-HW_SRCS    := $(LIB_SRCS) $(CLI_SRCS)
-HW_OBJS    := $(HW_SRCS:%.c=$(HW_B)/obj/%.o)
-
-$(HW_B)/obj/%.o: %.c
+# The static lazyvm of `make static` (static.mk), copied in.
+$(HW_B)/lazyvm: $(STATIC_B)/lazyvm
 	@mkdir -p $(@D)
-	$(call say,CC,$@)$(CC) $(HW_CFLAGS) -c -o $@ $<
-
-$(HW_B)/obj/guest_image.o: src/vmm/guest_image.S $(GUEST_BIN)
-	@mkdir -p $(@D)
-	$(call say,AS,$@)$(CC) -c -DGUEST_BIN_PATH='"$(GUEST_BIN)"' -o $@ $<
-
-$(HW_B)/lazyvm: $(HW_OBJS) $(HW_B)/obj/guest_image.o
-	@test -n "$(HW_URING_A)" || { echo "hwtest: liburing.a not found (install liburing-dev: make deps)" >&2; exit 1; }
-	$(call say,LINK,$@)$(CC) -static -o $@ $^ $(HW_URING_A) -lpthread
+	$(call say,CP,$@)cp $< $@
 
 # Fetching always runs (fast and silent once cached); it rewrites kernel.abi
 # and busybox.dir only when they change, so nothing downstream rebuilds.
@@ -62,8 +46,7 @@ hwtest: hwtest-build
 	tests/hw/run --kernel $(HW_B)/vmlinuz --initrd $(HW_B)/initramfs.cpio.gz --logs $(HW_B)/logs
 
 hwtest-clean:
-	rm -rf $(HW_B)/obj $(HW_B)/root $(HW_B)/logs $(HW_B)/lazyvm $(HW_B)/vmlinuz $(HW_B)/initramfs.cpio.gz
+	rm -rf $(HW_B)/root $(HW_B)/logs $(HW_B)/lazyvm $(HW_B)/vmlinuz $(HW_B)/initramfs.cpio.gz
 
 .PHONY: hwtest hwtest-build hwtest-clean hw-fetch
 
--include $(shell find $(HW_B)/obj -name '*.d' 2>/dev/null)

@@ -89,9 +89,13 @@ usage "fc-client without --socket" "--socket PATH is required" fc-client --mem-f
 usage "fc-client without --mem-file" "--mem-file PATH is required" fc-client --socket s
 usage "fc-client: a stray argument" "unexpected argument 'z'" fc-client --socket s --mem-file m z
 usage "fc-client --page-size 8k" "--page-size: '8k' is not 4k or 2M" fc-client --socket s --mem-file m --page-size 8k
-usage "fc-client --regions 17" "--regions: '17' is not a whole number from 1 to 16" fc-client --socket s --mem-file m --regions 17
+usage "fc-client --regions 16" "--regions: '16' is not a whole number from 1 to 15" fc-client --socket s --mem-file m --regions 16
+usage "fc-client --fc-version 1.3" "--fc-version: '1.3' is not 1.4, 1.7, 1.12, main or secret-hiding" fc-client --socket s --mem-file m --fc-version 1.3
+usage "fc-client --hotplug before v1.14" "memory hotplug is Firecracker v1.14 and later" fc-client --socket s --mem-file /dev/zero --hotplug --fc-version 1.7
 usage "fc-client --bad nonsense" "--bad: unknown mode 'nonsense'" fc-client --socket s --mem-file m --bad nonsense
 usage "fc-handler without --mem-file" "--mem-file PATH is required" fc-handler --socket s
+usage "fc-handler: a third positional argument" "unexpected argument 'c'" fc-handler a b c
+usage "fc-handler --populate some" "--populate" fc-handler --populate some a b
 usage "fc-handler --busy-idle without --intake busy" "--busy-idle does nothing without --intake busy" \
     fc-handler --socket s --mem-file m --busy-idle 1ms
 usage "fc-handler --handshake-timeout 0" "--handshake-timeout: '0': must be more than 0" \

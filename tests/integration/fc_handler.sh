@@ -40,9 +40,9 @@ check "VM verifies every byte and reads zeros after MADV_DONTNEED" [ "$rc" -eq 0
 check "client reports every byte matching" grep -q "every byte matches" <<<"$out"
 check "client reports removed pages read zeros" grep -q "all read zeros" <<<"$out"
 
-echo "# page_size only, and the deprecated page_size_kib only"
-check "hand-off with only page_size" client --socket "$T/main.sock" --mem-file "$T/mem.img" --fields page_size --threads 2
-check "hand-off with only page_size_kib" client --socket "$T/main.sock" --mem-file "$T/mem.img" --fields page_size_kib --threads 2
+echo "# older releases' hand-offs: no page size field (v1.4), page_size_kib only (v1.7)"
+check "hand-off of Firecracker v1.4" client --socket "$T/main.sock" --mem-file "$T/mem.img" --fc-version 1.4 --threads 2
+check "hand-off of Firecracker v1.7" client --socket "$T/main.sock" --mem-file "$T/mem.img" --fc-version 1.7 --threads 2
 
 echo "# two VMs at once"
 client --socket "$T/main.sock" --mem-file "$T/mem.img" --regions 2 --seed 5 >"$T/a.out" 2>&1 & a=$!
@@ -72,7 +72,7 @@ declare -A expect=(
     [overlap]="overlaps region 0"
     [beyond-file]="ends beyond the memory file"
     [unaligned]="not a multiple of page_size"
-    [unknown-field]='unknown field "balloon"'
+    [wrong-type]='field "size" in region 0 is a string, not a non-negative integer'
     [silent]="no complete handshake within 1.0 s"
 )
 for mode in "${!expect[@]}"; do

@@ -32,7 +32,7 @@ static char *exact_copy(const char *s, size_t len)
 static int fails_with(const char *s, size_t len, uint64_t file_size, int want_rc,
                       const char *want_msg)
 {
-	struct fc_handshake hs = {(struct fc_region *)&hs, 99};
+	struct fc_handshake hs = {.regions = (struct fc_region *)&hs, .nregions = 99};
 	char err[512];
 	char *copy = exact_copy(s, len);
 	int rc;
@@ -68,13 +68,18 @@ static int parses(const char *s, size_t len, uint64_t file_size, struct fc_hands
 	return 0;
 }
 
+/* fc_json_next, reduced to "complete, with only white space after it". */
 static int complete(const char *s, size_t len)
 {
 	char *copy = exact_copy(s, len);
-	int rc = fc_handshake_complete(copy, len);
+	size_t end = 0;
+	int rc = fc_json_next(copy, len, &end);
 
+	if (rc == 1)
+		while (end < len && strchr(" \t\r\n", copy[end]) && copy[end])
+			end++;
 	free(copy);
-	return rc;
+	return rc == 1 && end < len ? -EINVAL : rc;
 }
 
 /* For string literals, which may hold NUL bytes. */
@@ -285,13 +290,16 @@ static void good_format_parse_round_trip(void)
 	int len;
 
 	CHECK(buf != NULL);
-	len = fc_handshake_format(r, n, buf, cap);
+	len = fc_handshake_format(r, n, FC_SHAPE_V1_12, buf, cap);
 	CHECK(len > 0);
 	CHECK_EQ(strlen(buf), len);
 	CHECK_EQ(complete(buf, (size_t)len), 1);
 	CHECK(parses(buf, (size_t)len, file_size, &hs));
 	CHECK_EQ(hs.nregions, n);
-	CHECK(memcmp(hs.regions, r, n * sizeof(*r)) == 0);
+	for (size_t i = 0; i < n; i++)
+		check_region(&hs.regions[i], r[i].base_host_virt_addr, r[i].size, r[i].offset,
+		             r[i].page_size);
+	CHECK_EQ(hs.has, FC_HAS_PAGE_SIZE | FC_HAS_PAGE_SIZE_KIB);
 	fc_handshake_free(&hs);
 	CHECK(
 	    fails_with(buf, (size_t)len, file_size - 4096, -EINVAL, "ends beyond the memory file"));
@@ -309,15 +317,15 @@ static void good_max_regions(void)
 	int len;
 
 	CHECK(buf != NULL);
-	len = fc_handshake_format(r, n, buf, cap);
+	len = fc_handshake_format(r, n, FC_SHAPE_V1_12, buf, cap);
 	CHECK(len > 0 && (size_t)len <= FC_HANDSHAKE_MAX_BYTES);
 	CHECK(parses(buf, (size_t)len, 0, &hs));
 	CHECK_EQ(hs.nregions, n);
 	fc_handshake_free(&hs);
 
-	len = fc_handshake_format(r, n + 1, buf, cap);
+	len = fc_handshake_format(r, n + 1, FC_SHAPE_V1_12, buf, cap);
 	CHECK(len > 0 && (size_t)len <= FC_HANDSHAKE_MAX_BYTES);
-	CHECK(fails_with(buf, (size_t)len, 0, -E2BIG, "more than 1024 regions"));
+	CHECK(fails_with(buf, (size_t)len, 0, -E2BIG, "1025 regions, more than the 1024 allowed"));
 	free(buf);
 	free(r);
 }
@@ -353,36 +361,37 @@ static void bad_oversized(void)
 
 static void bad_shape(void)
 {
-	BAD("", -EINVAL, "empty handshake");
-	BAD("   \n", -EINVAL, "truncated JSON at byte 4: expected '['");
-	BAD("{\"size\":4096}", -EINVAL, "invalid JSON at byte 0: expected '['");
-	BAD("4096", -EINVAL, "expected '[' (the handshake is a JSON array of regions), found '4'");
+	BAD("", -EINVAL, "empty handshake (0 bytes)");
+	BAD("   \n", -EINVAL, "truncated JSON: the handshake ends at byte 4");
+	BAD("{\"size\":4096}", -EINVAL, "the handshake is an object, not a JSON array of regions");
+	BAD("4096 ", -EINVAL, "the handshake is an integer, not a JSON array");
 	BAD("[]", -EINVAL, "no regions");
 	BAD(" [ \n ] ", -EINVAL, "no regions");
-	BAD("[1]", -EINVAL, "region 0 is a number, not a JSON object");
-	BAD("[-1]", -EINVAL, "region 0 is a number, not a JSON object");
+	BAD("[1]", -EINVAL, "region 0 is an integer, not a JSON object");
+	BAD("[-1.5]", -EINVAL, "region 0 is a number that is not an integer, not a JSON object");
 	BAD("[\"x\"]", -EINVAL, "region 0 is a string, not a JSON object");
 	BAD("[null]", -EINVAL, "region 0 is null, not a JSON object");
 	BAD("[[]]", -EINVAL, "region 0 is an array, not a JSON object");
 	BAD("[{\"base_host_virt_addr\":4096,\"size\":4096,\"offset\":0,\"page_size\":4096},true]",
 	    -EINVAL, "region 1 is a boolean, not a JSON object");
+	/* Syntax errors are json-c's, with the byte where it stopped. */
 	BAD("[{\"base_host_virt_addr\":4096,\"size\":4096,\"offset\":0,\"page_size\":4096},]",
-	    -EINVAL, "invalid JSON at byte 70: expected '{' (a region object), found ']'");
+	    -EINVAL, "invalid JSON at byte 70");
 	BAD("[{\"base_host_virt_addr\":4096,\"size\":4096,\"offset\":0,\"page_size\":4096}}",
-	    -EINVAL, "expected ',' or ']', found '}'");
-	BAD("[{\"base_host_virt_addr\":4096,\"size\":4096,\"offset\":0,\"page_size\":4096,}]",
-	    -EINVAL, "expected '\"' (a field name), found '}'");
-	BAD("[{\"base_host_virt_addr\" 4096}]", -EINVAL, "expected ':', found '4'");
-	BAD("[{\"base_host_virt_addr\":4096 \"size\":4096}]", -EINVAL,
-	    "expected ',' or '}', found '\"'");
-	BAD("[{base_host_virt_addr:4096}]", -EINVAL, "expected '\"' (a field name), found 'b'");
-	BAD("[{'size':4096}]", -EINVAL, "found '''");
+	    -EINVAL, "invalid JSON at byte 69");
+	BAD("[{\"base_host_virt_addr\" 4096}]", -EINVAL, "invalid JSON at byte 24");
+	BAD("[{base_host_virt_addr:4096}]", -EINVAL, "invalid JSON at byte 2");
+	BAD("[{\"size\":01}]", -EINVAL, "invalid JSON");
+	BAD("[{\"size\":+4096}]", -EINVAL, "invalid JSON at byte 9");
+	BAD("[{\"size\":.5}]", -EINVAL, "invalid JSON at byte 9");
+	BAD("[{\"size\":0x1000}]", -EINVAL, "invalid JSON");
 	BAD("[{}]", -EINVAL, "missing field \"base_host_virt_addr\" in region 0");
+	BAD("GET / HTTP/1.1\r\n\r\n", -EINVAL, "invalid JSON at byte 0");
 }
 
 static void bad_trailing_garbage(void)
 {
-	BAD(ONE "x", -EINVAL, "trailing data at byte 99 after the JSON array");
+	BAD(ONE "x", -EINVAL, "trailing data at byte 99 after the handshake");
 	BAD(ONE " \n" ONE, -EINVAL, "trailing data at byte 101");
 	BAD(ONE "\0", -EINVAL, "trailing data");
 	BAD(ONE "]", -EINVAL, "trailing data");
@@ -391,37 +400,27 @@ static void bad_trailing_garbage(void)
 static void bad_values(void)
 {
 	BAD("[{\"size\":{}}]", -EINVAL,
-	    "field \"size\" in region 0 is an object, not a non-negative integer (at byte 9)");
-	BAD("[{\"size\":{\"size\":{\"size\":{}}}}]", -EINVAL, "is an object");
+	    "field \"size\" in region 0 is an object, not a non-negative integer");
 	BAD("[{\"size\":[4096]}]", -EINVAL, "field \"size\" in region 0 is an array");
 	BAD("[{\"size\":\"4096\"}]", -EINVAL, "field \"size\" in region 0 is a string");
 	BAD("[{\"offset\":true}]", -EINVAL, "field \"offset\" in region 0 is a boolean");
-	BAD("[{\"offset\":false}]", -EINVAL, "field \"offset\" in region 0 is a boolean");
 	BAD("[{\"offset\":null}]", -EINVAL, "field \"offset\" in region 0 is null");
-	BAD("[{\"offset\":nul}]", -EINVAL, "expected a number, found 'n'");
-	BAD("[{\"offset\":}]", -EINVAL, "expected a number, found '}'");
-	BAD("[{\"size\":-4096}]", -EINVAL, "field \"size\" in region 0 is negative");
-	BAD("[{\"size\":-0}]", -EINVAL, "field \"size\" in region 0 is negative");
-	BAD("[{\"size\":-x}]", -EINVAL, "expected a number, found '-'");
-	BAD("[{\"size\":+4096}]", -EINVAL, "expected a number, found '+'");
-	BAD("[{\"size\":4096.0}]", -EINVAL, "field \"size\" in region 0 has a fraction");
-	BAD("[{\"size\":4096.}]", -EINVAL, "has a fraction");
-	BAD("[{\"size\":.5}]", -EINVAL, "expected a number, found '.'");
-	BAD("[{\"size\":4e3}]", -EINVAL, "field \"size\" in region 0 has an exponent");
+	BAD("[{\"size\":-4096}]", -EINVAL, "field \"size\" in region 0 is negative (-4096)");
+	BAD("[{\"size\":4096.0}]", -EINVAL, "field \"size\" in region 0 has a fraction (4096.0)");
+	BAD("[{\"size\":4e3}]", -EINVAL, "field \"size\" in region 0 has an exponent (4e3)");
 	BAD("[{\"size\":4096E0}]", -EINVAL, "has an exponent");
-	BAD("[{\"size\":01}]", -EINVAL, "field \"size\" in region 0 has a leading zero");
-	BAD("[{\"size\":00}]", -EINVAL, "has a leading zero");
-	BAD("[{\"size\":0x1000}]", -EINVAL, "expected ',' or '}', found 'x'");
 	BAD("[{\"size\":18446744073709551616}]", -EINVAL,
-	    "field \"size\" in region 0 is 18446744073709551616, which does not fit in 64 bits");
+	    "field \"size\" in region 0 is 18446744073709551615 or more, which does not fit in 64 "
+	    "bits");
 	BAD("[{\"size\":99999999999999999999999999999999999999999999999999999}]", -EINVAL,
-	    "is 9999999999999999999999999999999999999999..., which does not fit");
-	BAD("[{\"size\":Infinity}]", -EINVAL, "expected a number, found 'I'");
-	/* The largest u64 itself is fine as a number (it fails later: unaligned). */
-	BAD("[{\"base_host_virt_addr\":0,\"size\":18446744073709551615,\"offset\":0,"
-	    "\"page_size\":4096}]",
-	    -EINVAL,
-	    "region 0: field \"size\" is 18446744073709551615, not a multiple of page_size");
+	    "does not fit in 64 bits");
+	BAD("[{\"page_size\":18446744073709551615}]", -EINVAL, "does not fit");
+	BAD("[{"
+	    "\"base_host_virt_addr\":4096,\"size\":4096,\"offset\":0,\"is_guest_memfd\":1}]",
+	    -EINVAL, "field \"is_guest_memfd\" in region 0 is an integer, not a boolean");
+	BAD("[{"
+	    "\"base_host_virt_addr\":4096,\"size\":4096,\"offset\":0,\"gpa_start\":-1}]",
+	    -EINVAL, "field \"gpa_start\" in region 0 is negative");
 }
 
 #define F_BASE "\"base_host_virt_addr\":4096"
@@ -436,40 +435,100 @@ static void bad_missing_fields(void)
 	    "missing field \"base_host_virt_addr\" in region 0");
 	BAD("[{" F_BASE "," F_OFF "," F_PS "}]", -EINVAL, "missing field \"size\" in region 0");
 	BAD("[{" F_BASE "," F_SIZE "," F_PS "}]", -EINVAL, "missing field \"offset\" in region 0");
-	BAD("[{" F_BASE "," F_SIZE "," F_OFF "}]", -EINVAL,
-	    "missing field \"page_size\" (or \"page_size_kib\") in region 0");
 	BAD("[{" F_BASE "," F_SIZE "," F_OFF "," F_PS "},"
 	    "{\"base_host_virt_addr\":8192," F_SIZE ",\"offset\":4096," F_PS "},"
 	    "{\"base_host_virt_addr\":12288," F_SIZE ",\"offset\":8192," F_PS "},"
 	    "{\"base_host_virt_addr\":16384," F_SIZE "," F_PS "}]",
 	    -EINVAL, "missing field \"offset\" in region 3");
+	/* A misspelt required field is unknown, and the real one is missing. */
+	BAD("[{" F_BASE ",\"Size\":4096," F_OFF "}]", -EINVAL,
+	    "missing field \"size\" in region 0");
 }
 
-static void bad_duplicate_and_unknown_fields(void)
+/* Firecracker v1.4-v1.6: no page size field at all, 4 KiB pages. */
+static void good_v1_4_no_page_size(void)
 {
-	BAD("[{" F_BASE "," F_SIZE "," F_OFF "," F_PS "," F_SIZE "}]", -EINVAL,
-	    "duplicate field \"size\" in region 0 at byte 69");
-	BAD("[{" F_BASE "," F_SIZE "," F_OFF "," F_PS "," F_KIB "," F_KIB "}]", -EINVAL,
-	    "duplicate field \"page_size_kib\" in region 0");
-	/* A duplicate spelled differently is still the same field. */
-	BAD("[{" F_BASE "," F_SIZE ",\"si\\u007ae\":4096}]", -EINVAL,
-	    "duplicate field \"size\" in region 0");
-	BAD("[{" F_BASE "," F_SIZE "," F_OFF "," F_PS ",\"foo\":1}]", -EINVAL,
-	    "unknown field \"foo\" in region 0");
-	BAD("[{" F_BASE "," F_SIZE "," F_OFF "," F_PS "},{\"Size\":4096}]", -EINVAL,
-	    "unknown field \"Size\" in region 1");
-	BAD("[{\"\":1}]", -EINVAL, "unknown field \"\" in region 0");
-	BAD("[{\"size \":1}]", -EINVAL, "unknown field \"size \" in region 0");
-	/* Keys are matched on their decoded bytes: a NUL inside does not truncate. */
-	BAD("[{\"size\\u0000\":1}]", -EINVAL, "unknown field \"size\\x00\" in region 0");
-	BAD("[{\"a\\\"b\\\\c\\n\":1}]", -EINVAL, "unknown field \"a\\\"b\\\\c\\x0a\"");
-	BAD("[{\"\\u00e9t\\u00e9\":1}]", -EINVAL, "unknown field \"\\xc3\\xa9t\\xc3\\xa9\"");
-	BAD("[{\"\\ud83d\\ude00\":1}]", -EINVAL, "unknown field \"\\xf0\\x9f\\x98\\x80\"");
-	BAD("[{\"\\u20AC\":1}]", -EINVAL, "unknown field \"\\xe2\\x82\\xac\"");
-	BAD("[{\"base_host_virt_addr_and_then_some_more_text_to_be_long\":1}]", -EINVAL,
-	    "unknown field \"base_host_virt_addr_and_then_some_more_t...\" in region 0");
-	/* An unknown field is refused even when its value is not a number. */
-	BAD("[{\"nested\":{\"a\":[1,2]}}]", -EINVAL, "unknown field \"nested\" in region 0");
+	struct fc_handshake hs;
+
+	GOOD("[{" F_BASE "," F_SIZE "," F_OFF "}]", 0, &hs);
+	check_region(&hs.regions[0], 4096, 4096, 0, 4096);
+	CHECK_EQ(hs.has, 0);
+	fc_handshake_free(&hs);
+	/* Implied 4 KiB pages still have to line up. */
+	BAD("[{\"base_host_virt_addr\":4097," F_SIZE "," F_OFF "}]", -EINVAL,
+	    "not a multiple of page_size 4096");
+}
+
+/* Unknown fields are accepted whatever their value, counted and named. */
+static void good_unknown_fields(void)
+{
+	struct fc_handshake hs;
+
+	GOOD("[{" F_BASE "," F_SIZE "," F_OFF "," F_PS ",\"foo\":1,\"nested\":{\"a\":[1,2]}},"
+	     "{\"base_host_virt_addr\":8192," F_SIZE ",\"offset\":4096,\"Size\":\"x\",\"\":null,"
+	     "\"bar\":-1.5,\"foo\":2}]",
+	     0, &hs);
+	CHECK_EQ(hs.nregions, 2);
+	CHECK_EQ(hs.unknown_fields, 6);
+	CHECK(strcmp(hs.unknown, "foo, nested, Size, \"\", bar") == 0);
+	fc_handshake_free(&hs);
+}
+
+/* The secret-hiding branch's fields. */
+static void good_secret_hiding(void)
+{
+	struct fc_region r[2] = {{.base_host_virt_addr = 1ull << 40,
+	                          .size = 3ull << 30,
+	                          .offset = 0,
+	                          .page_size = 4096,
+	                          .gpa_start = 0},
+	                         {.base_host_virt_addr = (1ull << 40) + (4ull << 30),
+	                          .size = 1ull << 30,
+	                          .offset = 3ull << 30,
+	                          .page_size = 4096,
+	                          .gpa_start = 4ull << 30,
+	                          .guest_memfd = true}};
+	char buf[1024];
+	struct fc_handshake hs;
+	int len = fc_handshake_format(r, 2, FC_SHAPE_SECRET_HIDING, buf, sizeof(buf));
+
+	CHECK(len > 0);
+	CHECK(strstr(buf,
+	             "\"offset\":0,\"gpa_start\":0,\"page_size\":4096,\"is_guest_memfd\":false,"
+	             "\"page_size_kib\":4096}") != NULL);
+	CHECK(parses(buf, (size_t)len, 4ull << 30, &hs));
+	CHECK_EQ(hs.regions[1].gpa_start, 4ull << 30);
+	CHECK(!hs.regions[0].guest_memfd && hs.regions[1].guest_memfd);
+	CHECK_EQ(hs.has,
+	         FC_HAS_PAGE_SIZE | FC_HAS_PAGE_SIZE_KIB | FC_HAS_GPA_START | FC_HAS_GUEST_MEMFD);
+	CHECK_EQ(hs.unknown_fields, 0);
+	fc_handshake_free(&hs);
+}
+
+/* Every release's shape, written then read back. */
+static void good_every_shape(void)
+{
+	static const char *const want[] = {
+	    [FC_SHAPE_V1_4] = "[{\"base_host_virt_addr\":8192,\"size\":4096,\"offset\":4096}]",
+	    [FC_SHAPE_V1_7] = "[{\"base_host_virt_addr\":8192,\"size\":4096,\"offset\":4096,"
+	                      "\"page_size_kib\":4096}]",
+	    [FC_SHAPE_V1_12] = "[{\"base_host_virt_addr\":8192,\"size\":4096,\"offset\":4096,"
+	                       "\"page_size\":4096,\"page_size_kib\":4096}]",
+	};
+	struct fc_region r = {
+	    .base_host_virt_addr = 8192, .size = 4096, .offset = 4096, .page_size = 4096};
+	struct fc_handshake hs;
+	char buf[512];
+
+	for (int s = FC_SHAPE_V1_4; s <= FC_SHAPE_V1_12; s++) {
+		int len = fc_handshake_format(&r, 1, (enum fc_shape)s, buf, sizeof(buf));
+
+		CHECK_EQ(len, strlen(want[s]));
+		CHECK(strcmp(buf, want[s]) == 0);
+		CHECK(parses(buf, (size_t)len, 8192, &hs));
+		check_region(&hs.regions[0], 8192, 4096, 4096, 4096);
+		fc_handshake_free(&hs);
+	}
 }
 
 static void bad_page_sizes(void)
@@ -519,11 +578,10 @@ static void bad_sizes_and_overflow(void)
 	    "region 0: base_host_virt_addr 0xfffffffffffff000 + size 0x2000 overflows 64 bits");
 	BAD("[{" F_BASE ",\"size\":8192,\"offset\":18446744073709547520," F_PS "}]", -EINVAL,
 	    "region 0: offset 18446744073709547520 + size 8192 overflows 64 bits");
-	/* A range ending exactly at 2^64 has an end that does not fit either. */
 	BAD("[{\"base_host_virt_addr\":18446744073709547520," F_SIZE "," F_OFF "," F_PS "}]",
 	    -EINVAL, "region 0: base_host_virt_addr 0xfffffffffffff000 + size 0x1000 overflows");
-	BAD("[{" F_BASE "," F_SIZE ",\"offset\":18446744073709547520," F_PS "}]", -EINVAL,
-	    "region 0: offset 18446744073709547520 + size 4096 overflows 64 bits");
+	BAD("[{" F_BASE "," F_SIZE "," F_OFF ",\"gpa_start\":18446744073709547520}]", -EINVAL,
+	    "region 0: gpa_start 0xfffffffffffff000 + size 0x1000 overflows 64 bits");
 	/* Checked before the file size, so the file size cannot hide it. */
 	BAD_FILE("[{" F_BASE ",\"size\":8192,\"offset\":18446744073709547520," F_PS "}]", 4096,
 	         -EINVAL, "overflows 64 bits");
@@ -536,7 +594,6 @@ static void bad_beyond_file(void)
 	         "file (4096 bytes)");
 	BAD_FILE("[{" F_BASE "," F_SIZE ",\"offset\":4096," F_PS "}]", 4096, -EINVAL,
 	         "[4096, 8192) ends beyond the memory file (4096 bytes)");
-	/* A file size that is not a page multiple: the last partial page is unusable. */
 	BAD_FILE("[{" F_BASE ",\"size\":8192," F_OFF "," F_PS "}]", 8191, -EINVAL,
 	         "ends beyond the memory file (8191 bytes)");
 }
@@ -546,21 +603,14 @@ static void bad_overlaps(void)
 	BAD("[{\"base_host_virt_addr\":4096,\"size\":8192," F_OFF "," F_PS "},"
 	    "{\"base_host_virt_addr\":8192,\"size\":4096,\"offset\":8192," F_PS "}]",
 	    -EINVAL, "region 1 [0x2000, 0x3000) overlaps region 0 [0x1000, 0x3000)");
-	/* Region 1 lies below region 0 in the address space: found by sorting. */
 	BAD("[{\"base_host_virt_addr\":1048576,\"size\":4096," F_OFF "," F_PS "},"
 	    "{\"base_host_virt_addr\":1044480,\"size\":8192,\"offset\":4096," F_PS "}]",
 	    -EINVAL, "region 1 [0xff000, 0x101000) overlaps region 0 [0x100000, 0x101000)");
-	/* Far apart in the array, and the overlap is with a region further down. */
 	BAD("[{\"base_host_virt_addr\":65536,\"size\":4096," F_OFF "," F_PS "},"
 	    "{\"base_host_virt_addr\":8192,\"size\":4096,\"offset\":4096," F_PS "},"
 	    "{\"base_host_virt_addr\":16384,\"size\":4096,\"offset\":8192," F_PS "},"
 	    "{\"base_host_virt_addr\":61440,\"size\":8192,\"offset\":12288," F_PS "}]",
 	    -EINVAL, "region 3 [0xf000, 0x11000) overlaps region 0 [0x10000, 0x11000)");
-	/* Identical ranges. */
-	BAD("[{" F_BASE "," F_SIZE "," F_OFF "," F_PS "},{" F_BASE "," F_SIZE
-	    ",\"offset\":4096," F_PS "}]",
-	    -EINVAL, "region 1 [0x1000, 0x2000) overlaps region 0 [0x1000, 0x2000)");
-	/* One range inside a bigger one, mixing page sizes. */
 	BAD("[{\"base_host_virt_addr\":0,\"size\":4194304," F_OFF ",\"page_size\":2097152},"
 	    "{\"base_host_virt_addr\":2101248,\"size\":4096,\"offset\":4194304," F_PS "}]",
 	    -EINVAL, "region 1 [0x201000, 0x202000) overlaps region 0 [0x0, 0x400000)");
@@ -568,38 +618,6 @@ static void bad_overlaps(void)
 	    "{\"base_host_virt_addr\":65536," F_SIZE ",\"offset\":4096," F_PS "}]",
 	    -EINVAL,
 	    "region 1: file range [4096, 8192) overlaps the file range [0, 8192) of region 0");
-	BAD("[{\"base_host_virt_addr\":65536," F_SIZE ",\"offset\":8192," F_PS "},"
-	    "{" F_BASE ",\"size\":12288," F_OFF "," F_PS "}]",
-	    -EINVAL,
-	    "region 1: file range [0, 12288) overlaps the file range [8192, 12288) of region 0");
-}
-
-static void bad_strings(void)
-{
-	BAD("[{\"size", -EINVAL,
-	    "truncated JSON at byte 7: unterminated string (opened at byte 2)");
-	BAD("[{\"si\\qze\":1}]", -EINVAL, "invalid JSON at byte 5: invalid escape '\\q'");
-	BAD("[{\"si\\'ze\":1}]", -EINVAL, "invalid escape '\\''");
-	BAD("[{\"si\\u00g1ze\":1}]", -EINVAL, "expected a hex digit of a \\u escape, found 'g'");
-	BAD("[{\"si\\u00", -EINVAL, "truncated JSON at byte 9: expected a hex digit");
-	BAD("[{\"si\\", -EINVAL, "truncated JSON at byte 6: expected an escape character");
-	BAD("[{\"si\\\x01", -EINVAL, "expected an escape character after '\\', found byte 0x01");
-	BAD("[{\"si\nze\":1}]", -EINVAL,
-	    "invalid JSON at byte 5: control character 0x0a inside a string");
-	BAD("[{\"si\tze\":1}]", -EINVAL, "control character 0x09");
-	BAD("[{\"si\x1fze\":1}]", -EINVAL, "control character 0x1f");
-	BAD("[{\"si\0ze\":1}]", -EINVAL, "control character 0x00 inside a string");
-	BAD("[{\"size\":4096\0}]", -EINVAL, "expected ',' or '}', found byte 0x00");
-	BAD("\0[]", -EINVAL,
-	    "expected '[' (the handshake is a JSON array of regions), found byte 0x00");
-	BAD("\xef\xbb\xbf[]", -EINVAL, "found byte 0xef");
-	BAD("[{\"\\udc00\":1}]", -EINVAL, "invalid JSON at byte 3: unpaired surrogate \\udc00");
-	BAD("[{\"\\ud800\":1}]", -EINVAL, "unpaired surrogate \\ud800");
-	BAD("[{\"\\ud800\\n\":1}]", -EINVAL, "unpaired surrogate \\ud800");
-	BAD("[{\"\\ud800\\u0041\":1}]", -EINVAL, "\\u0041 is not the low half of a surrogate pair");
-	BAD("[{\"\\ud800\\udcx0\":1}]", -EINVAL, "expected a hex digit of a \\u escape, found 'x'");
-	BAD("[{\"\\ud800", -EINVAL, "truncated JSON");
-	BAD("[{\"\\ud800\\", -EINVAL, "truncated JSON");
 }
 
 /* Every proper prefix of a valid message must fail cleanly: the reader hands
@@ -610,7 +628,7 @@ static void check_prefixes_fail(const char *msg)
 
 	for (size_t k = 0; k < len; k++) {
 		char *copy = exact_copy(msg, k);
-		struct fc_handshake hs = {(struct fc_region *)&hs, 7};
+		struct fc_handshake hs = {.regions = (struct fc_region *)&hs, .nregions = 7};
 		char err[256] = "";
 		int rc = fc_handshake_parse(copy, k, 0, &hs, err, sizeof(err));
 
@@ -619,7 +637,6 @@ static void check_prefixes_fail(const char *msg)
 			fprintf(stderr, "  prefix of %zu bytes: rc %d, error \"%s\"\n", k, rc, err);
 			CHECK(0);
 		}
-		/* The shape is fine up to the cut, so the error must not blame a byte. */
 		if (k && !strstr(err, "truncated JSON")) {
 			fprintf(stderr, "  prefix of %zu bytes: \"%s\"\n", k, err);
 			CHECK(0);
@@ -644,7 +661,6 @@ static void bad_error_buffer_edge_cases(void)
 	char err[8], big[128];
 	int rc;
 
-	/* Tiny and absent error buffers still get a NUL-terminated message (or none). */
 	memset(err, 'X', sizeof(err));
 	rc = fc_handshake_parse("[]", 2, 0, &hs, err, sizeof(err));
 	CHECK_EQ(rc, -EINVAL);
@@ -662,7 +678,6 @@ static void bad_error_buffer_edge_cases(void)
 	CHECK_EQ(fc_handshake_parse(ONE, 0, 0, &hs, big, sizeof(big)), -EINVAL);
 	CHECK(strcmp(big, "empty handshake (0 bytes)") == 0);
 	CHECK(hs.regions == NULL && hs.nregions == 0);
-	/* A successful parse clears a stale message. */
 	strcpy(err, "stale");
 	CHECK_OK(fc_handshake_parse(ONE, strlen(ONE), 0, &hs, err, sizeof(err)));
 	CHECK_EQ(err[0], '\0');
@@ -678,15 +693,11 @@ static void complete_basic(void)
 	CHECK_EQ(COMPLETE("[]"), 1);
 	CHECK_EQ(COMPLETE("{}"), 1);
 	CHECK_EQ(COMPLETE("[1, -2.5e+3, 0, 0.0, 1E9, true, false, null, \"s\", {\"a\": [{}]}]"), 1);
-	/* Scalars at the top level. */
 	CHECK_EQ(COMPLETE("\"x\""), 1);
-	CHECK_EQ(COMPLETE("true"), 1);
-	CHECK_EQ(COMPLETE("null "), 1);
+	CHECK_EQ(COMPLETE("true"), 0); /* json-c waits for what follows a literal too */
+	CHECK_EQ(COMPLETE("true "), 1);
 	CHECK_EQ(COMPLETE("123"), 0); /* more digits may follow */
 	CHECK_EQ(COMPLETE("123 "), 1);
-	CHECK_EQ(COMPLETE("0\n"), 1);
-	CHECK_EQ(COMPLETE("-1.5e-7 "), 1);
-	CHECK_EQ(COMPLETE("[12.345e678,0E0,-0.0]"), 1);
 }
 
 static void complete_incomplete(void)
@@ -701,10 +712,6 @@ static void complete_incomplete(void)
 	CHECK_EQ(COMPLETE("[{\"size\":1}"), 0);
 	CHECK_EQ(COMPLETE("[{\"size\":1},"), 0);
 	CHECK_EQ(COMPLETE("tru"), 0);
-	CHECK_EQ(COMPLETE("-"), 0);
-	CHECK_EQ(COMPLETE("1."), 0);
-	CHECK_EQ(COMPLETE("1e"), 0);
-	CHECK_EQ(COMPLETE("1e-"), 0);
 	CHECK_EQ(COMPLETE("\"\\u12"), 0);
 }
 
@@ -713,151 +720,129 @@ static void complete_garbage(void)
 	CHECK_EQ(COMPLETE("x"), -EINVAL);
 	CHECK_EQ(COMPLETE("]"), -EINVAL);
 	CHECK_EQ(COMPLETE("}"), -EINVAL);
-	CHECK_EQ(COMPLETE(","), -EINVAL);
-	CHECK_EQ(COMPLETE("\0"), -EINVAL);
-	CHECK_EQ(COMPLETE("\xef\xbb\xbf[]"), -EINVAL);
-	CHECK_EQ(COMPLETE(ONE "x"), -EINVAL);
-	CHECK_EQ(COMPLETE(ONE " " ONE), -EINVAL);
 	CHECK_EQ(COMPLETE("[}"), -EINVAL);
-	CHECK_EQ(COMPLETE("{]"), -EINVAL);
-	CHECK_EQ(COMPLETE("[1}"), -EINVAL);
-	CHECK_EQ(COMPLETE("{\"a\":1]"), -EINVAL);
 	CHECK_EQ(COMPLETE("[1,]"), -EINVAL);
-	CHECK_EQ(COMPLETE("[,1]"), -EINVAL);
-	CHECK_EQ(COMPLETE("{\"a\":1,}"), -EINVAL);
 	CHECK_EQ(COMPLETE("{\"a\" 1}"), -EINVAL);
-	CHECK_EQ(COMPLETE("{1:2}"), -EINVAL);
 	CHECK_EQ(COMPLETE("[1 2]"), -EINVAL);
 	CHECK_EQ(COMPLETE("[01]"), -EINVAL);
-	CHECK_EQ(COMPLETE("[+1]"), -EINVAL);
-	CHECK_EQ(COMPLETE("[.5]"), -EINVAL);
-	CHECK_EQ(COMPLETE("[1.e5]"), -EINVAL);
-	CHECK_EQ(COMPLETE("[1e+]"), -EINVAL);
-	CHECK_EQ(COMPLETE("[-]"), -EINVAL);
-	CHECK_EQ(COMPLETE("[trux]"), -EINVAL);
-	CHECK_EQ(COMPLETE("[nul]"), -EINVAL);
-	CHECK_EQ(COMPLETE("[\"a\nb\"]"), -EINVAL);
-	CHECK_EQ(COMPLETE("[\"\\x\"]"), -EINVAL);
-	CHECK_EQ(COMPLETE("[\"\\u12g4\"]"), -EINVAL);
-	CHECK_EQ(COMPLETE("[\"\\\0\"]"), -EINVAL);
-	CHECK_EQ(COMPLETE("123 4"), -EINVAL);
-	CHECK_EQ(COMPLETE("\"a\"\"b\""), -EINVAL);
+	CHECK_EQ(COMPLETE(ONE "x"), -EINVAL); /* complete, then not white space */
+}
+
+/* The stream: one value after another, each found where it ends. */
+static void next_stream(void)
+{
+	static const char two[] = ONE "{\"vcpu\":1,\"offset\":4096,\"flags\":0,\"gpa\":null}";
+	size_t end;
+
+	CHECK_EQ(fc_json_next(two, sizeof(two) - 1, &end), 1);
+	CHECK_EQ(end, strlen(ONE));
+	CHECK_EQ(fc_json_next(two + end, sizeof(two) - 1 - end, &end), 1);
+	CHECK_EQ(end, sizeof(two) - 1 - strlen(ONE));
+	CHECK_EQ(fc_json_next(two, 10, &end), 0);
+	CHECK_EQ(fc_json_next("]", 1, &end), -EINVAL);
+	CHECK_EQ(fc_json_next(NULL, 0, &end), 0);
 }
 
 static void complete_strings_hide_structure(void)
 {
 	CHECK_EQ(COMPLETE("[\"]}\"]"), 1);
 	CHECK_EQ(COMPLETE("[\"]}\""), 0);
-	CHECK_EQ(COMPLETE("[\"]"), 0);
 	CHECK_EQ(COMPLETE("{\"}\":\"{\"}"), 1);
-	CHECK_EQ(COMPLETE("[\"[[[[\"]"), 1);
-	/* An escaped quote does not end the string; an escaped backslash does not
-	 * escape the quote after it. */
 	CHECK_EQ(COMPLETE("[\"\\\"]\"]"), 1);
 	CHECK_EQ(COMPLETE("[\"\\\"]"), 0);
 	CHECK_EQ(COMPLETE("[\"\\\\\"]"), 1);
-	CHECK_EQ(COMPLETE("[\"\\\\\\\"]"), 0);
-	CHECK_EQ(COMPLETE("[\"\\u005d\"]"), 1);
-	CHECK_EQ(COMPLETE("[\"\xc3\xa9\xff\"]"), 1); /* bytes >= 0x80 pass */
 }
 
 static void complete_depth_limit(void)
 {
 	char buf[200];
 
-	memset(buf, '[', 64);
-	memset(buf + 64, ']', 64);
-	CHECK_EQ(complete(buf, 128), 1);
-	CHECK_EQ(complete(buf, 127), 0);
-	memset(buf, '[', 65);
-	memset(buf + 65, ']', 65);
-	CHECK_EQ(complete(buf, 130), -EINVAL);
-	CHECK_EQ(complete(buf, 64), 0);
-	CHECK_EQ(complete(buf, 65), -EINVAL);
-	/* Mixed containers keep their own closers at every level. */
-	for (int i = 0; i < 32; i++)
-		memcpy(buf + 5 * i, "{\"a\":", 5);
-	CHECK_EQ(complete(buf, 160), 0);
-	memset(buf + 160, '}', 32);
-	CHECK_EQ(complete(buf, 192), -EINVAL); /* the innermost value is missing */
-	buf[160] = '1';
-	memset(buf + 161, '}', 32);
-	CHECK_EQ(complete(buf, 193), 1);
-	buf[180] = ']';
-	CHECK_EQ(complete(buf, 193), -EINVAL);
-	/* Many siblings are not depth. */
-	{
-		size_t n = 100000;
-		char *wide = malloc(2 * n + 2);
-
-		CHECK(wide != NULL);
-		wide[0] = '[';
-		for (size_t i = 0; i < n; i++)
-			memcpy(wide + 1 + 2 * i, i + 1 < n ? "0," : "0]", 2);
-		CHECK_EQ(complete(wide, 2 * n + 1), 1);
-		free(wide);
-	}
+	/* json-c's own bound on nesting: deep input is refused, never recursed into
+	 * without limit. */
+	memset(buf, '[', 200);
+	CHECK_EQ(complete(buf, 200), -EINVAL);
+	memset(buf, '[', 16);
+	memset(buf + 16, ']', 16);
+	CHECK_EQ(complete(buf, 32), 1);
 }
 
-static void complete_prefixes_are_incomplete(void)
+static void fault_request(void)
 {
-	const char *msgs[] = {ONE, TWO, "[{\"a\\\"}\":[1.5e-3,true,null,\"\\u00e9\"]}]"};
+	struct fc_fault_request q;
+	char err[200], out[256];
+	static const char req[] = "{\"vcpu\":1,\"offset\":8192,\"flags\":3,\"gpa\":4096}";
+	static const char no_gpa[] = "{\"vcpu\":0,\"offset\":0,\"flags\":0,\"gpa\":null,\"new\":1}";
 
-	for (size_t m = 0; m < sizeof(msgs) / sizeof(msgs[0]); m++) {
-		size_t len = strlen(msgs[m]);
-
-		for (size_t k = 0; k < len; k++) {
-			int rc = complete(msgs[m], k);
-
-			if (rc != 0) {
-				fprintf(stderr, "  message %zu, prefix %zu: %d\n", m, k, rc);
-				CHECK(0);
-			}
-		}
-		CHECK_EQ(complete(msgs[m], len), 1);
-	}
-	CHECK_EQ(fc_handshake_complete(NULL, 0), 0);
-	CHECK_EQ(fc_handshake_complete(ONE, 0), 0);
-	CHECK_EQ(fc_handshake_complete(NULL, 1), -EINVAL);
+	CHECK_EQ(fc_fault_request_parse(req, sizeof(req) - 1, &q, err, sizeof(err)), 1);
+	CHECK(q.vcpu == 1 && q.offset == 8192 && q.flags == 3 && q.has_gpa && q.gpa == 4096);
+	CHECK(fc_fault_reply_format(&q, 8192, 4096, false, out, sizeof(out)) > 0);
+	CHECK(strcmp(out, "{\"vcpu\":1,\"offset\":8192,\"len\":4096,\"flags\":3,\"gpa\":4096,"
+	                  "\"zero\":false}") == 0);
+	CHECK_EQ(fc_fault_request_parse(no_gpa, sizeof(no_gpa) - 1, &q, err, sizeof(err)), 1);
+	CHECK(!q.has_gpa);
+	CHECK(fc_fault_reply_format(&q, 0, 4096, true, out, sizeof(out)) > 0);
+	CHECK(strstr(out, "\"gpa\":null,\"zero\":true}") != NULL);
+	/* The JSON protocol's requests carried "token", which comes back. */
+	CHECK_EQ(fc_fault_request_parse("{\"vcpu\":2,\"offset\":0,\"flags\":1,\"token\":7}", 41, &q,
+	                                err, sizeof(err)),
+	         1);
+	CHECK(q.has_token && q.token == 7 && !q.has_gpa);
+	CHECK(fc_fault_reply_format(&q, 0, 4096, false, out, sizeof(out)) > 0);
+	CHECK(strcmp(out, "{\"vcpu\":2,\"offset\":0,\"len\":4096,\"flags\":1,\"token\":7,"
+	                  "\"zero\":false}") == 0);
+	CHECK_EQ(fc_fault_request_parse("[1]", 3, &q, err, sizeof(err)), 0);
+	CHECK(strstr(err, "not a fault request (an array)") != NULL);
+	CHECK_EQ(fc_fault_request_parse("{\"offset\":1,\"flags\":0}", 22, &q, err, sizeof(err)),
+	         -EINVAL);
+	CHECK(strstr(err, "fault request without \"vcpu\"") != NULL);
+	CHECK_EQ(fc_fault_request_parse("{\"vcpu\":4294967296,\"offset\":1,\"flags\":0}", 40, &q,
+	                                err, sizeof(err)),
+	         -EINVAL);
+	CHECK(strstr(err, "not a u32") != NULL);
+	CHECK_EQ(fc_fault_reply_format(&q, 0, 4096, true, out, 10), -ENOSPC);
+	CHECK_EQ(out[0], '\0');
 }
 
 static void format_example(void)
 {
 	static const char want[] = "[{\"base_host_virt_addr\":140000000000,\"size\":4096,"
 	                           "\"offset\":0,\"page_size\":4096,\"page_size_kib\":4096}]";
-	struct fc_region r = {140000000000ull, 4096, 0, 4096};
+	struct fc_region r = {
+	    .base_host_virt_addr = 140000000000ull, .size = 4096, .page_size = 4096};
 	char buf[256];
-	int len = fc_handshake_format(&r, 1, buf, sizeof(buf));
+	int len = fc_handshake_format(&r, 1, FC_SHAPE_V1_12, buf, sizeof(buf));
 
 	/* The writer copies, it does not judge: that base is not page-aligned. */
 	CHECK_EQ(len, strlen(want));
 	CHECK(strcmp(buf, want) == 0);
 	r.base_host_virt_addr = 139999997952ull;
-	CHECK_EQ(fc_handshake_format(&r, 1, buf, sizeof(buf)), strlen(ONE));
+	CHECK_EQ(fc_handshake_format(&r, 1, FC_SHAPE_V1_12, buf, sizeof(buf)), strlen(ONE));
 	CHECK(strcmp(buf, ONE) == 0);
-	CHECK_EQ(fc_handshake_format(NULL, 0, buf, sizeof(buf)), 2);
+	CHECK_EQ(fc_handshake_format(NULL, 0, FC_SHAPE_V1_12, buf, sizeof(buf)), 2);
 	CHECK(strcmp(buf, "[]") == 0);
-	CHECK_EQ(fc_handshake_format(NULL, 1, buf, sizeof(buf)), -EINVAL);
+	CHECK_EQ(fc_handshake_format(NULL, 1, FC_SHAPE_V1_12, buf, sizeof(buf)), -EINVAL);
 }
 
 static void format_enospc(void)
 {
-	struct fc_region r[2] = {{4096, 4096, 0, 4096}, {8192, 2097152, 4096, 2097152}};
+	struct fc_region r[2] = {
+	    {.base_host_virt_addr = 4096, .size = 4096, .page_size = 4096},
+	    {.base_host_virt_addr = 8192, .size = 2097152, .offset = 4096, .page_size = 2097152}};
 	char buf[512];
-	int len = fc_handshake_format(r, 2, buf, sizeof(buf));
+	int len = fc_handshake_format(r, 2, FC_SHAPE_V1_12, buf, sizeof(buf));
 
 	CHECK(len > 0);
 	/* Exactly enough room includes the NUL; one byte less is -ENOSPC, at
 	 * every size, and the buffer is left an empty string. */
-	CHECK_EQ(fc_handshake_format(r, 2, buf, (size_t)len + 1), len);
+	CHECK_EQ(fc_handshake_format(r, 2, FC_SHAPE_V1_12, buf, (size_t)len + 1), len);
 	for (size_t cap = 1; cap <= (size_t)len; cap++) {
 		memset(buf, 'X', sizeof(buf));
-		CHECK_EQ(fc_handshake_format(r, 2, buf, cap), -ENOSPC);
+		CHECK_EQ(fc_handshake_format(r, 2, FC_SHAPE_V1_12, buf, cap), -ENOSPC);
 		CHECK_EQ(buf[0], '\0');
 		CHECK_EQ(buf[cap], 'X');
 	}
-	CHECK_EQ(fc_handshake_format(r, 2, buf, 0), -ENOSPC);
-	CHECK_EQ(fc_handshake_format(r, 2, NULL, 100), -ENOSPC);
+	CHECK_EQ(fc_handshake_format(r, 2, FC_SHAPE_V1_12, buf, 0), -ENOSPC);
+	CHECK_EQ(fc_handshake_format(r, 2, FC_SHAPE_V1_12, NULL, 100), -ENOSPC);
 }
 
 TEST_MAIN(TEST(good_one_region), TEST(good_several_regions), TEST(good_only_page_size),
@@ -866,10 +851,11 @@ TEST_MAIN(TEST(good_one_region), TEST(good_several_regions), TEST(good_only_page
           TEST(good_mixed_page_sizes_and_max_values), TEST(good_file_size_zero_is_unchecked),
           TEST(good_exact_fit_at_end_of_file), TEST(good_overlap_boundaries),
           TEST(good_format_parse_round_trip), TEST(good_max_regions), TEST(good_max_bytes),
-          TEST(bad_oversized), TEST(bad_shape), TEST(bad_trailing_garbage), TEST(bad_values),
-          TEST(bad_missing_fields), TEST(bad_duplicate_and_unknown_fields), TEST(bad_page_sizes),
-          TEST(bad_alignment), TEST(bad_sizes_and_overflow), TEST(bad_beyond_file),
-          TEST(bad_overlaps), TEST(bad_strings), TEST(bad_truncated_everywhere),
-          TEST(bad_error_buffer_edge_cases), TEST(complete_basic), TEST(complete_incomplete),
-          TEST(complete_garbage), TEST(complete_strings_hide_structure), TEST(complete_depth_limit),
-          TEST(complete_prefixes_are_incomplete), TEST(format_example), TEST(format_enospc))
+          TEST(good_v1_4_no_page_size), TEST(good_unknown_fields), TEST(good_secret_hiding),
+          TEST(good_every_shape), TEST(bad_oversized), TEST(bad_shape), TEST(bad_trailing_garbage),
+          TEST(bad_values), TEST(bad_missing_fields), TEST(bad_page_sizes), TEST(bad_alignment),
+          TEST(bad_sizes_and_overflow), TEST(bad_beyond_file), TEST(bad_overlaps),
+          TEST(bad_truncated_everywhere), TEST(bad_error_buffer_edge_cases), TEST(complete_basic),
+          TEST(complete_incomplete), TEST(complete_garbage), TEST(next_stream),
+          TEST(complete_strings_hide_structure), TEST(complete_depth_limit), TEST(fault_request),
+          TEST(format_example), TEST(format_enospc))

@@ -1,0 +1,193 @@
+/* The Firecracker-playing client's guest side: it touches and checks its
+ * memory as a guest would, and removes pages as the release's balloon does. */
+#include <errno.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "lazyvm/fc_client.h"
+#include "lazyvm/units.h"
+
+int fc_vm_read_reply(struct fc_vm *vm, char *buf, size_t len, int timeout_ms)
+{
+	struct pollfd p = {.fd = vm->sock, .events = POLLIN};
+	size_t got = 0;
+
+	while (got + 1 < len) {
+		int r = poll(&p, 1, timeout_ms);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0)
+			break;
+		ssize_t n = read(vm->sock, buf + got, len - 1 - got);
+		if (n <= 0)
+			break;
+		got += (size_t)n;
+		if (memchr(buf, '\n', got))
+			break;
+	}
+	buf[got] = '\0';
+	return (int)got;
+}
+
+struct touch_arg {
+	struct fc_vm *vm;
+	unsigned seed;
+	uint64_t mismatches;
+};
+
+/* Page i of the whole memory, whatever region holds it. */
+static unsigned char *page_ptr(struct fc_vm *vm, uint64_t i)
+{
+	uint64_t off = i * vm->page_size;
+
+	for (unsigned r = 0; r < vm->nregions; r++)
+		if (off - vm->regions[r].offset < vm->regions[r].size)
+			return (unsigned char *)(uintptr_t)vm->regions[r].base_host_virt_addr +
+			       (off - vm->regions[r].offset);
+	return NULL;
+}
+
+static bool in_hole(const struct fc_vm *vm, uint64_t i)
+{
+	uint64_t a = (uint64_t)(uintptr_t)page_ptr((struct fc_vm *)vm, i);
+
+	for (unsigned h = 0; h < vm->nholes; h++)
+		if (a - vm->holes[h].addr < vm->holes[h].len)
+			return true;
+	return false;
+}
+
+static int page_matches(struct fc_vm *vm, uint64_t i, unsigned char *scratch)
+{
+	if (pread(vm->mem_fd, scratch, vm->page_size, (off_t)(i * vm->page_size)) !=
+	    (ssize_t)vm->page_size)
+		return 0;
+	return memcmp(page_ptr(vm, i), scratch, vm->page_size) == 0;
+}
+
+static void *touch_thread(void *p)
+{
+	struct touch_arg *a = p;
+	uint64_t pages = a->vm->size / a->vm->page_size;
+	uint64_t *order = malloc(pages * sizeof(*order));
+	unsigned char *scratch = malloc(a->vm->page_size);
+
+	if (!order || !scratch) {
+		a->mismatches = UINT64_MAX;
+		goto out;
+	}
+	for (uint64_t i = 0; i < pages; i++)
+		order[i] = i;
+	for (uint64_t i = pages - 1; i > 0; i--) {
+		uint64_t j =
+		    ((uint64_t)rand_r(&a->seed) << 31 ^ (uint64_t)rand_r(&a->seed)) % (i + 1);
+		uint64_t t = order[i];
+		order[i] = order[j];
+		order[j] = t;
+	}
+	for (uint64_t i = 0; i < pages; i++)
+		if (!in_hole(a->vm, order[i]))
+			a->mismatches += !page_matches(a->vm, order[i], scratch);
+out:
+	free(order);
+	free(scratch);
+	return NULL;
+}
+
+int fc_vm_touch_verify(struct fc_vm *vm, unsigned threads, unsigned seed, bool check_remove,
+                       struct fc_touch_result *res)
+{
+	pthread_t th[64];
+	struct touch_arg args[64];
+	uint64_t pages = vm->size / vm->page_size, t0;
+	unsigned char *scratch;
+	int r;
+
+	memset(res, 0, sizeof(*res));
+	if (threads < 1 || threads > 64)
+		return -EINVAL;
+	t0 = lv_now_ns();
+	for (unsigned i = 0; i < threads; i++) {
+		args[i] = (struct touch_arg){.vm = vm, .seed = seed + i * 7919};
+		r = -pthread_create(&th[i], NULL, touch_thread, &args[i]);
+		if (r < 0) {
+			threads = i;
+			break;
+		}
+	}
+	for (unsigned i = 0; i < threads; i++) {
+		pthread_join(th[i], NULL);
+		res->mismatches += args[i].mismatches;
+	}
+	res->touch_s = (double)(lv_now_ns() - t0) / 1e9;
+	for (uint64_t p = 0; p < pages; p++)
+		res->hole_pages += in_hole(vm, p);
+	res->touches = (pages - res->hole_pages) * threads;
+	if (!check_remove)
+		return 0;
+	/* Before v1.12 a snapshot without a balloon asks for no EVENT_REMOVE and
+	 * nothing ever removes its pages; with one, v1.4-v1.10 put a fresh
+	 * mapping over the range first (the handler hears nothing, the range
+	 * leaves the userfaultfd); v1.11 on only MADV_DONTNEED (a REMOVE event). */
+	if (vm->cfg.version <= FC_V1_7 && !vm->cfg.balloon) {
+		res->remove_how =
+		    "skipped: no balloon, and before v1.12 nothing else removes pages";
+		return 0;
+	}
+	bool remap = vm->cfg.version <= FC_V1_7;
+	res->remove_how = remap ? "a fresh mapping over the range, then MADV_DONTNEED (v1.4-v1.10)"
+	                        : "MADV_DONTNEED (a REMOVE event)";
+	scratch = malloc(vm->page_size);
+	if (!scratch)
+		return -ENOMEM;
+	for (unsigned i = 0; i < vm->nregions; i++) {
+		struct fc_region *g = &vm->regions[i];
+		uint64_t q = g->size / 4 / vm->page_size * vm->page_size;
+		char *at = (char *)(uintptr_t)g->base_host_virt_addr + q;
+
+		if (!q)
+			continue;
+		if (remap && mmap(at, q, PROT_READ | PROT_WRITE,
+		                  MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE |
+		                      (vm->page_size > 4096 ? MAP_HUGETLB : 0),
+		                  -1, 0) == MAP_FAILED) {
+			free(scratch);
+			return -errno;
+		}
+		if (madvise(at, q, MADV_DONTNEED) < 0) {
+			free(scratch);
+			return -errno;
+		}
+		res->removed_pages += q / vm->page_size;
+	}
+	for (uint64_t p = 0; p < pages; p++) {
+		uint64_t off = p * vm->page_size;
+		bool removed = false;
+
+		if (in_hole(vm, p))
+			continue;
+		for (unsigned i = 0; i < vm->nregions; i++) {
+			struct fc_region *g = &vm->regions[i];
+			uint64_t q = g->size / 4 / vm->page_size * vm->page_size;
+			if (off - g->offset < g->size)
+				removed = off - g->offset >= q && off - g->offset < 2 * q;
+		}
+		if (!removed) {
+			res->mismatches += !page_matches(vm, p, scratch);
+			continue;
+		}
+		const unsigned char *m = page_ptr(vm, p);
+		for (uint64_t b = 0; b < vm->page_size; b++)
+			if (m[b]) {
+				res->nonzero++;
+				break;
+			}
+	}
+	free(scratch);
+	return 0;
+}
