@@ -180,7 +180,8 @@ int cmd_fc_client(int argc, char **argv)
 		return 2;
 	}
 	if (vc.guest_memfd && vc.version != FC_V_SECRET_HIDING) {
-		fprintf(stderr, "lazyvm fc-client: --guest-memfd needs --fc-version secret-hiding\n");
+		fprintf(stderr,
+		        "lazyvm fc-client: --guest-memfd needs --fc-version secret-hiding\n");
 		return 2;
 	}
 	vc.mem_file = mem;
