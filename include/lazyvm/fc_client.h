@@ -62,14 +62,16 @@ struct fc_vm_config {
 	unsigned nregions;  /* guest memory regions, 1 to 15 (+1 with hotplug) */
 	uint64_t page_size; /* 4096 or 2 MiB (hugetlbfs) */
 	enum fc_version version;
-	bool balloon;        /* the snapshot has a balloon device: before v1.12 the
-	                      * only case EVENT_REMOVE is asked for */
-	bool hotplug;        /* v1.14+: one more region, the hotplug area, whose
-	                      * third quarter is an unplugged slot (PROT_NONE after
-	                      * the hand-off) */
-	bool guest_memfd;    /* secret-hiding: is_guest_memfd and three fds (the
-	                      * second and third are memfd stand-ins) */
-	bool unknown_fields; /* add fields no release sends, as a newer one might */
+	bool balloon;          /* the snapshot has a balloon device: before v1.12 the
+	                        * only case EVENT_REMOVE is asked for */
+	bool hotplug;          /* v1.14+: one more region, the hotplug area, whose
+	                        * third quarter is an unplugged slot (PROT_NONE after
+	                        * the hand-off) */
+	bool guest_memfd;      /* secret-hiding: is_guest_memfd and three fds (the
+	                        * second and third are memfd stand-ins) */
+	bool unknown_fields;   /* add fields no release sends, as a newer one might */
+	unsigned exitless_apf; /* secret-hiding: "exitless_apf:N" with 3N eventfds
+	                        * (N vCPUs) instead of "no_exitless_apf" */
 };
 
 struct fc_hole {
@@ -105,6 +107,14 @@ int fc_vm_create(struct fc_vm *vm, const struct fc_vm_config *cfg, char *why, si
  * Returns 0 or -errno. */
 int fc_vm_handoff(struct fc_vm *vm, const char *socket_path, enum fc_bad bad, char *why,
                   size_t whylen);
+
+/* secret-hiding's older protocol: asks for the page at memory file offset
+ * `offset` with a JSON fault request ({"vcpu":0,...,"token":42}) and waits up
+ * to timeout_ms for the JSON reply, into buf. Returns its length or -errno. */
+int fc_vm_fault_request(struct fc_vm *vm, uint64_t offset, char *buf, size_t len, int timeout_ms);
+
+/* Is the page at memory file offset `offset` resident in the VM (mincore)? */
+bool fc_vm_page_resident(const struct fc_vm *vm, uint64_t offset);
 
 /* Waits up to timeout_ms for the handler's reply line (sent on refusal) into
  * buf. Returns its length, 0 on EOF / timeout without a reply, or -errno. */

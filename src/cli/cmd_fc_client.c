@@ -39,6 +39,11 @@ static const char help[] =
     "  --guest-memfd        secret-hiding: a guest_memfd VM (is_guest_memfd, three\n"
     "                       fds: memfds stand in for the guest_memfd and bitmap)\n"
     "  --unknown-fields     add fields no release sends (a newer one might)\n"
+    "  --exitless-apf N     secret-hiding: say exitless_apf:N with 3N fds (eventfds\n"
+    "                       stand in for the vCPU fds) instead of no_exitless_apf\n"
+    "  --fault-request OFF  secret-hiding's older JSON protocol: ask for the page at\n"
+    "                       memory file offset OFF and check it is resident when the\n"
+    "                       reply comes, before touching anything\n"
     "  --regions N          guest memory regions, 1 to 15 (default 3)\n"
     "  --page-size SIZE     4k (default) or 2M (hugetlbfs; needs free huge pages)\n"
     "  --threads N          touching threads (default 4)\n"
@@ -71,6 +76,8 @@ int cmd_fc_client(int argc, char **argv)
 	    {"hotplug", no_argument, 0, 'H'},
 	    {"guest-memfd", no_argument, 0, 'G'},
 	    {"unknown-fields", no_argument, 0, 'U'},
+	    {"exitless-apf", required_argument, 0, 'X'},
+	    {"fault-request", required_argument, 0, 'Q'},
 	    {"no-remove-check", no_argument, 0, 'n'},
 	    {"bad", required_argument, 0, 'b'},
 	    {"connector", required_argument, 0, 'c'},
@@ -82,6 +89,8 @@ int cmd_fc_client(int argc, char **argv)
 	unsigned regions = 3, threads = 4, seed = 1;
 	unsigned long long page = 4096;
 	struct fc_vm_config vc = {.version = FC_V1_12};
+	unsigned long long fault_off = 0;
+	bool fault_req = false;
 	enum fc_bad bad = FC_BAD_NONE;
 	bool check_remove = true, clear_nonblock = false;
 	enum fc_connector connector = FC_CONNECTOR_SELF;
@@ -140,6 +149,15 @@ int cmd_fc_client(int argc, char **argv)
 		case 'H': vc.hotplug = true; break;
 		case 'G': vc.guest_memfd = true; break;
 		case 'U': vc.unknown_fields = true; break;
+		case 'X':
+			if (cli_uint(cmd, "--exitless-apf", optarg, 1, 32, &vc.exitless_apf) < 0)
+				return 2;
+			break;
+		case 'Q':
+			if (cli_size(cmd, "--fault-request", optarg, &fault_off) < 0)
+				return 2;
+			fault_req = true;
+			break;
 		case 'n': check_remove = false; break;
 		case 'b':
 			if (fc_bad_parse(optarg, &bad) < 0) {
@@ -242,6 +260,21 @@ int cmd_fc_client(int argc, char **argv)
 		       bad ? "bad " : "guest-memfd", bad ? fc_bad_name(bad) : "",
 		       n > 0 ? reply : "connection closed or timed out without a reply");
 		return 1;
+	}
+	if (fault_req) {
+		/* secret-hiding's older JSON protocol: the page must be in when the
+		 * reply comes, without this process touching it. */
+		char reply[256];
+		int n = fc_vm_fault_request(&vm, fault_off, reply, sizeof(reply), 10000);
+		bool in = n > 0 && fc_vm_page_resident(&vm, fault_off);
+
+		printf("fc-client: fault request for offset %llu: %s%s\n", fault_off,
+		       n > 0 ? reply : "no reply",
+		       in ? "; the page is resident" : "; NOT RESIDENT");
+		if (!in) {
+			fc_vm_destroy(&vm);
+			return 1;
+		}
 	}
 	r = fc_vm_touch_verify(&vm, threads, seed, check_remove, &res);
 	if (r < 0) {

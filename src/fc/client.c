@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
@@ -21,6 +22,8 @@
 #include "lazyvm/uffd.h"
 
 #define ALIGN_2M (2ull << 20)
+/* exitless_apf:N sends 3 fds a vCPU; fc-client plays up to 32 vCPUs. */
+#define FC_CLIENT_MAX_FDS 96
 
 static const char *const version_names[FC_VERSION_COUNT] = {
     [FC_V1_4] = "1.4",
@@ -253,14 +256,17 @@ err:
 	return r;
 }
 
-/* Sends `len` bytes with `nfds` fds attached (0 to 3). */
+/* Sends `len` bytes with `nfds` fds attached (0 to FC_CLIENT_MAX_FDS). */
 static int send_with_fds(int sock, const char *buf, size_t len, const int *fds, unsigned nfds)
 {
 	union {
-		char buf[CMSG_SPACE(3 * sizeof(int))];
+		char buf[CMSG_SPACE(FC_CLIENT_MAX_FDS * sizeof(int))];
 		struct cmsghdr align;
 	} ctrl;
 	struct iovec iov = {.iov_base = (void *)buf, .iov_len = len};
+
+	if (nfds > FC_CLIENT_MAX_FDS)
+		return -E2BIG;
 	struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
 
 	if (nfds) {
@@ -521,6 +527,29 @@ static unsigned handoff_fds(const struct fc_vm *vm, enum fc_bad bad, int fds[3])
 	return fds[1] < 0 || fds[2] < 0 ? 1 : 3;
 }
 
+/* "exitless_apf:N" and, for each vCPU, its notify eventfd, complete eventfd
+ * and vCPU fd (eventfds stand in for the vCPU fds: there is no KVM VM here). */
+static int send_exitless_apf(struct fc_vm *vm)
+{
+	unsigned n = vm->cfg.exitless_apf, nfds = 3 * n;
+	int *fds = calloc(nfds, sizeof(int)), r = 0;
+	char text[32];
+
+	if (!fds)
+		return -ENOMEM;
+	for (unsigned i = 0; i < nfds && !r; i++)
+		if ((fds[i] = eventfd(0, EFD_CLOEXEC)) < 0)
+			r = -errno;
+	snprintf(text, sizeof(text), "exitless_apf:%u", n);
+	if (!r)
+		r = send_with_fds(vm->sock, text, strlen(text), fds, nfds);
+	for (unsigned i = 0; i < nfds; i++)
+		if (fds[i] > 0)
+			close(fds[i]);
+	free(fds);
+	return r;
+}
+
 static int handoff_self(struct fc_vm *vm, const char *socket_path, enum fc_bad bad, char *why,
                         size_t whylen)
 {
@@ -564,7 +593,9 @@ static int handoff_self(struct fc_vm *vm, const char *socket_path, enum fc_bad b
 	/* A handler that refused the hand-off may have closed the socket
 	 * already; its reply is still there to read. */
 	if (r == 0 && vm->cfg.version == FC_V_SECRET_HIDING && bad == FC_BAD_NONE) {
-		r = send_with_fds(vm->sock, no_apf, sizeof(no_apf) - 1, NULL, 0);
+		r = vm->cfg.exitless_apf
+		        ? send_exitless_apf(vm)
+		        : send_with_fds(vm->sock, no_apf, sizeof(no_apf) - 1, NULL, 0);
 		if (r == -EPIPE || r == -ECONNRESET)
 			r = 0;
 	}

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "lazyvm/fc_client.h"
@@ -27,11 +28,40 @@ int fc_vm_read_reply(struct fc_vm *vm, char *buf, size_t len, int timeout_ms)
 		if (n <= 0)
 			break;
 		got += (size_t)n;
-		if (memchr(buf, '\n', got))
+		if (memchr(buf, '\n', got) || (buf[0] == '{' && memchr(buf, '}', got)))
 			break;
 	}
 	buf[got] = '\0';
 	return (int)got;
+}
+
+int fc_vm_fault_request(struct fc_vm *vm, uint64_t offset, char *buf, size_t len, int timeout_ms)
+{
+	char req[128];
+	int n = snprintf(req, sizeof(req), "{\"vcpu\":0,\"offset\":%llu,\"flags\":0,\"token\":42}",
+	                 (unsigned long long)offset);
+
+	if (vm->sock < 0)
+		return -ENOTCONN;
+	if (send(vm->sock, req, (size_t)n, MSG_NOSIGNAL) != n)
+		return -errno;
+	n = fc_vm_read_reply(vm, buf, len, timeout_ms);
+	return n > 0 ? n : -ETIMEDOUT;
+}
+
+bool fc_vm_page_resident(const struct fc_vm *vm, uint64_t offset)
+{
+	for (unsigned r = 0; r < vm->nregions; r++) {
+		const struct fc_region *g = &vm->regions[r];
+		unsigned char v = 0;
+
+		if (offset - g->offset < g->size)
+			return mincore((void *)(uintptr_t)(g->base_host_virt_addr +
+			                                   (offset - g->offset) / 4096 * 4096),
+			               4096, &v) == 0 &&
+			       (v & 1);
+	}
+	return false;
 }
 
 struct touch_arg {

@@ -119,6 +119,7 @@ static void vm_park(struct fc_handler *h, struct vm *vm)
 		 * too, if it is one (it may be a VM's only other reference). */
 		if (vm->conn.nfds && uffd_fd_check(vm->conn.fds[0]) == 1)
 			vm->uffd = fc_conn_take_uffd(&vm->conn);
+		fc_conn_close_fds(&vm->conn); /* none left: check_memory_kind saw to it */
 	}
 	fc_conn_close(&vm->conn);
 	vm_retire_engine(h, vm);
@@ -297,6 +298,7 @@ static void handle_handoff(struct fc_handler *h, struct vm *vm)
 		lv_debug("%s: the hand-off has %zu field(s) lazyvm does not use, ignored: %s",
 		         vm->name, vm->hs.unknown_fields, vm->hs.unknown);
 	vm->uffd = fc_conn_take_uffd(&vm->conn);
+	fc_conn_close_fds(&vm->conn); /* none left: check_memory_kind saw to it */
 	vm->probe_addr = vm->hs.regions[0].base_host_virt_addr;
 	/* Before anything can go wrong: a refusal from here on may kill. */
 	vm->proven = fc_owner_prove(&(struct fc_owner_query){.uffd = vm->uffd,
@@ -391,6 +393,7 @@ static void handle_messages(struct fc_handler *h, struct vm *vm)
 			        vm->name, (int)c->msg_len, c->buf,
 			        c->buf[0] == 'n' ? "" : " (vCPUs with exitless async PF)",
 			        c->late_fds);
+			c->late_fds = 0;
 			break;
 		case FC_MSG_FRAME:
 			/* Bitcode-encoded fault requests come only for guest_memfd

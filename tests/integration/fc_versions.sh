@@ -42,8 +42,16 @@ check "v1.4 recognised (no page size field)" grep -q "Firecracker v1.4-v1.6 (no 
 check "v1.7 recognised (page_size_kib only)" grep -q "Firecracker v1.7-v1.11 (page_size_kib only)" "$T/v.err"
 check "secret-hiding recognised" grep -q "Firecracker secret-hiding (gpa_start, is_guest_memfd)" "$T/v.err"
 check "secret-hiding's second message is read, not taken for garbage" \
-    grep -q "Firecracker says no_exitless_apf: lazyvm does no exitless" "$T/v.err"
+    grep -q "Firecracker says no_exitless_apf: lazyvm does no exitless.*(0 fd(s) closed)" "$T/v.err"
 check "no socket closed for bytes it could not read" bash -c "! grep -q 'closing the socket' '$T/v.err'"
+
+echo "# what the secret-hiding branch sends after the hand-off"
+expect "exitless_apf:4 with its 12 fds is read, the fds closed" 0 "every byte matches" \
+    "$LAZYVM" fc-client --socket "$T/v.sock" --mem-file "$T/mem.img" --fc-version secret-hiding --exitless-apf 4 --threads 2
+check "exitless_apf:4 logged with its fds" grep -q "Firecracker says exitless_apf:4 .*(12 fd(s) closed)" "$T/v.err"
+expect "a JSON fault request (the older protocol) is answered once the page is in" 0 \
+    'fault request for offset 20480: \{"vcpu":0,"offset":20480,"len":[0-9]+,"flags":0,"token":42,"zero":false\}; the page is resident' \
+    "$LAZYVM" fc-client --socket "$T/v.sock" --mem-file "$T/mem.img" --fc-version secret-hiding --fault-request 20480 --threads 2
 
 echo "# balloons: before v1.11 a fresh mapping over the range (no event), after it a REMOVE"
 for v in 1.4 1.7; do
