@@ -7,6 +7,8 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+struct json_tokener;
+
 /* Firecracker's secret-hiding hand-off sends three: the userfaultfd, the
  * guest_memfd and the userfault bitmap's memfd. */
 #define FC_CONN_MAX_FDS 4
@@ -29,6 +31,8 @@ struct fc_conn {
 	bool handed_off;           /* the hand-off is done: messages follow */
 	enum fc_msg_kind msg_kind; /* of the message at the front, after the hand-off */
 	unsigned late_fds;         /* fds that came after the hand-off (closed) */
+	struct json_tokener *tok;  /* the JSON at the front, read as it arrives */
+	size_t fed;                /* bytes of buf fed to tok */
 };
 
 /* Takes `fd` (non-blocking), finds the peer (SO_PEERCRED) and a pidfd for it

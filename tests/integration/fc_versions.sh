@@ -80,8 +80,11 @@ expect "guest_memfd refused with the reason" 3 "is_guest_memfd: true.*needs UFFD
     "$LAZYVM" fc-client --socket "$T/v.sock" --mem-file "$T/mem.img" --fc-version secret-hiding --guest-memfd
 expect "a wrong type is still refused" 3 'field "size" in region 0 is a string' \
     "$LAZYVM" fc-client --socket "$T/v.sock" --mem-file "$T/mem.img" --bad wrong-type
+expect "a hand-off trickled in 500 pieces is read whole" 0 \
+    "85741 bytes in 500 chunks.*handshake rejected: the file descriptor sent is not a userfaultfd" \
+    python3 tests/tools/fc_trickle.py "$T/v.sock" 500
 stop "$handler_pid"; handler_pid=""
-check "metrics at exit count the two refusals" grep -q '"handshakes_rejected":2' "$T/v.out"
+check "metrics at exit count the three refusals" grep -q '"handshakes_rejected":3' "$T/v.out"
 
 echo "# --populate all: every page installed from the hand-off on"
 start_handler pop --mem-file "$T/mem.img" --populate all --source-latency 200us || exit 1
