@@ -114,9 +114,11 @@ int source_latency_wrap(struct source *inner, uint64_t delay_ns, struct source *
  * whose CRC-32C differs from its checksum, or whose checksum chunk is damaged,
  * fails the read with -EBADMSG (and a logged message naming it), so a corrupt
  * page is never installed. `csum_fd` is duplicated; `chunk_crcs` is borrowed
- * and must outlive the source. Reads must be page-aligned whole pages. */
-int source_checked_wrap(struct source *inner, int csum_fd, const uint32_t *chunk_crcs,
-                        uint64_t npages, uint32_t page_size, struct source **out);
+ * and must outlive the source; the page CRCs start at csum_off in csum_fd.
+ * Reads must be page-aligned whole pages. */
+int source_checked_wrap(struct source *inner, int csum_fd, uint64_t csum_off,
+                        const uint32_t *chunk_crcs, uint64_t npages, uint32_t page_size,
+                        struct source **out);
 
 /* Checks bytes already read at source offset `off` against the checksums of a
  * source made by source_checked_wrap (eager loading). 0 or -EBADMSG. */

@@ -148,4 +148,10 @@ int vmm_restore(const struct vmm_restore_config *cfg, struct vmm_outcome *out);
 /* 0 when the guest finished at the destination with every page in. */
 int vmm_migrate_in(const struct vmm_migrate_in_config *cfg, struct vmm_outcome *out);
 
+/* Writes the page checksums and zero-page map of the lazyvm snapshot in dir
+ * (checked against its state file) as a checksum file (csumfile.h), for
+ * `lazyvm checksum --from-snapshot`. 0 or -errno with why. */
+int vmm_snapshot_checksums(const char *dir, const char *out_path, uint64_t *mem_size,
+                           uint64_t *zero_pages, char *why, size_t whylen);
+
 #endif

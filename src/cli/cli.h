@@ -7,6 +7,7 @@
 
 int cmd_fc_handler(int argc, char **argv);
 int cmd_fc_client(int argc, char **argv);
+int cmd_checksum(int argc, char **argv);
 int cmd_run(int argc, char **argv);
 int cmd_restore(int argc, char **argv);
 int cmd_probe(int argc, char **argv);

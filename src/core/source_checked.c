@@ -19,6 +19,7 @@ struct checked_source {
 	struct source base;
 	struct source *inner;
 	int csum_fd;
+	uint64_t csum_off; /* where the page CRCs start in csum_fd */
 	const uint32_t *chunk_crcs; /* borrowed */
 	uint64_t npages, nchunks;
 	uint32_t page_size;
@@ -42,7 +43,7 @@ static const uint32_t *chunk_of(struct checked_source *cs, uint64_t page, int *e
 		size_t len =
 		    (entries < CSUM_CHUNK_PAGES ? entries : CSUM_CHUNK_PAGES) * sizeof(uint32_t);
 		uint32_t *buf = calloc(1, CHUNK_BYTES);
-		ssize_t n = buf ? pread(cs->csum_fd, buf, len, (off_t)(c * CHUNK_BYTES)) : -1;
+		ssize_t n = buf ? pread(cs->csum_fd, buf, len, (off_t)(cs->csum_off + c * CHUNK_BYTES)) : -1;
 
 		if (!buf) {
 			*err = -ENOMEM;
@@ -53,7 +54,7 @@ static const uint32_t *chunk_of(struct checked_source *cs, uint64_t page, int *e
 		} else if (crc32c(0, buf, len) != cs->chunk_crcs[c]) {
 			lv_err(
 			    "%s: checksum chunk %llu (pages %llu..) is damaged: its CRC-32C is not "
-			    "the one the state file records",
+			    "the one recorded for it",
 			    cs->base.desc, (unsigned long long)c,
 			    (unsigned long long)(c * CSUM_CHUNK_PAGES));
 			*err = -EBADMSG;
@@ -85,7 +86,7 @@ static int verify(struct checked_source *cs, const void *buf, uint64_t off, size
 		uint32_t got =
 		    buf ? crc32c(0, (const char *)buf + done, cs->page_size) : cs->zero_crc;
 		if (got != want) {
-			lv_err("%s: page %llu (offset 0x%llx) %s: crc32c 0x%08x, snapshot says "
+			lv_err("%s: page %llu (offset 0x%llx) %s: crc32c 0x%08x, the checksums say "
 			       "0x%08x",
 			       cs->base.desc, (unsigned long long)page,
 			       (unsigned long long)(off + done),
@@ -154,7 +155,8 @@ static const struct source_ops checked_ops = {
     .destroy = checked_destroy,
 };
 
-int source_checked_wrap(struct source *inner, int csum_fd, const uint32_t *chunk_crcs,
+int source_checked_wrap(struct source *inner, int csum_fd, uint64_t csum_off,
+                        const uint32_t *chunk_crcs,
                         uint64_t npages, uint32_t page_size, struct source **out)
 {
 	struct checked_source *cs;
@@ -173,6 +175,7 @@ int source_checked_wrap(struct source *inner, int csum_fd, const uint32_t *chunk
 	cs->nchunks = (npages + CSUM_CHUNK_PAGES - 1) / CSUM_CHUNK_PAGES;
 	cs->chunks = calloc(cs->nchunks, sizeof(*cs->chunks));
 	cs->csum_fd = fcntl(csum_fd, F_DUPFD_CLOEXEC, 0);
+	cs->csum_off = csum_off;
 	if (!cs->chunks || cs->csum_fd < 0) {
 		int err = cs->chunks ? -errno : -ENOMEM;
 		if (cs->csum_fd >= 0)

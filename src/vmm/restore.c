@@ -222,7 +222,7 @@ int restore_open_source(struct restore *rs, uint64_t mem_size)
 		source_destroy(file);
 		return restore_fail(rs, r, "latency source: %s", strerror(-r));
 	}
-	r = source_checked_wrap(src, rs->csum_fd, rs->chunk_crcs, mem_size / SNAP_PAGE_SIZE,
+	r = source_checked_wrap(src, rs->csum_fd, 0, rs->chunk_crcs, mem_size / SNAP_PAGE_SIZE,
 	                        SNAP_PAGE_SIZE, &rs->src);
 	if (r < 0) {
 		source_destroy(src);

@@ -158,7 +158,7 @@ static void test_checked_source(void)
 	chunks[1] = crc32c(0, crcs + CSUM_CHUNK_PAGES, 10 * 4);
 	CHECK_EQ(write(cfd, crcs, pages * 4), (long long)(pages * 4));
 	CHECK_OK(source_file_open(path, 0, &file, NULL, 0));
-	CHECK_OK(source_checked_wrap(file, cfd, chunks, pages, 4096, &src));
+	CHECK_OK(source_checked_wrap(file, cfd, 0, chunks, pages, 4096, &src));
 	CHECK_OK(source_read(src, buf, 4096 * (CSUM_CHUNK_PAGES + 3), 3 * 4096)); /* chunk 1 */
 	CHECK_OK(source_read(src, buf, 0, 8 * 4096));                             /* chunk 0 */
 	CHECK_OK(source_checked_verify(src, buf, 0, 8 * 4096));
@@ -170,7 +170,7 @@ static void test_checked_source(void)
 	crcs[5] ^= 1;
 	CHECK_EQ(pwrite(cfd, crcs, pages * 4, 0), (long long)(pages * 4));
 	CHECK_OK(source_file_open(path, 0, &file, NULL, 0));
-	CHECK_OK(source_checked_wrap(file, cfd, chunks, pages, 4096, &src));
+	CHECK_OK(source_checked_wrap(file, cfd, 0, chunks, pages, 4096, &src));
 	CHECK_EQ(source_read(src, buf, 4096 * 100, 4096), -EBADMSG);
 	CHECK_OK(source_read(src, buf, 4096 * (CSUM_CHUNK_PAGES + 1), 4096)); /* chunk 1 is fine */
 	source_destroy(src);
