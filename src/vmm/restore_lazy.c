@@ -17,6 +17,7 @@
 #include "lazyvm/compat.h"
 #include "lazyvm/fdio.h"
 #include "lazyvm/log.h"
+#include "lazyvm/workset.h"
 #include "lazyvm/uffd.h"
 #include "lazyvm/units.h"
 #include "restore.h"
@@ -367,102 +368,53 @@ int restore_setup_apf(struct restore *rs, struct vm *vm)
 	return 0;
 }
 
-/* Working-set files (REAP): a header naming the snapshot they belong to (its
- * memory size and the state file's CRC), then the pages in the order they
- * were installed. A file that is missing, damaged or from another snapshot
- * only costs a warning: the restore goes on plain lazy. */
-struct ws_header {
-	char magic[8]; /* "LZYVMWS1" */
-	uint64_t mem_size;
-	uint32_t state_crc;
-	uint32_t reserved;
-	uint64_t count;
-};
-
-static uint32_t state_crc(const struct restore *rs)
+/* Working sets (REAP, workset.h): tagged with the state file's CRC, so a
+ * file recorded for another snapshot is found stale. */
+static struct ws_id ws_id_of(const struct restore *rs)
 {
-	uint32_t crc;
+	struct ws_id id = {.mem_size = rs->rd.hdr.mem_size};
 
-	memcpy(&crc, rs->state + rs->state_len - sizeof(crc), sizeof(crc));
-	return crc;
+	memcpy(&id.tag, rs->state + rs->state_len - sizeof(id.tag), sizeof(id.tag));
+	return id;
 }
 
 void restore_record_ws(struct restore *rs)
 {
-	struct ws_header h = {
-	    .magic = "LZYVMWS1", .mem_size = rs->rd.hdr.mem_size, .state_crc = state_crc(rs)};
-	uint64_t *pages = NULL;
+	struct ws_id id = ws_id_of(rs);
+	uint64_t *pages = NULL, n = engine_record_get(rs->eng, &pages);
 	char why[4200];
-	int fd, r;
 
-	h.count = engine_record_get(rs->eng, &pages);
-	/* Never blocks on a FIFO, refuses a directory or device with its name. */
-	if ((fd = lv_open_output(rs->cfg->record_ws, 0644, why, sizeof(why))) < 0) {
+	if (ws_save(rs->cfg->record_ws, &id, pages, n, why, sizeof(why)) < 0)
 		lv_warn("cannot write the working set: %s", why);
-		free(pages);
-		return;
-	}
-	if ((r = lv_write_all(fd, &h, sizeof(h))) == 0)
-		r = lv_write_all(fd, pages, h.count * sizeof(*pages));
-	if (close(fd) < 0 && r == 0)
-		r = -errno;
-	if (r < 0)
-		lv_warn("cannot write the working set to %s: %s", rs->cfg->record_ws, strerror(-r));
 	else
-		rs->out->ws_recorded = h.count;
+		rs->out->ws_recorded = n;
 	free(pages);
 }
 
 int restore_prefetch_ws(struct restore *rs, struct vm *vm)
 {
-	const char *path = rs->cfg->prefetch_ws;
-	struct ws_header h;
-	uint64_t *pages = NULL, installed = 0, t0 = lv_now_ns();
+	struct ws_id id = ws_id_of(rs);
+	uint64_t *pages = NULL, n = 0, installed = 0, t0 = lv_now_ns();
 	char why[4200];
-	int fd = lv_open_input(path, 0, NULL, why, sizeof(why));
-	FILE *f = fd < 0 ? NULL : fdopen(fd, "rb");
-	int r;
+	int r = ws_load(rs->cfg->prefetch_ws, &id, &pages, &n, why, sizeof(why));
 
-	if (fd < 0) {
-		lv_warn("working set: %s: plain lazy restore", why);
-		goto out;
-	}
-	if (!f || fread(&h, sizeof(h), 1, f) != 1 || memcmp(h.magic, "LZYVMWS1", 8) != 0 ||
-	    h.count > rs->rd.hdr.mem_size / 4096 * 4) {
-		lv_warn("working set %s is missing or not a working-set file: plain lazy restore",
-		        path);
-		goto out;
-	}
-	if (h.mem_size != rs->rd.hdr.mem_size || h.state_crc != state_crc(rs)) {
-		lv_warn(
-		    "working set %s was recorded for another snapshot (stale): plain lazy restore",
-		    path);
-		goto out;
-	}
-	pages = malloc((h.count ? h.count : 1) * sizeof(*pages));
-	if (!pages || fread(pages, sizeof(*pages), h.count, f) != h.count) {
-		lv_warn("working set %s is truncated: plain lazy restore", path);
-		goto out;
-	}
-	r = engine_prefetch(rs->eng, rs->eng_prefetch_slot, pages, h.count, &installed);
 	if (r < 0) {
-		fclose(f);
+		lv_warn("working set: %s: plain lazy restore", why);
+		return 0;
+	}
+	r = engine_prefetch(rs->eng, rs->eng_prefetch_slot, pages, n, &installed);
+	if (r < 0) {
 		free(pages);
 		return restore_fail(rs, r, "replaying the working set: %s", engine_error(rs->eng));
 	}
 	/* With exit intake the bitmap must say what is in now. */
-	for (uint64_t i = 0; rs->have_uf && i < h.count; i++) {
+	for (uint64_t i = 0; rs->have_uf && i < n; i++) {
 		uint8_t *host = guest_mem_ptr(&vm->mem, pages[i] * 4096, 4096);
 		if (host && engine_page_present(rs->eng, (uint64_t)(uintptr_t)host))
 			uf_bitmap_clear(&rs->uf.bm, pages[i], 1);
 	}
 	rs->out->ws_prefetched = installed;
 	rs->out->prefetch_ms_x1000 = (lv_now_ns() - t0) / 1000;
-out:
-	if (f)
-		fclose(f);
-	else if (fd >= 0)
-		close(fd);
 	free(pages);
 	return 0;
 }

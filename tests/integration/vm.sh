@@ -187,7 +187,7 @@ out=$(timeout 60 "$LAZYVM" restore "$T/snap-2" --prefetch-ws "$ws" --json 2>"$T/
     ok "a stale working set: a warning, then a plain lazy restore that verifies" || not_ok "stale ws: $rc $out $(cat "$T/err")"
 head -c 20 "$ws" >"$T/ws-short"
 out=$(timeout 60 "$LAZYVM" restore "$T/snap-1" --prefetch-ws "$T/ws-short" --json 2>"$T/err"); rc=$?
-[ "$rc" -eq 0 ] && grep -q "working set .* is missing or not a working-set file" "$T/err" &&
+[ "$rc" -eq 0 ] && grep -q "working set: .* is not a working-set file: plain lazy restore" "$T/err" &&
     ok "a damaged working-set file: a warning, plain lazy restore" || not_ok "damaged ws: $rc $(cat "$T/err")"
 
 echo "# background prefetch"
