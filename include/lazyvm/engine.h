@@ -126,6 +126,21 @@ int engine_prefetch(struct engine *eng, unsigned slot, const uint64_t *pages, si
  * 0 or -errno. */
 int engine_background_start(struct engine *eng, unsigned slot, unsigned chunk_pages,
                             uint64_t quiet_ns, void (*done)(void *arg), void *arg);
+/* The general form: first the source pages `first` (a working set, copied;
+ * pages already in are skipped), in their order, then, with `rest`, every
+ * other missing page as engine_background_start does. Counted in
+ * pages_prefetched and pages_background. */
+struct engine_bg {
+	unsigned slot, chunk_pages;
+	uint64_t quiet_ns;
+	const uint64_t *first;
+	size_t nfirst;
+	bool rest;
+	void (*done)(void *arg);
+	void *arg;
+};
+int engine_background(struct engine *eng, const struct engine_bg *bg);
+
 /* Waits for the background thread to end (every page in, or the engine
  * stopped or failed). */
 void engine_background_join(struct engine *eng);

@@ -1,8 +1,9 @@
 /* `lazyvm fc-handler`: a page-fault handler that released Firecracker versions
  * use unchanged to restore a snapshot lazily (the Uffd memory backend).
  *
- * One process serves many VMs: it listens on a unix socket; each connection is
- * one VM that sends the hand-off (JSON regions + the UFFD, see fc_handshake.h).
+ * One process serves many VMs of one or more snapshots: it listens on a unix
+ * socket a snapshot; each connection is one VM that sends the hand-off (JSON
+ * regions + the UFFD, see fc_handshake.h) and gets that snapshot's memory.
  * The handler validates it, then serves that VM's faults from the memory file
  * with its own fault engine until the VM exits. A bad hand-off is refused with a
  * message and harms no other VM. A VM the handler cannot serve (rejected, or its
@@ -26,30 +27,51 @@ enum fc_on_fatal {
 	FC_ON_FATAL_REPORT, /* log its pid and leave it */
 };
 
-struct fc_handler_config {
+/* One snapshot served: VMs that connect to its socket get its memory. */
+struct fc_snapshot_config {
 	const char *socket_path;
-	const char *mem_file;
+	const char *source;      /* a memory file (regular file or block device), or an
+	                          * NBD export: nbd://HOST:PORT/NAME, nbd+unix:///NAME?socket=P */
+	const char *checksums;   /* a `lazyvm checksum` file: every page checked, known-zero
+	                          * pages served without a read; NULL: none */
+	const char *record_ws;   /* the first VM's touch order is written here when it
+	                          * leaves (or the handler stops); NULL: none */
+	const char *prefetch_ws; /* replayed for every VM from its hand-off on; a missing,
+	                          * damaged or stale file only warns; NULL: none */
+};
+
+#define FC_MAX_SNAPSHOTS 64
+
+struct fc_handler_config {
+	struct fc_snapshot_config snaps[FC_MAX_SNAPSHOTS];
+	unsigned nsnaps;         /* >= 1 */
 	unsigned threads_per_vm; /* >= 1 */
 	enum engine_intake intake;
 	uint64_t busy_idle_ns;
 	int io_uring;               /* batch source reads through io_uring */
 	unsigned fault_around;      /* pages per fault, see engine_config */
 	uint64_t source_latency_ns; /* 0: none */
-	bool populate_all;          /* every page of a VM in the background, from its
+	uint64_t source_timeout_ns; /* NBD: a wait without progress ends after this */
+	bool background_prefetch;   /* every other page in the background, yielding to
+	                             * demand faults (after the working set, if any) */
+	bool populate_all;          /* every page in the background at once, from the
 	                             * hand-off on (Firecracker's fault_all handler) */
 	enum fc_on_fatal on_fatal;
 	uint64_t handshake_timeout_ns;
-	unsigned max_vms;     /* VMs served at once (hand-offs being read not counted) */
-	unsigned max_pending; /* hand-offs being read at once */
-	int signal_fd;        /* signalfd for SIGTERM/SIGINT (stop) and SIGUSR1
-	                       * (metrics); -1 for none */
-	FILE *metrics_out;    /* where metrics JSON goes (stdout) */
+	unsigned max_vms;         /* VMs served at once (hand-offs being read not counted) */
+	unsigned max_pending;     /* hand-offs being read at once */
+	int signal_fd;            /* signalfd for SIGTERM/SIGINT (stop) and SIGUSR1
+	                           * (metrics); -1 for none */
+	FILE *metrics_out;        /* where metrics JSON goes (stdout) */
+	const char *metrics_prom; /* Prometheus text exposition written here (renamed into
+	                           * place) every second and at exit; NULL: none */
 };
 
 struct fc_handler;
 
-/* Opens the memory file and binds the socket (refusing to replace anything
- * but a stale socket). Returns 0 or -errno after logging what failed. */
+/* Opens every snapshot's source (and checksums, working set) and binds its
+ * socket (refusing to replace anything but a stale socket). Returns 0 or
+ * -errno after logging what failed. */
 int fc_handler_create(const struct fc_handler_config *cfg, struct fc_handler **out);
 
 /* Serves until SIGTERM/SIGINT arrives on signal_fd or fc_handler_stop() is
@@ -65,7 +87,11 @@ void fc_handler_stop(struct fc_handler *h);
  * {metrics}} and a newline. */
 void fc_handler_write_metrics(struct fc_handler *h, FILE *f);
 
-/* Stops every VM's engine, unlinks the socket, frees everything. */
+/* Rewrites cfg.metrics_prom (if set): the handler's gauges and counters, and
+ * every VM's metrics and their total (vm="all"). 0 or -errno (logged). */
+int fc_handler_write_prom(struct fc_handler *h);
+
+/* Stops every VM's engine, unlinks the sockets, frees everything. */
 void fc_handler_destroy(struct fc_handler *h);
 
 #endif

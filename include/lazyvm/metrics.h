@@ -33,6 +33,7 @@ struct hist {
 	X(pages_zeroed, "pages installed as zeros (removed ranges)")                               \
 	X(pages_around, "of pages_copied, installed by fault-around ahead of a fault")             \
 	X(pages_background, "of pages_copied, installed by background prefetch")                   \
+	X(pages_prefetched, "pages installed by a working-set replay (zeros included)")            \
 	X(bytes_read, "bytes read from the source")                                                \
 	X(eexist, "installs that found the page already there")                                    \
 	X(eagain, "installs retried because the address space was changing")                       \
@@ -67,5 +68,15 @@ void metrics_add(struct metrics *dst, const struct metrics *src);
 /* Writes one JSON object (no trailing newline) with every counter and the
  * latency summary: count, mean, p50, p90, p99, max in microseconds. */
 void metrics_write_json(FILE *f, const struct metrics *m);
+
+/* Samples of at most ns (cumulative, exact to one bucket). */
+uint64_t hist_count_at_most(const struct hist *h, uint64_t ns);
+
+/* Writes the Prometheus text exposition (version 0.0.4) of n sets of metrics,
+ * each under its labels (e.g. `vm="3",snapshot="0"`, never empty): every
+ * counter as lazyvm_<name>_total, the latency as the histogram
+ * lazyvm_fault_latency_seconds with 1-2-5 buckets from 1 us to 1 s. */
+void metrics_write_prom(FILE *f, const struct metrics *const *ms, const char *const *labels,
+                        size_t n);
 
 #endif

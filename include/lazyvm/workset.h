@@ -17,8 +17,8 @@ struct ws_id {
 };
 
 /* 0 or -errno with why. */
-int ws_save(const char *path, const struct ws_id *id, const uint64_t *pages, uint64_t n,
-            char *why, size_t whylen);
+int ws_save(const char *path, const struct ws_id *id, const uint64_t *pages, uint64_t n, char *why,
+            size_t whylen);
 
 /* 0 with a malloc'd *pages of *n entries; -ENOENT (cannot open), -EINVAL (not a
  * working-set file, or truncated, or a page beyond mem_size), -ESTALE (made

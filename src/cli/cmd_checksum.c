@@ -54,7 +54,8 @@ static int from_memfile(const char *mem, const char *out)
 		return 1;
 	}
 	if (sb.st_size <= 0 || sb.st_size % CSUMFILE_PAGE_SIZE) {
-		fprintf(stderr, "lazyvm checksum: %s is %lld bytes, not a whole number of 4 KiB pages\n",
+		fprintf(stderr,
+		        "lazyvm checksum: %s is %lld bytes, not a whole number of 4 KiB pages\n",
 		        mem, (long long)sb.st_size);
 		close(fd);
 		return 1;
@@ -123,12 +124,14 @@ int cmd_checksum(int argc, char **argv)
 		return 2;
 	}
 	if (!mem == !snap) {
-		fprintf(stderr, "lazyvm checksum: give a MEMFILE or --from-snapshot DIR (one of them)\n"
-		                "Run 'lazyvm checksum --help' for the options.\n");
+		fprintf(stderr,
+		        "lazyvm checksum: give a MEMFILE or --from-snapshot DIR (one of them)\n"
+		        "Run 'lazyvm checksum --help' for the options.\n");
 		return 2;
 	}
 	if (!out) {
-		snprintf(def, sizeof(def), snap ? "%s/memory.lvsum" : "%s.lvsum", snap ? snap : mem);
+		snprintf(def, sizeof(def), snap ? "%s/memory.lvsum" : "%s.lvsum",
+		         snap ? snap : mem);
 		out = def;
 	}
 	if (mem)

@@ -11,8 +11,9 @@
 #include "lazyvm/log.h"
 
 static const char help[] =
-    "Usage: lazyvm fc-handler --socket PATH --mem-file PATH [OPTIONS]\n"
+    "Usage: lazyvm fc-handler --socket PATH --mem-file PATH|--source SOURCE [OPTIONS]\n"
     "       lazyvm fc-handler [OPTIONS] SOCKET MEMFILE\n"
+    "       lazyvm fc-handler --snapshot SOCKET=SOURCE[,OPT=V...] [--snapshot ...]\n"
     "       fc-handler [OPTIONS] SOCKET MEMFILE   (lazyvm copied or linked under a name\n"
     "                                             ending in fc-handler)\n"
     "\n"
@@ -30,6 +31,22 @@ static const char help[] =
     "  --socket PATH            unix socket to listen on (a stale socket is replaced,\n"
     "                           one someone listens on is not)\n"
     "  --mem-file PATH          snapshot memory file: raw guest memory, regions in order\n"
+    "  --source SOURCE          the memory as a file, or from any NBD server:\n"
+    "                           nbd://HOST:PORT/EXPORT, nbd+unix:///EXPORT?socket=P\n"
+    "                           (nbdkit with its file, curl or S3 plugins, qemu-nbd)\n"
+    "  --source-timeout DUR     NBD: end a wait without progress after DUR, then\n"
+    "                           reconnect; 6 attempts (default 5s)\n"
+    "  --checksums FILE         check every page against FILE (`lazyvm checksum`);\n"
+    "                           a page that fails is never installed (its VM is\n"
+    "                           given up on); known-zero pages are served unread\n"
+    "  --record-ws FILE         write the first VM's touch order (its working set)\n"
+    "                           to FILE when it leaves or the handler stops\n"
+    "  --prefetch-ws FILE       install FILE's pages first, in order, for every VM\n"
+    "                           (REAP); a missing, damaged or stale file only warns\n"
+    "  --background-prefetch    then every other page, yielding to demand faults\n"
+    "  --snapshot SOCKET=SOURCE[,checksums=F][,record-ws=F][,prefetch-ws=F]\n"
+    "                           one more snapshot on its own socket (repeatable; a\n"
+    "                           VM gets the memory of the socket it connects to)\n"
     "  --threads N              fault-handling threads per VM (default 1)\n"
     "  --intake block|busy      block in poll(2) for faults (default), or spin on the\n"
     "                           UFFD: lower latency, costs a CPU while faults arrive\n"
@@ -54,6 +71,9 @@ static const char help[] =
     "  --log-level LEVEL        error, warning, info (default) or debug\n"
     "  -h, --help               this text\n"
     "\n"
+    "  --metrics-prom FILE      the metrics in Prometheus text format, per VM and in\n"
+    "                           total, rewritten every second and at exit\n"
+    "\n"
     "Metrics (JSON, one line) go to stdout on SIGUSR1 and at exit; logs go to stderr.\n"
     "SIGTERM or SIGINT stops the handler: VMs still attached are named, since they\n"
     "will hang at their next fault.\n"
@@ -70,6 +90,45 @@ static int parse_log_level(const char *s)
 	return -1;
 }
 
+/* SOCKET=SOURCE[,checksums=F][,record-ws=F][,prefetch-ws=F], cut in place. */
+static int parse_snapshot(char *spec, struct fc_snapshot_config *sc)
+{
+	static const char *const keys[] = {"checksums=", "record-ws=", "prefetch-ws="};
+	char *eq = strchr(spec, '='), *opt;
+
+	*sc = (struct fc_snapshot_config){0};
+	if (!eq || eq == spec || !eq[1]) {
+		fprintf(stderr,
+		        "lazyvm fc-handler: --snapshot '%s': want SOCKET=SOURCE[,OPT=V...]\n",
+		        spec);
+		return -1;
+	}
+	*eq = '\0';
+	sc->socket_path = spec;
+	sc->source = eq + 1;
+	for (opt = strchr(sc->source, ','); opt; opt = strchr(opt + 1, ',')) {
+		*opt = '\0';
+		const char **dst[] = {&sc->checksums, &sc->record_ws, &sc->prefetch_ws};
+		size_t k;
+
+		for (k = 0; k < 3; k++)
+			if (!strncmp(opt + 1, keys[k], strlen(keys[k])) &&
+			    opt[1 + strlen(keys[k])]) {
+				*dst[k] = opt + 1 + strlen(keys[k]);
+				break;
+			}
+		if (k == 3) {
+			fprintf(
+			    stderr,
+			    "lazyvm fc-handler: --snapshot %s: unknown option '%s' (checksums=, "
+			    "record-ws=, prefetch-ws=)\n",
+			    sc->socket_path, opt + 1);
+			return -1;
+		}
+	}
+	return 0;
+}
+
 int cmd_fc_handler(int argc, char **argv)
 {
 	static const struct option opts[] = {
@@ -81,6 +140,14 @@ int cmd_fc_handler(int argc, char **argv)
 	    {"fault-around", required_argument, 0, 'A'},
 	    {"io-uring", no_argument, 0, 'u'},
 	    {"source-latency", required_argument, 0, 'l'},
+	    {"source", required_argument, 0, 'S'},
+	    {"source-timeout", required_argument, 0, 'O'},
+	    {"checksums", required_argument, 0, 'c'},
+	    {"record-ws", required_argument, 0, 'R'},
+	    {"prefetch-ws", required_argument, 0, 'W'},
+	    {"background-prefetch", no_argument, 0, 'G'},
+	    {"snapshot", required_argument, 0, 'n'},
+	    {"metrics-prom", required_argument, 0, 'X'},
 	    {"populate", required_argument, 0, 'p'},
 	    {"on-fatal", required_argument, 0, 'f'},
 	    {"handshake-timeout", required_argument, 0, 'T'},
@@ -101,7 +168,10 @@ int cmd_fc_handler(int argc, char **argv)
 	    .fault_around = 16,
 	    .signal_fd = -1,
 	    .metrics_out = stdout,
+	    .source_timeout_ns = 5ull * 1000 * 1000 * 1000,
+	    .nsnaps = 1,
 	};
+	struct fc_snapshot_config *first = &cfg.snaps[0];
 	const char *cmd = "fc-handler";
 	unsigned long long v;
 	struct fc_handler *h;
@@ -113,8 +183,44 @@ int cmd_fc_handler(int argc, char **argv)
 	opterr = 0;
 	while ((c = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
 		switch (c) {
-		case 's': cfg.socket_path = optarg; break;
-		case 'm': cfg.mem_file = optarg; break;
+		case 's': first->socket_path = optarg; break;
+		case 'm':
+		case 'S':
+			if (first->source) {
+				fprintf(stderr,
+				        "lazyvm fc-handler: --mem-file and --source name the same "
+				        "thing; give one\n");
+				return 2;
+			}
+			first->source = optarg;
+			break;
+		case 'O':
+			if (cli_duration(cmd, "--source-timeout", optarg, &v) < 0)
+				return 2;
+			if (v == 0) {
+				fprintf(
+				    stderr,
+				    "lazyvm fc-handler: --source-timeout: must be more than 0\n");
+				return 2;
+			}
+			cfg.source_timeout_ns = v;
+			break;
+		case 'c': first->checksums = optarg; break;
+		case 'R': first->record_ws = optarg; break;
+		case 'W': first->prefetch_ws = optarg; break;
+		case 'G': cfg.background_prefetch = true; break;
+		case 'X': cfg.metrics_prom = optarg; break;
+		case 'n':
+			if (cfg.nsnaps == FC_MAX_SNAPSHOTS) {
+				fprintf(stderr,
+				        "lazyvm fc-handler: --snapshot: at most %d snapshots\n",
+				        FC_MAX_SNAPSHOTS);
+				return 2;
+			}
+			if (parse_snapshot(optarg, &cfg.snaps[cfg.nsnaps]) < 0)
+				return 2;
+			cfg.nsnaps++;
+			break;
 		case 't':
 			if (cli_uint(cmd, "--threads", optarg, 1, 64, &cfg.threads_per_vm) < 0)
 				return 2;
@@ -196,19 +302,38 @@ int cmd_fc_handler(int argc, char **argv)
 	}
 	/* Firecracker's positional convention: SOCKET MEMFILE, as its example
 	 * handlers and its test harness (inside the jail) run them. */
-	if (optind < argc && !cfg.socket_path)
-		cfg.socket_path = argv[optind++];
-	if (optind < argc && !cfg.mem_file)
-		cfg.mem_file = argv[optind++];
+	if (optind < argc && !first->socket_path)
+		first->socket_path = argv[optind++];
+	if (optind < argc && !first->source)
+		first->source = argv[optind++];
 	if (optind < argc) {
 		fprintf(stderr, "lazyvm fc-handler: unexpected argument '%s'\n", argv[optind]);
 		return 2;
 	}
-	if (!cfg.socket_path || !cfg.mem_file) {
+	/* The first snapshot is the one --socket and --mem-file name; with only
+	 * --snapshot options, the list starts at the first of those. */
+	bool have_first = first->socket_path || first->source || first->checksums ||
+	                  first->record_ws || first->prefetch_ws;
+	if (!have_first && cfg.nsnaps > 1) {
+		memmove(&cfg.snaps[0], &cfg.snaps[1], (cfg.nsnaps - 1) * sizeof(cfg.snaps[0]));
+		cfg.nsnaps--;
+	} else if (!first->socket_path || !first->source) {
 		fprintf(stderr,
 		        "lazyvm fc-handler: %s is required\n"
 		        "Run 'lazyvm fc-handler --help' for the options.\n",
-		        !cfg.socket_path ? "--socket PATH" : "--mem-file PATH");
+		        !first->socket_path ? "--socket PATH" : "--mem-file PATH (or --source)");
+		return 2;
+	}
+	for (unsigned i = 0; i < cfg.nsnaps; i++)
+		for (unsigned j = 0; j < i; j++)
+			if (!strcmp(cfg.snaps[i].socket_path, cfg.snaps[j].socket_path)) {
+				fprintf(stderr, "lazyvm fc-handler: socket %s is given twice\n",
+				        cfg.snaps[i].socket_path);
+				return 2;
+			}
+	if (cfg.populate_all && cfg.background_prefetch) {
+		fprintf(stderr, "lazyvm fc-handler: --populate all already installs every page; "
+		                "--background-prefetch would add nothing\n");
 		return 2;
 	}
 	if (busy_idle_given && cfg.intake != ENGINE_INTAKE_BUSY) {
@@ -237,6 +362,7 @@ int cmd_fc_handler(int argc, char **argv)
 	r = fc_handler_run(h);
 	lv_info("stopping");
 	fc_handler_write_metrics(h, stdout);
+	fc_handler_write_prom(h);
 	fc_handler_destroy(h);
 	close(cfg.signal_fd);
 	return r < 0 ? 1 : 0;

@@ -69,8 +69,9 @@ int csumfile_write(const char *path, uint64_t mem_size, const uint32_t *crcs,
 	for (uint64_t c = 0; c < nchunks; c++) {
 		uint64_t n = npages - c * CSUM_CHUNK_PAGES;
 
-		chunks[c] = crc32c(0, crcs + c * CSUM_CHUNK_PAGES,
-		                   (n < CSUM_CHUNK_PAGES ? n : CSUM_CHUNK_PAGES) * sizeof(uint32_t));
+		chunks[c] =
+		    crc32c(0, crcs + c * CSUM_CHUNK_PAGES,
+		           (n < CSUM_CHUNK_PAGES ? n : CSUM_CHUNK_PAGES) * sizeof(uint32_t));
 	}
 	h.zero_crc = crc32c(0, zero_map, zero_words(npages) * 8);
 	h.header_crc = header_crc(&h);
@@ -149,13 +150,15 @@ int csumfile_scan(int fd, uint64_t mem_size, uint32_t *crcs, uint64_t *zero_map,
 		if (data_end > mem_size || data_end <= off)
 			data_end = mem_size;
 		while (off < data_end && !r) {
-			size_t len = data_end - off < SCAN_BUF ? (size_t)(data_end - off) : SCAN_BUF;
+			size_t len =
+			    data_end - off < SCAN_BUF ? (size_t)(data_end - off) : SCAN_BUF;
 			ssize_t n = pread(fd, buf, len, (off_t)off);
 
 			if (n != (ssize_t)len) {
 				r = n < 0 ? -errno : -EIO;
-				snprintf(why, whylen, "reading offset %llu: %s", (unsigned long long)off,
-				         n < 0 ? strerror(errno) : "the file is shorter than it was");
+				snprintf(
+				    why, whylen, "reading offset %llu: %s", (unsigned long long)off,
+				    n < 0 ? strerror(errno) : "the file is shorter than it was");
 				break;
 			}
 			st->bytes_read += len;
@@ -196,13 +199,14 @@ int csumfile_open(const char *path, uint64_t mem_size, struct csumfile **out, ch
 	}
 	if (pread(cf->fd, &cf->h, sizeof(cf->h), 0) != (ssize_t)sizeof(cf->h) ||
 	    memcmp(cf->h.magic, CSUMFILE_MAGIC, 8) != 0) {
-		snprintf(why, whylen, "%s is not a lazyvm checksum file (made by `lazyvm checksum`)",
-		         path);
+		snprintf(why, whylen,
+		         "%s is not a lazyvm checksum file (made by `lazyvm checksum`)", path);
 		goto fail;
 	}
 	if (cf->h.version != CSUMFILE_VERSION || cf->h.page_size != PAGE) {
-		snprintf(why, whylen, "%s: version %u with %u-byte pages; this lazyvm reads version %u "
-		                      "with 4096-byte pages",
+		snprintf(why, whylen,
+		         "%s: version %u with %u-byte pages; this lazyvm reads version %u "
+		         "with 4096-byte pages",
 		         path, cf->h.version, cf->h.page_size, CSUMFILE_VERSION);
 		goto fail;
 	}
@@ -221,8 +225,8 @@ int csumfile_open(const char *path, uint64_t mem_size, struct csumfile **out, ch
 	if (cf->h.npages != want.npages || cf->h.chunks_off != want.chunks_off ||
 	    cf->h.zero_off != want.zero_off || cf->h.crcs_off != want.crcs_off ||
 	    (uint64_t)st.st_size < cf->h.crcs_off + cf->h.npages * 4) {
-		snprintf(why, whylen, "%s: its layout does not match its size (truncated or damaged)",
-		         path);
+		snprintf(why, whylen,
+		         "%s: its layout does not match its size (truncated or damaged)", path);
 		goto fail;
 	}
 	cf->nchunks = (cf->h.npages + CSUM_CHUNK_PAGES - 1) / CSUM_CHUNK_PAGES;

@@ -449,6 +449,7 @@ void engine_destroy(struct engine *eng)
 	pthread_mutex_destroy(&eng->error_lock);
 	pthread_mutex_destroy(&eng->rec_lock);
 	free(eng->rec);
+	free(eng->bg_first);
 	free(eng);
 }
 

@@ -72,6 +72,9 @@ struct engine {
 	bool bg_started;
 	unsigned bg_slot, bg_chunk;
 	uint64_t bg_quiet_ns;
+	uint64_t *bg_first; /* a working set to install first (owned) */
+	size_t bg_nfirst;
+	bool bg_rest;
 	void (*bg_done)(void *arg);
 	void *bg_done_arg;
 	/* working-set recording: source page numbers installed, in order */

@@ -110,6 +110,14 @@ int engine_prefetch(struct engine *eng, unsigned slot, const uint64_t *pages, si
 		}
 		if (nt && (i == n || nt == EVENT_BATCH ||
 		           (reg && !zero && used + 4096 > WORKER_BUF_BYTES))) {
+			/* A long replay in the background must not hold up engine_stop. */
+			if (atomic_load(&eng->stopping)) {
+				engine_release_todos(todo, nt);
+				if (reg)
+					pagemap_finish(reg->pm, idx,
+					               zero ? PAGE_REMOVED : PAGE_MISSING);
+				return -ECANCELED;
+			}
 			engine_serve_batch(w, todo, nt);
 			if (engine_status(eng) != ENGINE_RUNNING) {
 				if (reg)
@@ -145,7 +153,15 @@ static void *background_main(void *arg)
 	struct engine *eng = arg;
 	struct worker *w = &eng->workers[eng->cfg.threads + eng->bg_slot];
 
-	for (size_t r = 0; r < eng->nregions; r++) {
+	if (eng->bg_nfirst) {
+		uint64_t installed = 0;
+
+		if (engine_prefetch(eng, eng->bg_slot, eng->bg_first, eng->bg_nfirst, &installed) <
+		    0)
+			return NULL; /* the engine stopped: it says why */
+		ctr_add(&w->m.pages_prefetched, installed);
+	}
+	for (size_t r = 0; r < eng->nregions && eng->bg_rest; r++) {
 		struct region *reg = &eng->regions[r];
 		uint64_t idx = 0, n = pagemap_pages(reg->pm);
 
@@ -188,23 +204,47 @@ static void *background_main(void *arg)
 	return NULL;
 }
 
-int engine_background_start(struct engine *eng, unsigned slot, unsigned chunk_pages,
-                            uint64_t quiet_ns, void (*done)(void *arg), void *arg)
+int engine_background(struct engine *eng, const struct engine_bg *bg)
 {
 	int r;
 
-	if (!eng->workers || slot >= eng->cfg.resolvers || eng->bg_started || chunk_pages < 1 ||
-	    (uint64_t)chunk_pages * 4096 > WORKER_BUF_BYTES)
+	if (!eng->workers || bg->slot >= eng->cfg.resolvers || eng->bg_started ||
+	    bg->chunk_pages < 1 || (uint64_t)bg->chunk_pages * 4096 > WORKER_BUF_BYTES)
 		return -EINVAL;
-	eng->bg_slot = slot;
-	eng->bg_chunk = chunk_pages;
-	eng->bg_quiet_ns = quiet_ns;
-	eng->bg_done = done;
-	eng->bg_done_arg = arg;
+	free(eng->bg_first);
+	eng->bg_first = NULL;
+	eng->bg_nfirst = 0;
+	if (bg->nfirst) {
+		eng->bg_first = malloc(bg->nfirst * sizeof(*eng->bg_first));
+		if (!eng->bg_first)
+			return -ENOMEM;
+		memcpy(eng->bg_first, bg->first, bg->nfirst * sizeof(*eng->bg_first));
+		eng->bg_nfirst = bg->nfirst;
+	}
+	eng->bg_slot = bg->slot;
+	eng->bg_chunk = bg->chunk_pages;
+	eng->bg_quiet_ns = bg->quiet_ns;
+	eng->bg_rest = bg->rest;
+	/* "Every page is in" means something only after the whole walk. */
+	eng->bg_done = bg->rest ? bg->done : NULL;
+	eng->bg_done_arg = bg->arg;
 	r = -pthread_create(&eng->bg_thread, NULL, background_main, eng);
 	if (r == 0)
 		eng->bg_started = true;
 	return r;
+}
+
+int engine_background_start(struct engine *eng, unsigned slot, unsigned chunk_pages,
+                            uint64_t quiet_ns, void (*done)(void *arg), void *arg)
+{
+	struct engine_bg bg = {.slot = slot,
+	                       .chunk_pages = chunk_pages,
+	                       .quiet_ns = quiet_ns,
+	                       .rest = true,
+	                       .done = done,
+	                       .arg = arg};
+
+	return engine_background(eng, &bg);
 }
 
 void engine_background_join(struct engine *eng)

@@ -102,3 +102,55 @@ void metrics_write_json(FILE *f, const struct metrics *m)
 	        us(hist_percentile(h, 0.9)), us(hist_percentile(h, 0.99)),
 	        us(atomic_load_explicit(&h->max_ns, memory_order_relaxed)));
 }
+
+uint64_t hist_count_at_most(const struct hist *h, uint64_t ns)
+{
+	uint64_t n = 0;
+
+	/* Whole buckets that lie at or below ns: exact to one bucket (~3%). */
+	for (unsigned b = 0; b < HIST_BUCKETS; b++) {
+		uint64_t hi = b + 1 < HIST_BUCKETS ? bucket_floor(b + 1) : UINT64_MAX;
+
+		if (hi - 1 > ns)
+			break;
+		n += atomic_load_explicit(&h->buckets[b], memory_order_relaxed);
+	}
+	return n;
+}
+
+/* Bucket bounds of the exported histogram, in seconds: 1-2-5 steps. */
+static const double prom_le[] = {1e-6, 2e-6, 5e-6, 1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3,
+                                 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 0.1,  0.2,  0.5,  1.0};
+
+void metrics_write_prom(FILE *f, const struct metrics *const *ms, const char *const *labels,
+                        size_t n)
+{
+#define METRICS_PROM(name, doc)                                                                    \
+	fprintf(f, "# HELP lazyvm_" #name "_total %s\n# TYPE lazyvm_" #name "_total counter\n",    \
+	        doc);                                                                              \
+	for (size_t i = 0; i < n; i++)                                                             \
+		fprintf(                                                                           \
+		    f, "lazyvm_" #name "_total{%s} %llu\n", labels[i],                             \
+		    (unsigned long long)atomic_load_explicit(&ms[i]->name, memory_order_relaxed));
+	METRICS_COUNTERS(METRICS_PROM)
+#undef METRICS_PROM
+	fputs("# HELP lazyvm_fault_latency_seconds fault message read -> page installed\n"
+	      "# TYPE lazyvm_fault_latency_seconds histogram\n",
+	      f);
+	for (size_t i = 0; i < n; i++) {
+		const struct hist *h = &ms[i]->latency;
+		uint64_t count = atomic_load_explicit(&h->count, memory_order_relaxed);
+
+		for (size_t b = 0; b < sizeof(prom_le) / sizeof(prom_le[0]); b++)
+			fprintf(f, "lazyvm_fault_latency_seconds_bucket{%s,le=\"%g\"} %llu\n",
+			        labels[i], prom_le[b],
+			        (unsigned long long)hist_count_at_most(
+			            h, (uint64_t)(prom_le[b] * 1e9)));
+		fprintf(f, "lazyvm_fault_latency_seconds_bucket{%s,le=\"+Inf\"} %llu\n", labels[i],
+		        (unsigned long long)count);
+		fprintf(f, "lazyvm_fault_latency_seconds_sum{%s} %.9f\n", labels[i],
+		        (double)atomic_load_explicit(&h->sum_ns, memory_order_relaxed) / 1e9);
+		fprintf(f, "lazyvm_fault_latency_seconds_count{%s} %llu\n", labels[i],
+		        (unsigned long long)count);
+	}
+}

@@ -19,10 +19,11 @@ struct ws_header {
 	uint64_t count;
 };
 
-int ws_save(const char *path, const struct ws_id *id, const uint64_t *pages, uint64_t n,
-            char *why, size_t whylen)
+int ws_save(const char *path, const struct ws_id *id, const uint64_t *pages, uint64_t n, char *why,
+            size_t whylen)
 {
-	struct ws_header h = {.magic = WS_MAGIC, .mem_size = id->mem_size, .tag = id->tag, .count = n};
+	struct ws_header h = {
+	    .magic = WS_MAGIC, .mem_size = id->mem_size, .tag = id->tag, .count = n};
 	int fd, r;
 
 	/* Never blocks on a FIFO, refuses a directory or device with its name. */
@@ -67,8 +68,8 @@ int ws_load(const char *path, const struct ws_id *id, uint64_t **pages, uint64_t
 	}
 	for (uint64_t i = 0; i < h.count; i++)
 		if (p[i] >= max) {
-			snprintf(why, whylen, "%s names page %llu of a %llu-page memory (damaged)", path,
-			         (unsigned long long)p[i], (unsigned long long)max);
+			snprintf(why, whylen, "%s names page %llu of a %llu-page memory (damaged)",
+			         path, (unsigned long long)p[i], (unsigned long long)max);
 			goto out;
 		}
 	*pages = p;

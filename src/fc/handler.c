@@ -38,89 +38,14 @@
 /* Probe address when the hand-off never named a region: any user address
  * works (the probe never installs), this one is page-aligned and far from 0. */
 #define PROBE_ADDR_DEFAULT (1ull << 30)
+/* How often --metrics-prom's file is rewritten. */
+#define PROM_INTERVAL_NS (1000ull * 1000 * 1000)
 
 int fc_ep_add(struct fc_handler *h, int fd, struct watch *w)
 {
 	struct epoll_event ev = {.events = EPOLLIN, .data.ptr = w};
 
 	return epoll_ctl(h->epfd, EPOLL_CTL_ADD, fd, &ev) < 0 ? -errno : 0;
-}
-
-/* Does anyone listen on the unix socket at `path`? 1 yes, 0 no (stale), or
- * -errno. A non-blocking connect answers at once: ECONNREFUSED for a socket
- * file nobody listens on, success or EAGAIN (backlog full) for a listener.
- * The listener sees a connection closed before anything was sent, which it
- * does not count as a hand-off. */
-static int socket_is_live(const char *path)
-{
-	struct sockaddr_un sa = {.sun_family = AF_UNIX};
-	int fd, r;
-
-	strcpy(sa.sun_path, path); /* the caller checked the length */
-	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-	if (fd < 0)
-		return -errno;
-	r = connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0 ? 1 : -errno;
-	close(fd);
-	if (r == -EAGAIN || r == -EINPROGRESS)
-		return 1;
-	if (r == -ECONNREFUSED || r == -ENOENT)
-		return 0;
-	return r;
-}
-
-/* Listens on `path`. The socket is bound and listening under a temporary name
- * and renamed into place, so that whoever sees the path can connect at once
- * (a client that connects between bind and listen would be refused). */
-static int bind_socket(const char *path)
-{
-	struct sockaddr_un sa = {.sun_family = AF_UNIX};
-	char tmp[sizeof(sa.sun_path)];
-	struct stat st;
-	int fd, r;
-
-	if (snprintf(tmp, sizeof(tmp), "%s.%d.tmp", path, (int)getpid()) >= (int)sizeof(tmp)) {
-		lv_err("socket path %s is too long (at most %zu bytes, with room for a temporary "
-		       "name)",
-		       path, sizeof(sa.sun_path) - 16);
-		return -ENAMETOOLONG;
-	}
-	/* Replace a stale socket left by a previous run, never a regular file,
-	 * and never the socket of a handler that is still listening: VMs would
-	 * connect to this one while that one serves its VMs on, and its exit
-	 * would unlink our socket. */
-	if (lstat(path, &st) == 0) {
-		if (!S_ISSOCK(st.st_mode)) {
-			lv_err("%s exists and is not a socket; refusing to replace it", path);
-			return -EEXIST;
-		}
-		r = socket_is_live(path);
-		if (r != 0) {
-			if (r > 0)
-				lv_err("%s: another process is listening on this socket (another "
-				       "fc-handler?); refusing to take it over",
-				       path);
-			else
-				lv_err("%s: cannot tell whether someone listens on it: %s; "
-				       "refusing to replace it",
-				       path, strerror(-r));
-			return r > 0 ? -EADDRINUSE : r;
-		}
-	}
-	strcpy(sa.sun_path, tmp);
-	unlink(tmp);
-	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-	if (fd < 0)
-		return -errno;
-	if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || listen(fd, 64) < 0 ||
-	    rename(tmp, path) < 0) {
-		r = -errno;
-		lv_err("cannot listen on %s: %s", path, strerror(-r));
-		unlink(tmp);
-		close(fd);
-		return r;
-	}
-	return fd;
 }
 
 int fc_handler_create(const struct fc_handler_config *cfg, struct fc_handler **out)
@@ -132,27 +57,9 @@ int fc_handler_create(const struct fc_handler_config *cfg, struct fc_handler **o
 	if (!h)
 		return -ENOMEM;
 	h->cfg = *cfg;
-	h->listen_fd = h->epfd = h->stop_efd = -1;
-	char why[4200];
-	r = source_file_open(cfg->mem_file, cfg->io_uring ? SOURCE_FILE_IO_URING : 0, &h->src, why,
-	                     sizeof(why));
-	if (r < 0) {
-		lv_err("memory file: %s", why);
-		goto err;
-	}
-	if (source_size(h->src) == 0) {
-		lv_err("memory file %s is empty", cfg->mem_file);
-		r = -EINVAL;
-		goto err;
-	}
-	if (cfg->source_latency_ns) {
-		struct source *slow;
-
-		r = source_latency_wrap(h->src, cfg->source_latency_ns, &slow);
-		if (r < 0)
-			goto err;
-		h->src = slow;
-	}
+	h->epfd = h->stop_efd = -1;
+	for (unsigned i = 0; i < FC_MAX_SNAPSHOTS; i++)
+		h->snaps[i].listen_fd = -1;
 	h->epfd = epoll_create1(EPOLL_CLOEXEC);
 	h->stop_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	h->unreadable = mmap(NULL, 4096, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -161,15 +68,15 @@ int fc_handler_create(const struct fc_handler_config *cfg, struct fc_handler **o
 		h->unreadable = NULL;
 		goto err;
 	}
-	r = bind_socket(cfg->socket_path);
-	if (r < 0)
-		goto err;
-	h->listen_fd = r;
-	h->w_listen.kind = W_LISTEN;
+	for (unsigned i = 0; i < cfg->nsnaps; i++) {
+		r = fc_snap_open(h, &h->snaps[i], i);
+		h->nsnaps = i + 1; /* closed by destroy, whatever happened */
+		if (r < 0)
+			goto err;
+	}
 	h->w_signal.kind = W_SIGNAL;
 	h->w_stop.kind = W_STOP;
-	if ((r = fc_ep_add(h, h->listen_fd, &h->w_listen)) < 0 ||
-	    (r = fc_ep_add(h, h->stop_efd, &h->w_stop)) < 0 ||
+	if ((r = fc_ep_add(h, h->stop_efd, &h->w_stop)) < 0 ||
 	    (cfg->signal_fd >= 0 && (r = fc_ep_add(h, cfg->signal_fd, &h->w_signal)) < 0))
 		goto err;
 	*out = h;
@@ -179,16 +86,17 @@ err:
 	return r;
 }
 
-static void handle_accept(struct fc_handler *h)
+static void handle_accept(struct fc_handler *h, struct fc_snap *snap)
 {
 	for (;;) {
-		int fd = accept4(h->listen_fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+		int fd = accept4(snap->listen_fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
 		struct vm *vm;
 		int r;
 
 		if (fd < 0) {
 			if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED)
-				lv_warn("accept on %s: %s", h->cfg.socket_path, strerror(errno));
+				lv_warn("accept on %s: %s", snap->cfg->socket_path,
+				        strerror(errno));
 			return;
 		}
 		/* Hand-offs being read have their own bound, apart from --max-vms:
@@ -213,13 +121,14 @@ static void handle_accept(struct fc_handler *h)
 			return;
 		}
 		vm->id = ++h->next_id;
+		vm->snap = snap;
 		vm->state = VM_PENDING;
 		vm->pidfd = vm->uffd = -1;
 		vm->probe_addr = PROBE_ADDR_DEFAULT;
 		snprintf(vm->proof, sizeof(vm->proof), "no complete hand-off to prove it with");
-		vm->w_conn = (struct watch){W_CONN, vm};
-		vm->w_pid = (struct watch){W_PIDFD, vm};
-		vm->w_eng = (struct watch){W_ENGINE, vm};
+		vm->w_conn = (struct watch){.kind = W_CONN, .vm = vm};
+		vm->w_pid = (struct watch){.kind = W_PIDFD, .vm = vm};
+		vm->w_eng = (struct watch){.kind = W_ENGINE, .vm = vm};
 		vm->deadline_ns = lv_now_ns() + h->cfg.handshake_timeout_ns;
 		vm->next = h->vms;
 		h->vms = vm;
@@ -249,6 +158,13 @@ static int handle_timers(struct fc_handler *h)
 
 	if (probe)
 		h->next_probe_ns = now + PROBE_INTERVAL_NS;
+	if (h->cfg.metrics_prom) {
+		if (now >= h->next_prom_ns) {
+			fc_handler_write_prom(h);
+			h->next_prom_ns = now + PROM_INTERVAL_NS;
+		}
+		next = h->next_prom_ns;
+	}
 	for (; vm; vm = nx) {
 		nx = vm->next;
 		if (vm->state != VM_PENDING) {
@@ -290,8 +206,7 @@ static int handle_signal(struct fc_handler *h)
 
 int fc_handler_run(struct fc_handler *h)
 {
-	lv_info("fc-handler listening on %s, serving %s (%" PRIu64 " MiB)", h->cfg.socket_path,
-	        source_describe(h->src), source_size(h->src) >> 20);
+	lv_info("fc-handler serving %u snapshot(s)", h->nsnaps);
 	for (;;) {
 		struct epoll_event evs[32];
 		int timeout = handle_timers(h);
@@ -307,7 +222,7 @@ int fc_handler_run(struct fc_handler *h)
 			struct watch *w = evs[i].data.ptr;
 
 			switch (w->kind) {
-			case W_LISTEN: handle_accept(h); break;
+			case W_LISTEN: handle_accept(h, w->snap); break;
 			case W_SIGNAL:
 				if (handle_signal(h))
 					return 0;
@@ -349,9 +264,9 @@ void fc_handler_write_metrics(struct fc_handler *h, FILE *f)
 			continue;
 		engine_metrics(vm->eng, &m);
 		metrics_add(&total, &m);
-		fprintf(f,
-		        "%s{\"id\":%u,\"pid\":%d,\"state\":\"%s\",\"metrics\":", first ? "" : ",",
-		        vm->id, (int)vm->pid, engine_status_name(engine_status(vm->eng)));
+		fprintf(f, "%s{\"id\":%u,\"pid\":%d,\"snapshot\":%u,\"state\":\"%s\",\"metrics\":",
+		        first ? "" : ",", vm->id, (int)vm->pid, vm->snap->index,
+		        engine_status_name(engine_status(vm->eng)));
 		metrics_write_json(f, &m);
 		fputc('}', f);
 		first = false;
@@ -360,6 +275,76 @@ void fc_handler_write_metrics(struct fc_handler *h, FILE *f)
 	metrics_write_json(f, &total);
 	fputs("}\n", f);
 	fflush(f);
+}
+
+int fc_handler_write_prom(struct fc_handler *h)
+{
+	const char *path = h->cfg.metrics_prom;
+	struct metrics total = {0}, *per = NULL;
+	const struct metrics **ms = NULL;
+	const char **labels = NULL;
+	char(*lab)[64] = NULL, tmp[4200];
+	size_t n = 0, cap = 1;
+	FILE *f;
+	int r = 0;
+
+	if (!path)
+		return 0;
+	for (struct vm *vm = h->vms; vm; vm = vm->next)
+		cap += vm->eng != NULL;
+	per = calloc(cap, sizeof(*per));
+	ms = calloc(cap, sizeof(*ms));
+	labels = calloc(cap, sizeof(*labels));
+	lab = calloc(cap, sizeof(*lab));
+	if (!per || !ms || !labels || !lab) {
+		r = -ENOMEM;
+		goto out;
+	}
+	metrics_add(&total, &h->retired);
+	for (struct vm *vm = h->vms; vm; vm = vm->next) {
+		if (!vm->eng)
+			continue;
+		engine_metrics(vm->eng, &per[n]);
+		metrics_add(&total, &per[n]);
+		snprintf(lab[n], sizeof(lab[n]), "vm=\"%u\",pid=\"%d\",snapshot=\"%u\"", vm->id,
+		         (int)vm->pid, vm->snap->index);
+		ms[n] = &per[n];
+		labels[n] = lab[n];
+		n++;
+	}
+	ms[n] = &total;
+	labels[n++] = "vm=\"all\"";
+	snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+	f = fopen(tmp, "we");
+	if (!f) {
+		r = -errno;
+		goto out;
+	}
+	fprintf(f,
+	        "# HELP lazyvm_fc_vms VMs by state: served now, pending (hand-off being read), "
+	        "unserved (given up on, memory not gone yet)\n# TYPE lazyvm_fc_vms gauge\n"
+	        "lazyvm_fc_vms{state=\"active\"} %u\nlazyvm_fc_vms{state=\"pending\"} %u\n"
+	        "lazyvm_fc_vms{state=\"unserved\"} %u\n"
+	        "# HELP lazyvm_fc_vms_served_total VMs whose hand-off was accepted\n"
+	        "# TYPE lazyvm_fc_vms_served_total counter\nlazyvm_fc_vms_served_total %llu\n"
+	        "# HELP lazyvm_fc_handshakes_rejected_total hand-offs refused\n"
+	        "# TYPE lazyvm_fc_handshakes_rejected_total counter\n"
+	        "lazyvm_fc_handshakes_rejected_total %llu\n"
+	        "# HELP lazyvm_fc_vms_failed_total VMs whose engine failed\n"
+	        "# TYPE lazyvm_fc_vms_failed_total counter\nlazyvm_fc_vms_failed_total %llu\n",
+	        h->nserving, h->npending, h->nunserved, (unsigned long long)h->served,
+	        (unsigned long long)h->rejected, (unsigned long long)h->failed);
+	metrics_write_prom(f, ms, labels, n);
+	if (fclose(f) != 0 || rename(tmp, path) < 0)
+		r = -errno;
+out:
+	if (r < 0)
+		lv_warn("cannot write the Prometheus metrics to %s: %s", path, strerror(-r));
+	free(per);
+	free(ms);
+	free(labels);
+	free(lab);
+	return r;
 }
 
 void fc_handler_destroy(struct fc_handler *h)
@@ -375,16 +360,13 @@ void fc_handler_destroy(struct fc_handler *h)
 			        vm->name);
 		fc_vm_free(h, vm);
 	}
-	if (h->listen_fd >= 0) {
-		close(h->listen_fd);
-		unlink(h->cfg.socket_path);
-	}
+	for (unsigned i = 0; i < h->nsnaps; i++)
+		fc_snap_close(&h->snaps[i]);
 	if (h->epfd >= 0)
 		close(h->epfd);
 	if (h->stop_efd >= 0)
 		close(h->stop_efd);
 	if (h->unreadable)
 		munmap(h->unreadable, 4096);
-	source_destroy(h->src);
 	free(h);
 }

@@ -65,6 +65,7 @@ static void vm_retire_engine(struct fc_handler *h, struct vm *vm)
 	if (!vm->eng)
 		return;
 	engine_stop(vm->eng);
+	fc_snap_save_ws(vm->snap, vm);
 	engine_metrics(vm->eng, &m);
 	metrics_add(&h->retired, &m);
 	lv_info("%s: %s after %.1f s: %" PRIu64 " faults, %" PRIu64 " pages copied, %" PRIu64
@@ -170,7 +171,7 @@ static void vm_serve(struct fc_handler *h, struct vm *vm)
 {
 	const struct fc_handshake *hs = &vm->hs;
 	struct engine_config ec = {.uffd = -1,
-	                           .source = h->src,
+	                           .source = vm->snap->src,
 	                           .threads = h->cfg.threads_per_vm,
 	                           .resolvers = VM_SLOTS,
 	                           .intake = h->cfg.intake,
@@ -209,6 +210,12 @@ static void vm_serve(struct fc_handler *h, struct vm *vm)
 			goto fail;
 		}
 	}
+	uint64_t zeros = fc_snap_mark_zero(vm->snap, vm);
+	if (vm->snap->cfg->record_ws && !vm->snap->recording) {
+		/* The snapshot's first VM: its touch order is the working set. */
+		vm->snap->recording = vm->recording = true;
+		engine_record_start(vm->eng);
+	}
 	r = engine_start(vm->eng);
 	if (r < 0) {
 		snprintf(why, sizeof(why), "cannot start handler threads: %s", strerror(-r));
@@ -218,11 +225,20 @@ static void vm_serve(struct fc_handler *h, struct vm *vm)
 		snprintf(why, sizeof(why), "epoll: %s", strerror(-r));
 		goto fail;
 	}
-	/* Firecracker's own fault_all handler does the same on the first fault:
-	 * every page, in the background, from the hand-off on. */
-	if (h->cfg.populate_all &&
-	    (r = engine_background_start(vm->eng, SLOT_POPULATE, 64, 0, NULL, NULL)) < 0) {
-		snprintf(why, sizeof(why), "cannot start populating: %s", strerror(-r));
+	/* In the background, from the hand-off on: the working set first (in the
+	 * order the recorded VM touched it), then, with --background-prefetch,
+	 * the rest, yielding to demand faults; --populate all does everything
+	 * at once, as Firecracker's own fault_all handler does on the first
+	 * fault. */
+	struct engine_bg bg = {.slot = SLOT_POPULATE,
+	                       .chunk_pages = 64,
+	                       .quiet_ns = h->cfg.populate_all ? 0 : 2 * 1000 * 1000,
+	                       .first = vm->snap->ws_pages,
+	                       .nfirst = vm->snap->ws_n,
+	                       .rest = h->cfg.populate_all || h->cfg.background_prefetch};
+	if ((bg.nfirst || bg.rest) && (r = engine_background(vm->eng, &bg)) < 0) {
+		snprintf(why, sizeof(why), "cannot start the background installs: %s",
+		         strerror(-r));
 		goto fail;
 	}
 	/* Only the VM's own pidfd tells of its end; a connector that is not
@@ -235,9 +251,18 @@ static void vm_serve(struct fc_handler *h, struct vm *vm)
 	uint64_t bytes = 0;
 	for (size_t i = 0; i < hs->nregions; i++)
 		bytes += hs->regions[i].size;
+	vm->snap->served++;
+	char extra[160] = "";
+	snprintf(extra, sizeof(extra), "%s%s%s%s", h->cfg.populate_all ? ", populating all" : "",
+	         bg.nfirst ? ", replaying the working set" : "",
+	         !h->cfg.populate_all && bg.rest ? ", prefetching the rest" : "",
+	         vm->recording ? ", recording its working set" : "");
+	if (zeros)
+		snprintf(extra + strlen(extra), sizeof(extra) - strlen(extra),
+		         ", %" PRIu64 " known-zero pages", zeros);
 	lv_info("%s: serving %zu region(s), %" PRIu64 " MiB, from %s%s; Firecracker %s; %s %s",
-	        vm->name, hs->nregions, bytes >> 20, source_describe(h->src),
-	        h->cfg.populate_all ? ", populating all" : "", shape_name(hs->has),
+	        vm->name, hs->nregions, bytes >> 20, source_describe(vm->snap->src), extra,
+	        shape_name(hs->has),
 	        vm->proven ? "the VM is the connecting process:" : "the VM is not identified:",
 	        vm->proof);
 	/* The socket stays open: Firecracker since v1.12 keeps it, and the
@@ -287,8 +312,8 @@ static void handle_handoff(struct fc_handler *h, struct vm *vm)
 		return;
 	}
 	snprintf(vm->proof, sizeof(vm->proof), "no valid regions to prove it with");
-	r = fc_handshake_parse(vm->conn.buf, vm->conn.msg_len, source_size(h->src), &vm->hs, why,
-	                       sizeof(why));
+	r = fc_handshake_parse(vm->conn.buf, vm->conn.msg_len, source_size(vm->snap->src), &vm->hs,
+	                       why, sizeof(why));
 	if (r < 0 || check_memory_kind(vm, why, sizeof(why)) < 0) {
 		fc_vm_reject(h, vm, why);
 		return;
@@ -306,7 +331,7 @@ static void handle_handoff(struct fc_handler *h, struct vm *vm)
 	                                                     .pidfd = vm->pidfd,
 	                                                     .race_free = vm->pidfd_race_free,
 	                                                     .hs = &vm->hs,
-	                                                     .src = h->src,
+	                                                     .src = vm->snap->src,
 	                                                     .installed = &installed},
 	                            vm->proof, sizeof(vm->proof)) == 1;
 	ctr_add(&h->retired.pages_copied, installed);

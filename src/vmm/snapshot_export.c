@@ -84,8 +84,9 @@ int vmm_snapshot_checksums(const char *dir, const char *out_path, uint64_t *mem_
 	if (r < 0)
 		goto out;
 	if (crcs_len != npages * 4) {
-		snprintf(why, whylen, "%s/checksums is %zu bytes; the snapshot's %llu pages need %llu",
-		         dir, crcs_len, (unsigned long long)npages, (unsigned long long)(npages * 4));
+		snprintf(why, whylen,
+		         "%s/checksums is %zu bytes; the snapshot's %llu pages need %llu", dir,
+		         crcs_len, (unsigned long long)npages, (unsigned long long)(npages * 4));
 		r = -EINVAL;
 		goto out;
 	}
@@ -94,9 +95,10 @@ int vmm_snapshot_checksums(const char *dir, const char *out_path, uint64_t *mem_
 		uint64_t n = npages - c * CSUM_CHUNK_PAGES;
 		if (crc32c(0, (uint32_t *)crcs + c * CSUM_CHUNK_PAGES,
 		           (n < CSUM_CHUNK_PAGES ? n : CSUM_CHUNK_PAGES) * 4) != chunks[c]) {
-			snprintf(why, whylen,
-			         "%s/checksums: chunk %llu is damaged (not the CRC the state records)",
-			         dir, (unsigned long long)c);
+			snprintf(
+			    why, whylen,
+			    "%s/checksums: chunk %llu is damaged (not the CRC the state records)",
+			    dir, (unsigned long long)c);
 			r = -EINVAL;
 			goto out;
 		}

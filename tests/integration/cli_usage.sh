@@ -93,7 +93,12 @@ usage "fc-client --regions 16" "--regions: '16' is not a whole number from 1 to 
 usage "fc-client --fc-version 1.3" "--fc-version: '1.3' is not 1.4, 1.7, 1.12, main or secret-hiding" fc-client --socket s --mem-file m --fc-version 1.3
 usage "fc-client --hotplug before v1.14" "memory hotplug is Firecracker v1.14 and later" fc-client --socket s --mem-file /dev/zero --hotplug --fc-version 1.7
 usage "fc-client --bad nonsense" "--bad: unknown mode 'nonsense'" fc-client --socket s --mem-file m --bad nonsense
-usage "fc-handler without --mem-file" "--mem-file PATH is required" fc-handler --socket s
+usage "fc-handler without --mem-file" "--mem-file PATH \(or --source\) is required" fc-handler --socket s
+usage "fc-handler --snapshot without a source" "--snapshot 'a': want SOCKET=SOURCE" fc-handler --snapshot a
+usage "fc-handler --snapshot with an unknown option" "unknown option 'colour=red'" fc-handler --snapshot a=b,colour=red
+usage "fc-handler: a socket twice" "socket a is given twice" fc-handler --snapshot a=b --snapshot a=c
+usage "fc-handler --source-timeout 0" "must be more than 0" fc-handler --source-timeout 0 a b
+usage "fc-handler --populate all --background-prefetch" "would add nothing" fc-handler --populate all --background-prefetch a b
 usage "fc-handler: a third positional argument" "unexpected argument 'c'" fc-handler a b c
 usage "fc-handler --populate some" "--populate" fc-handler --populate some a b
 usage "fc-handler --busy-idle without --intake busy" "--busy-idle does nothing without --intake busy" \

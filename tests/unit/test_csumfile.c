@@ -155,8 +155,9 @@ static void test_damage_is_named(void)
 	scan_and_write(&f, &st);
 	damaged(&f, 0, f.size, "is not a lazyvm checksum file");
 	damaged(&f, 20, f.size, "its header is damaged");
-	damaged(&f, -1, f.size + 4096, "was made for a 12288000-byte memory file; this one is "
-	                               "12292096 bytes");
+	damaged(&f, -1, f.size + 4096,
+	        "was made for a 12288000-byte memory file; this one is "
+	        "12292096 bytes");
 	CHECK_OK(csumfile_open(f.sum, f.size, &cf, why, sizeof(why)));
 	off_t zero_at = (off_t)cf->h.zero_off + 3;
 	csumfile_close(cf);

@@ -1,0 +1,251 @@
+/* fc-handler's snapshots: each one's source (a memory file or an NBD
+ * export), its checksums and known-zero pages, its working sets, its socket. */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "handler_internal.h"
+#include "lazyvm/crc32c.h"
+#include "lazyvm/csumfile.h"
+#include "lazyvm/log.h"
+#include "lazyvm/source.h"
+
+/* Does anyone listen on the unix socket at `path`? 1 yes, 0 no (stale), or
+ * -errno. A non-blocking connect answers at once: ECONNREFUSED for a socket
+ * file nobody listens on, success or EAGAIN (backlog full) for a listener.
+ * The listener sees a connection closed before anything was sent, which it
+ * does not count as a hand-off. */
+static int socket_is_live(const char *path)
+{
+	struct sockaddr_un sa = {.sun_family = AF_UNIX};
+	int fd, r;
+
+	strcpy(sa.sun_path, path); /* the caller checked the length */
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	if (fd < 0)
+		return -errno;
+	r = connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0 ? 1 : -errno;
+	close(fd);
+	if (r == -EAGAIN || r == -EINPROGRESS)
+		return 1;
+	if (r == -ECONNREFUSED || r == -ENOENT)
+		return 0;
+	return r;
+}
+
+/* Listens on `path`. The socket is bound and listening under a temporary name
+ * and renamed into place, so that whoever sees the path can connect at once
+ * (a client that connects between bind and listen would be refused). */
+static int bind_socket(const char *path)
+{
+	struct sockaddr_un sa = {.sun_family = AF_UNIX};
+	char tmp[sizeof(sa.sun_path)];
+	struct stat st;
+	int fd, r;
+
+	if (snprintf(tmp, sizeof(tmp), "%s.%d.tmp", path, (int)getpid()) >= (int)sizeof(tmp)) {
+		lv_err("socket path %s is too long (at most %zu bytes, with room for a temporary "
+		       "name)",
+		       path, sizeof(sa.sun_path) - 16);
+		return -ENAMETOOLONG;
+	}
+	/* Replace a stale socket left by a previous run, never a regular file,
+	 * and never the socket of a handler that is still listening: VMs would
+	 * connect to this one while that one serves its VMs on, and its exit
+	 * would unlink our socket. */
+	if (lstat(path, &st) == 0) {
+		if (!S_ISSOCK(st.st_mode)) {
+			lv_err("%s exists and is not a socket; refusing to replace it", path);
+			return -EEXIST;
+		}
+		r = socket_is_live(path);
+		if (r != 0) {
+			if (r > 0)
+				lv_err("%s: another process is listening on this socket (another "
+				       "fc-handler?); refusing to take it over",
+				       path);
+			else
+				lv_err("%s: cannot tell whether someone listens on it: %s; "
+				       "refusing to replace it",
+				       path, strerror(-r));
+			return r > 0 ? -EADDRINUSE : r;
+		}
+	}
+	strcpy(sa.sun_path, tmp);
+	unlink(tmp);
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	if (fd < 0)
+		return -errno;
+	if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || listen(fd, 64) < 0 ||
+	    rename(tmp, path) < 0) {
+		r = -errno;
+		lv_err("cannot listen on %s: %s", path, strerror(-r));
+		unlink(tmp);
+		close(fd);
+		return r;
+	}
+	return fd;
+}
+
+static bool is_nbd_uri(const char *s)
+{
+	return strncmp(s, "nbd://", 6) == 0 || strncmp(s, "nbds://", 7) == 0 ||
+	       strncmp(s, "nbd+unix://", 11) == 0 || strncmp(s, "nbds+unix://", 12) == 0 ||
+	       strncmp(s, "nbd+vsock://", 12) == 0;
+}
+
+/* The identity a working set of this snapshot is recorded for: with a
+ * checksum file, its content tag (any change to a page changes it); without,
+ * the CRC of the first 64 KiB, which tells snapshots apart but not every
+ * rewrite of one. */
+static int ws_identity(struct fc_snap *s, char *why, size_t whylen)
+{
+	uint64_t size = source_size(s->src), len = size < 65536 ? size : 65536;
+	unsigned char *buf;
+	int r;
+
+	s->ws_id.mem_size = size;
+	if (s->csum) {
+		s->ws_id.tag = s->csum->tag;
+		return 0;
+	}
+	buf = malloc(len);
+	if (!buf)
+		return -ENOMEM;
+	r = source_read(s->src, buf, 0, len);
+	if (r < 0)
+		snprintf(why, whylen, "reading the first %llu bytes: %s", (unsigned long long)len,
+		         strerror(-r));
+	else
+		s->ws_id.tag = crc32c(0, buf, len);
+	free(buf);
+	return r;
+}
+
+int fc_snap_open(struct fc_handler *h, struct fc_snap *s, unsigned index)
+{
+	const struct fc_snapshot_config *sc = &h->cfg.snaps[index];
+	char why[4200];
+	struct source *wrapped;
+	int r;
+
+	*s = (struct fc_snap){.index = index, .cfg = sc, .listen_fd = -1};
+	s->w_listen = (struct watch){.kind = W_LISTEN, .snap = s};
+	if (is_nbd_uri(sc->source))
+		r = source_nbd_open(sc->source, h->cfg.source_timeout_ns, &s->src, why,
+		                    sizeof(why));
+	else
+		r = source_file_open(sc->source, h->cfg.io_uring ? SOURCE_FILE_IO_URING : 0,
+		                     &s->src, why, sizeof(why));
+	if (r < 0) {
+		lv_err("%s: %s: %s", sc->socket_path,
+		       is_nbd_uri(sc->source) ? "NBD source" : "memory file", why);
+		return r;
+	}
+	if (source_size(s->src) == 0 || source_size(s->src) % 4096) {
+		lv_err("%s: %s is %llu bytes, not a whole number of 4 KiB pages", sc->socket_path,
+		       sc->source, (unsigned long long)source_size(s->src));
+		return -EINVAL;
+	}
+	if (h->cfg.source_latency_ns) {
+		if ((r = source_latency_wrap(s->src, h->cfg.source_latency_ns, &wrapped)) < 0)
+			return r;
+		s->src = wrapped;
+	}
+	if (sc->checksums) {
+		r = csumfile_open(sc->checksums, source_size(s->src), &s->csum, why, sizeof(why));
+		if (r < 0) {
+			lv_err("%s: checksums: %s", sc->socket_path, why);
+			return r;
+		}
+		if ((r = csumfile_wrap(s->csum, s->src, &wrapped)) < 0)
+			return r;
+		s->src = wrapped;
+	}
+	if ((sc->record_ws || sc->prefetch_ws) && (r = ws_identity(s, why, sizeof(why))) < 0) {
+		lv_err("%s: %s: %s", sc->socket_path, sc->source, why);
+		return r;
+	}
+	if (sc->prefetch_ws) {
+		r = ws_load(sc->prefetch_ws, &s->ws_id, &s->ws_pages, &s->ws_n, why, sizeof(why));
+		if (r < 0)
+			lv_warn("%s: working set: %s: VMs are served without it", sc->socket_path,
+			        why);
+	}
+	r = bind_socket(sc->socket_path);
+	if (r < 0)
+		return r;
+	s->listen_fd = r;
+	lv_info("listening on %s: %s (%llu MiB)%s%s%s%s", sc->socket_path, source_describe(s->src),
+	        (unsigned long long)(source_size(s->src) >> 20),
+	        s->csum ? ", every page checked" : "",
+	        s->csum && s->csum->zero_pages ? ", known-zero pages served unread" : "",
+	        s->ws_n ? ", working set replayed" : "", sc->record_ws ? ", recording" : "");
+	return fc_ep_add(h, s->listen_fd, &s->w_listen);
+}
+
+void fc_snap_close(struct fc_snap *s)
+{
+	if (s->listen_fd >= 0) {
+		close(s->listen_fd);
+		unlink(s->cfg->socket_path);
+	}
+	s->listen_fd = -1;
+	source_destroy(s->src); /* before the checksums it reads */
+	s->src = NULL;
+	csumfile_close(s->csum);
+	s->csum = NULL;
+	free(s->ws_pages);
+	s->ws_pages = NULL;
+}
+
+uint64_t fc_snap_mark_zero(const struct fc_snap *s, struct vm *vm)
+{
+	uint64_t marked = 0;
+
+	if (!s->csum || !s->csum->zero_pages)
+		return 0;
+	for (size_t i = 0; i < vm->hs.nregions; i++) {
+		const struct fc_region *g = &vm->hs.regions[i];
+		uint64_t first = g->offset / 4096, n = g->size / 4096, run = 0;
+
+		if (g->page_size != 4096)
+			continue; /* hugetlbfs has no zero page to install */
+		/* Runs of known-zero pages, one call each. */
+		for (uint64_t p = 0; p <= n; p++) {
+			if (p < n && csumfile_is_zero(s->csum, first + p)) {
+				run++;
+				continue;
+			}
+			if (run &&
+			    engine_mark_zero(vm->eng, g->base_host_virt_addr + (p - run) * 4096,
+			                     run * 4096) == 0)
+				marked += run;
+			run = 0;
+		}
+	}
+	return marked;
+}
+
+void fc_snap_save_ws(struct fc_snap *s, struct vm *vm)
+{
+	uint64_t *pages = NULL, n;
+	char why[4200];
+
+	if (!vm->recording || !vm->eng)
+		return;
+	vm->recording = false;
+	n = engine_record_get(vm->eng, &pages);
+	if (ws_save(s->cfg->record_ws, &s->ws_id, pages, n, why, sizeof(why)) < 0)
+		lv_warn("%s: cannot write the working set: %s", vm->name, why);
+	else
+		lv_info("%s: working set of %llu pages written to %s", vm->name,
+		        (unsigned long long)n, s->cfg->record_ws);
+	free(pages);
+}
