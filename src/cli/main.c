@@ -23,7 +23,8 @@ static const struct {
     {"restore", cmd_restore, "restore a snapshot: eager, mmap, or lazy (pages on first touch)"},
     {"migrate", cmd_migrate, "receive a VM by post-copy live migration (lazyvm run --migrate-to)"},
     {"fc-handler", cmd_fc_handler, "serve Firecracker's page faults from a snapshot memory file"},
-    {"checksum", cmd_checksum, "write the page checksums and zero map fc-handler checks a memory file with"},
+    {"checksum", cmd_checksum,
+     "write the page checksums and zero map fc-handler checks a memory file with"},
     {"fc-client", cmd_fc_client,
      "play Firecracker's part of the UFFD hand-off against a handler, verify every byte"},
 };

@@ -19,7 +19,7 @@ struct checked_source {
 	struct source base;
 	struct source *inner;
 	int csum_fd;
-	uint64_t csum_off; /* where the page CRCs start in csum_fd */
+	uint64_t csum_off;          /* where the page CRCs start in csum_fd */
 	const uint32_t *chunk_crcs; /* borrowed */
 	uint64_t npages, nchunks;
 	uint32_t page_size;
@@ -43,7 +43,9 @@ static const uint32_t *chunk_of(struct checked_source *cs, uint64_t page, int *e
 		size_t len =
 		    (entries < CSUM_CHUNK_PAGES ? entries : CSUM_CHUNK_PAGES) * sizeof(uint32_t);
 		uint32_t *buf = calloc(1, CHUNK_BYTES);
-		ssize_t n = buf ? pread(cs->csum_fd, buf, len, (off_t)(cs->csum_off + c * CHUNK_BYTES)) : -1;
+		ssize_t n =
+		    buf ? pread(cs->csum_fd, buf, len, (off_t)(cs->csum_off + c * CHUNK_BYTES))
+		        : -1;
 
 		if (!buf) {
 			*err = -ENOMEM;
@@ -156,8 +158,8 @@ static const struct source_ops checked_ops = {
 };
 
 int source_checked_wrap(struct source *inner, int csum_fd, uint64_t csum_off,
-                        const uint32_t *chunk_crcs,
-                        uint64_t npages, uint32_t page_size, struct source **out)
+                        const uint32_t *chunk_crcs, uint64_t npages, uint32_t page_size,
+                        struct source **out)
 {
 	struct checked_source *cs;
 	uint32_t zero_crc;
