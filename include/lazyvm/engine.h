@@ -159,6 +159,33 @@ bool engine_page_present(struct engine *eng, uint64_t addr);
  * inaccessible, when the engine failed and no page will come). */
 int engine_wake(struct engine *eng, uint64_t addr, uint64_t len);
 
+/* The page map, run-length encoded, for handing a VM from one engine to
+ * another (fc-handler's takeover, docs/ARCHITECTURE.md): region by region in
+ * host address order, each region's pages as runs that never cross into the
+ * next region. */
+struct engine_page_run {
+	uint64_t pages;
+	uint8_t state; /* enum page_state: MISSING, PRESENT or REMOVED, never INFLIGHT */
+};
+
+/* The regions as they are now (a whole-region REMAP moves one), in host
+ * address order: up to `max` into out; returns how many there are. */
+size_t engine_regions(const struct engine *eng, struct engine_region *out, size_t max);
+
+/* Exports the page map into *runs (malloc'd; free it), *nruns runs. Exact
+ * only once engine_stop has joined every thread, which leaves nothing
+ * INFLIGHT; on a running engine it is a best-effort picture (an INFLIGHT page
+ * is exported as MISSING: a later fault on it finds it present, EEXIST). 0 or
+ * -ENOMEM. */
+int engine_export_pages(const struct engine *eng, struct engine_page_run **runs, size_t *nruns);
+
+/* Before engine_start: sets every page's state from runs exported by an
+ * engine with the same regions. PRESENT pages are then never read again and
+ * REMOVED pages install zeros. 0; -EBUSY once started; -EINVAL (nothing
+ * changed) when the runs do not cover each region exactly or name INFLIGHT or
+ * an unknown state. */
+int engine_import_pages(struct engine *eng, const struct engine_page_run *runs, size_t nruns);
+
 /* Page counts over all regions (for reports and tests). */
 void engine_page_counts(const struct engine *eng, uint64_t counts[4]);
 

@@ -59,4 +59,8 @@ uint64_t pagemap_count(const struct pagemap *pm, enum page_state s);
 /* First index >= from whose state is s, or pagemap_pages() when none. */
 uint64_t pagemap_find(const struct pagemap *pm, uint64_t from, enum page_state s);
 
+/* The end of the run of pages in the state of page `from`: the first index
+ * > from whose state differs, or pagemap_pages(). Whole words at a time. */
+uint64_t pagemap_run_end(const struct pagemap *pm, uint64_t from);
+
 #endif

@@ -195,12 +195,15 @@ uint64_t pagemap_count(const struct pagemap *pm, enum page_state s)
 	return n;
 }
 
-uint64_t pagemap_find(const struct pagemap *pm, uint64_t from, enum page_state s)
+/* The first index >= from whose state is (equal) or is not (!equal) s. */
+static uint64_t scan(const struct pagemap *pm, uint64_t from, enum page_state s, bool equal)
 {
 	for (uint64_t w = from / PAGES_PER_WORD; w < pm->nwords; w++) {
 		uint64_t eq =
 		    slots_equal(atomic_load_explicit(&pm->words[w], memory_order_relaxed), s);
 
+		if (!equal)
+			eq = ~eq & 0x5555555555555555ull;
 		if (w == from / PAGES_PER_WORD)
 			eq &= slot_mask((unsigned)(from % PAGES_PER_WORD), PAGES_PER_WORD);
 		if (eq) {
@@ -209,4 +212,14 @@ uint64_t pagemap_find(const struct pagemap *pm, uint64_t from, enum page_state s
 		}
 	}
 	return pm->npages;
+}
+
+uint64_t pagemap_find(const struct pagemap *pm, uint64_t from, enum page_state s)
+{
+	return scan(pm, from, s, true);
+}
+
+uint64_t pagemap_run_end(const struct pagemap *pm, uint64_t from)
+{
+	return scan(pm, from, pagemap_get(pm, from), false);
 }

@@ -563,9 +563,134 @@ static void test_known_zero_pages(void)
 	rig_zero_pages = 0;
 }
 
+/* A second engine on the same userfaultfd and the same regions as the rig's,
+ * its page map imported (a takeover's successor). Not started. */
+static struct engine *rig_successor(struct rig *rig, const struct engine_page_run *runs,
+                                    size_t nruns)
+{
+	struct engine_config cfg = {.uffd = dup(rig->uffd_dup),
+	                            .source = rig->src,
+	                            .threads = 1,
+	                            .intake = ENGINE_INTAKE_BLOCK,
+	                            .name = "successor"};
+	struct engine_region regs[4];
+	struct engine *eng;
+
+	CHECK(cfg.uffd >= 0);
+	CHECK_EQ(engine_regions(rig->eng, regs, 4), 2);
+	CHECK_OK(engine_create(&cfg, &eng));
+	CHECK_OK(engine_add_region(eng, &regs[1])); /* any order: the engine sorts */
+	CHECK_OK(engine_add_region(eng, &regs[0]));
+	CHECK_OK(engine_import_pages(eng, runs, nruns));
+	return eng;
+}
+
+/* A VM changes engines: the first stops (its threads joined, nothing in
+ * flight), its page map goes to the second, and a fault that arrives in
+ * between waits in the userfaultfd for the second. Removed pages stay zero
+ * and present pages are never read again. */
+static void test_pages_handover(void)
+{
+	struct engine_page_run *runs;
+	struct rig rig;
+	struct metrics m;
+	size_t n;
+	pthread_t th;
+	void *got;
+
+	rig_up(&rig, 4 * MB, 4096, 2, ENGINE_INTAKE_BLOCK, 0);
+	for (uint64_t i = 0; i < MB; i += 4096) /* pages 0..255 */
+		CHECK_EQ(rig.mem[i], expected(&rig, i));
+	/* madvise returns once the engine has read the REMOVE event. */
+	CHECK_OK(madvise(rig.mem + 512 * 1024, MB, MADV_DONTNEED)); /* pages 128..383 */
+	CHECK_OK(engine_stop(rig.eng));
+	CHECK_OK(engine_export_pages(rig.eng, &runs, &n));
+	/* Region [0, 2 MiB): present, removed, missing; region [2, 4 MiB): missing. */
+	CHECK_EQ(n, 4);
+	CHECK_EQ(runs[0].pages, 128);
+	CHECK_EQ(runs[0].state, PAGE_PRESENT);
+	CHECK_EQ(runs[1].pages, 256);
+	CHECK_EQ(runs[1].state, PAGE_REMOVED);
+	CHECK_EQ(runs[2].pages, 128);
+	CHECK_EQ(runs[2].state, PAGE_MISSING);
+	CHECK_EQ(runs[3].pages, 512);
+	CHECK_EQ(runs[3].state, PAGE_MISSING);
+
+	/* Nobody serves now: a fault waits in the userfaultfd. */
+	CHECK_OK(pthread_create(&th, NULL, touch_one, rig.mem + 3 * MB));
+	usleep(50 * 1000);
+	CHECK(pthread_tryjoin_np(th, &got) == EBUSY);
+
+	struct engine *next = rig_successor(&rig, runs, n);
+	free(runs);
+	CHECK_OK(engine_start(next));
+	CHECK_OK(pthread_join(th, &got));
+	CHECK_EQ((uintptr_t)got, expected(&rig, 3 * MB));
+	engine_destroy(rig.eng);
+	rig.eng = next;
+	for (uint64_t i = 0; i < rig.size; i++) {
+		bool removed = i >= 512 * 1024 && i < 512 * 1024 + MB;
+		if (rig.mem[i] != (removed ? 0 : expected(&rig, i))) {
+			fprintf(stderr, "  byte %llu: %#x\n", (unsigned long long)i, rig.mem[i]);
+			CHECK(0);
+		}
+	}
+	/* Every page but the 128 present and the 256 removed ones is read once. */
+	settle_metrics(&rig, &m, 1024 - 128 - 256, 256);
+	CHECK_EQ(m.bytes_read, (1024 - 128 - 256) * 4096);
+	rig_down(&rig);
+}
+
+/* An import that does not describe the engine's regions exactly changes
+ * nothing; one after the start is refused. */
+static void test_pages_import_refuses(void)
+{
+	struct engine_page_run *runs;
+	struct rig rig;
+	size_t n;
+
+	rig_up(&rig, 4 * MB, 4096, 1, ENGINE_INTAKE_BLOCK, 0);
+	CHECK_OK(engine_export_pages(rig.eng, &runs, &n));
+	CHECK_EQ(n, 2); /* a region each, all missing */
+	CHECK_EQ(runs[0].pages, 512);
+	CHECK_EQ(runs[1].state, PAGE_MISSING);
+	CHECK_EQ(engine_import_pages(rig.eng, runs, n), -EBUSY);
+
+	struct engine *next = rig_successor(&rig, runs, n);
+	const struct engine_page_run
+	    across[] = {{1024, PAGE_PRESENT}},
+	    inflight[] = {{512, PAGE_INFLIGHT}, {512, PAGE_MISSING}},
+	    unknown[] = {{512, 7}, {512, PAGE_MISSING}},
+	    empty[] = {{0, PAGE_PRESENT}, {512, PAGE_MISSING}, {512, PAGE_MISSING}},
+	    shorter[] = {{512, PAGE_PRESENT}, {511, PAGE_PRESENT}},
+	    longer[] = {{512, PAGE_PRESENT}, {512, PAGE_PRESENT}, {1, PAGE_PRESENT}},
+	    good[] = {{100, PAGE_PRESENT}, {412, PAGE_REMOVED}, {512, PAGE_PRESENT}};
+	CHECK_EQ(engine_import_pages(next, across, 1), -EINVAL);
+	CHECK_EQ(engine_import_pages(next, inflight, 2), -EINVAL);
+	CHECK_EQ(engine_import_pages(next, unknown, 2), -EINVAL);
+	CHECK_EQ(engine_import_pages(next, empty, 3), -EINVAL);
+	CHECK_EQ(engine_import_pages(next, shorter, 2), -EINVAL);
+	CHECK_EQ(engine_import_pages(next, longer, 3), -EINVAL);
+	uint64_t counts[4];
+	engine_page_counts(next, counts);
+	CHECK_EQ(counts[PAGE_MISSING], 1024); /* nothing changed */
+	CHECK_OK(engine_import_pages(next, good, 3));
+	engine_page_counts(next, counts);
+	CHECK_EQ(counts[PAGE_PRESENT], 612);
+	CHECK_EQ(counts[PAGE_REMOVED], 412);
+	free(runs);
+	CHECK_OK(engine_export_pages(next, &runs, &n));
+	CHECK_EQ(n, 3);
+	CHECK_EQ(runs[1].pages, 412);
+	free(runs);
+	engine_destroy(next);
+	rig_down(&rig);
+}
+
 TEST_MAIN(TEST(test_faults_one_handler), TEST(test_faults_two_handlers),
           TEST(test_faults_busy_intake), TEST(test_faults_io_uring), TEST(test_remove_gives_zeros),
           TEST(test_source_failure_is_reported), TEST(test_huge_pages),
           TEST(test_region_validation), TEST(test_fault_around_sequential),
           TEST(test_fault_around_random_and_remove), TEST(test_fault_around_vma_boundaries),
-          TEST(test_remap_and_unmap), TEST(test_known_zero_pages))
+          TEST(test_remap_and_unmap), TEST(test_known_zero_pages), TEST(test_pages_handover),
+          TEST(test_pages_import_refuses))

@@ -113,5 +113,30 @@ static void test_concurrent_claims(void)
 	pagemap_destroy(race_pm);
 }
 
+/* pagemap_run_end against a page-by-page walk, over word boundaries. */
+static void test_run_end(void)
+{
+	struct pagemap *pm;
+	unsigned seed = 7;
+
+	CHECK_OK(pagemap_create(1000, &pm));
+	CHECK_EQ(pagemap_run_end(pm, 0), 1000);
+	CHECK_EQ(pagemap_run_end(pm, 999), 1000);
+	for (uint64_t p = 0; p < 1000;) { /* runs of 1 to 80 pages */
+		uint64_t n = 1 + (uint64_t)rand_r(&seed) % 80;
+		if (n > 1000 - p)
+			n = 1000 - p;
+		pagemap_set_range(pm, p, n, (enum page_state)(rand_r(&seed) % 4));
+		p += n;
+	}
+	for (uint64_t p = 0; p < 1000; p++) {
+		uint64_t e = p + 1;
+		while (e < 1000 && pagemap_get(pm, e) == pagemap_get(pm, p))
+			e++;
+		CHECK_EQ(pagemap_run_end(pm, p), e);
+	}
+	pagemap_destroy(pm);
+}
+
 TEST_MAIN(TEST(test_states_and_claims), TEST(test_ranges_across_words),
-          TEST(test_footprint_of_a_terabyte), TEST(test_concurrent_claims))
+          TEST(test_footprint_of_a_terabyte), TEST(test_concurrent_claims), TEST(test_run_end))
