@@ -23,7 +23,7 @@ CFLAGS  ?= -O2 -g
 CFLAGS  += -std=gnu11 -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
            -Wno-unused-parameter -D_GNU_SOURCE -Iinclude -MMD -MP $(SANFLAGS)
 LDFLAGS += $(SANFLAGS)
-LDLIBS  += -luring -lnbd -ljson-c -lpthread
+LDLIBS  += -luring -lnbd -ljson-c -lsystemd -lpthread
 
 # Quiet by default; `make V=1` prints the full commands.
 ifeq ($(V),1)

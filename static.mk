@@ -4,13 +4,15 @@
 #   $(STATIC_B)/obj/...   objects (no sanitizers)
 #   $(STATIC_B)/lazyvm    lazyvm linked -static (liburing.a, libjson-c.a, libc)
 # Without the NBD source: a static libnbd would drag in gnutls and libxml2;
-# the binary says so if asked for nbd://.
+# the binary says so if asked for nbd://. Without systemd's fd store
+# (LAZYVM_NO_SYSTEMD): Debian ships no libsystemd.a, and the jail has no
+# systemd to talk to.
 
 STATIC_B      ?= build/static
 STATIC_URING_A ?= $(firstword $(wildcard /usr/lib/x86_64-linux-gnu/liburing.a /usr/lib/liburing.a /usr/local/lib/liburing.a))
 STATIC_JSONC_A ?= $(firstword $(wildcard /usr/lib/x86_64-linux-gnu/libjson-c.a /usr/lib/libjson-c.a /usr/local/lib/libjson-c.a))
 
-STATIC_CFLAGS = $(filter-out $(SANFLAGS),$(CFLAGS)) -DLAZYVM_NO_NBD
+STATIC_CFLAGS = $(filter-out $(SANFLAGS),$(CFLAGS)) -DLAZYVM_NO_NBD -DLAZYVM_NO_SYSTEMD
 STATIC_OBJS  := $(LIB_SRCS:%.c=$(STATIC_B)/obj/%.o) $(CLI_SRCS:%.c=$(STATIC_B)/obj/%.o)
 
 $(STATIC_B)/obj/%.o: %.c

@@ -27,6 +27,15 @@ enum fc_on_fatal {
 	FC_ON_FATAL_REPORT, /* log its pid and leave it */
 };
 
+/* systemd's fd store (FileDescriptorStoreMax=): every VM's fds and a state
+ * description kept by the service manager, so that the next instance of the
+ * service serves on after a restart (docs/ARCHITECTURE.md). */
+enum fc_fd_store {
+	FC_FD_STORE_AUTO, /* when NOTIFY_SOCKET is set (and $FDSTORE, if set, is not 0) */
+	FC_FD_STORE_ON,   /* as auto, but an error when there is no systemd to store in */
+	FC_FD_STORE_OFF,
+};
+
 /* One snapshot served: VMs that connect to its socket get its memory. */
 struct fc_snapshot_config {
 	const char *socket_path;
@@ -65,6 +74,16 @@ struct fc_handler_config {
 	FILE *metrics_out;        /* where metrics JSON goes (stdout) */
 	const char *metrics_prom; /* Prometheus text exposition written here (renamed into
 	                           * place) every second and at exit; NULL: none */
+	/* Takeover (docs/ARCHITECTURE.md): a successor connects to the takeover
+	 * socket and gets every VM and listening socket; this handler then
+	 * exits (fc_handler_run returns 0), or serves on if the successor fails
+	 * before it serves. */
+	const char *takeover_from;   /* take everything over from the handler
+	                              * listening here, at start-up; NULL: no */
+	const char *takeover_listen; /* listen for a successor here; NULL: the first
+	                              * snapshot's socket path + ".takeover" */
+	bool no_takeover_listen;     /* do not listen for one at all */
+	enum fc_fd_store fd_store;   /* systemd's fd store */
 };
 
 struct fc_handler;
@@ -75,7 +94,8 @@ struct fc_handler;
 int fc_handler_create(const struct fc_handler_config *cfg, struct fc_handler **out);
 
 /* Serves until SIGTERM/SIGINT arrives on signal_fd or fc_handler_stop() is
- * called. Returns 0 after a clean stop, -errno on a handler-wide failure. */
+ * called, or until a successor has taken everything over. Returns 0 after a
+ * clean stop or a hand-over, -errno on a handler-wide failure. */
 int fc_handler_run(struct fc_handler *h);
 
 /* Asks a running fc_handler_run to return (thread- and signal-safe). */
@@ -91,7 +111,13 @@ void fc_handler_write_metrics(struct fc_handler *h, FILE *f);
  * every VM's metrics and their total (vm="all"). 0 or -errno (logged). */
 int fc_handler_write_prom(struct fc_handler *h);
 
-/* Stops every VM's engine, unlinks the sockets, frees everything. */
+/* Whether fc_handler_run ended by handing everything to a successor (or to
+ * systemd's fd store). */
+bool fc_handler_handed_over(const struct fc_handler *h);
+
+/* Stops every VM's engine, unlinks the sockets, frees everything; after a
+ * hand-over, closes this handler's fds and leaves the sockets to the
+ * successor. */
 void fc_handler_destroy(struct fc_handler *h);
 
 #endif

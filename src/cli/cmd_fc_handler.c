@@ -68,6 +68,19 @@ static const char help[] =
     "  --max-vms N              refuse VMs beyond N served at once (default 256)\n"
     "  --max-pending N          refuse connections beyond N hand-offs being read at\n"
     "                           once (default 64)\n"
+    "  --takeover SOCKET        take every VM and socket over from the handler that\n"
+    "                           listens on SOCKET (its first socket's path +\n"
+    "                           \".takeover\"), which then exits; no VM waits for\n"
+    "                           more than the hand-over. Give the same snapshot\n"
+    "                           options; if this fails, the old handler serves on\n"
+    "  --takeover-listen PATH   where a successor may take over (default: the first\n"
+    "                           socket's path + \".takeover\"; mode 0600, this uid\n"
+    "                           or root only)\n"
+    "  --no-takeover-listen     let no successor take over\n"
+    "  --fd-store auto|on|off   systemd's fd store (FileDescriptorStoreMax=): keep\n"
+    "                           the sockets and every VM's fds there, so a restarted\n"
+    "                           service serves on (default auto: when NOTIFY_SOCKET\n"
+    "                           is set; on: fail without it)\n"
     "  --log-level LEVEL        error, warning, info (default) or debug\n"
     "  -h, --help               this text\n"
     "\n"
@@ -76,7 +89,8 @@ static const char help[] =
     "\n"
     "Metrics (JSON, one line) go to stdout on SIGUSR1 and at exit; logs go to stderr.\n"
     "SIGTERM or SIGINT stops the handler: VMs still attached are named, since they\n"
-    "will hang at their next fault.\n"
+    "will hang at their next fault (with the fd store, they wait for the next\n"
+    "instance instead).\n"
     "Exit status: 0 after a clean stop, 1 on a start-up or handler-wide error, 2 on\n"
     "bad usage.\n";
 
@@ -154,6 +168,10 @@ int cmd_fc_handler(int argc, char **argv)
 	    {"max-vms", required_argument, 0, 'M'},
 	    {"max-pending", required_argument, 0, 'P'},
 	    {"log-level", required_argument, 0, 'L'},
+	    {"takeover", required_argument, 0, 'K'},
+	    {"takeover-listen", required_argument, 0, 'k'},
+	    {"no-takeover-listen", no_argument, 0, 'N'},
+	    {"fd-store", required_argument, 0, 'F'},
 	    {"help", no_argument, 0, 'h'},
 	    {0, 0, 0, 0},
 	};
@@ -295,6 +313,26 @@ int cmd_fc_handler(int argc, char **argv)
 			}
 			lv_log_set_level((enum lv_log_level)r);
 			break;
+		case 'K':
+			if (cli_path(cmd, "--takeover", optarg) < 0)
+				return 2;
+			cfg.takeover_from = optarg;
+			break;
+		case 'k':
+			if (cli_path(cmd, "--takeover-listen", optarg) < 0)
+				return 2;
+			cfg.takeover_listen = optarg;
+			break;
+		case 'N': cfg.no_takeover_listen = true; break;
+		case 'F': {
+			/* in enum fc_fd_store order */
+			static const char *const modes[] = {"auto", "on", "off"};
+			int k;
+			if (CLI_CHOICE(cmd, "--fd-store", optarg, modes, &k) < 0)
+				return 2;
+			cfg.fd_store = (enum fc_fd_store)k;
+			break;
+		}
 		case 'h': fputs(help, stdout); return 0;
 		default: return cli_bad_option(cmd, c, argv);
 		}
@@ -336,6 +374,17 @@ int cmd_fc_handler(int argc, char **argv)
 		                "--background-prefetch would add nothing\n");
 		return 2;
 	}
+	if (cfg.no_takeover_listen && cfg.takeover_listen) {
+		fprintf(stderr, "lazyvm fc-handler: --takeover-listen and --no-takeover-listen "
+		                "contradict each other\n");
+		return 2;
+	}
+	if (cfg.takeover_from && cfg.fd_store == FC_FD_STORE_ON) {
+		fprintf(stderr,
+		        "lazyvm fc-handler: --takeover and --fd-store on: the VMs come from "
+		        "one or the other\n");
+		return 2;
+	}
 	if (busy_idle_given && cfg.intake != ENGINE_INTAKE_BUSY) {
 		fprintf(stderr,
 		        "lazyvm fc-handler: --busy-idle does nothing without --intake busy\n");
@@ -360,7 +409,7 @@ int cmd_fc_handler(int argc, char **argv)
 		return 1;
 	}
 	r = fc_handler_run(h);
-	lv_info("stopping");
+	lv_info(fc_handler_handed_over(h) ? "handed over: exiting" : "stopping");
 	fc_handler_write_metrics(h, stdout);
 	fc_handler_write_prom(h);
 	fc_handler_destroy(h);

@@ -17,6 +17,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "fc_internal.h"
 #include "lazyvm/compat.h"
 #include "lazyvm/fdio.h"
 #include "lazyvm/uffd.h"
@@ -269,16 +270,8 @@ static int send_with_fds(int sock, const char *buf, size_t len, const int *fds, 
 		return -E2BIG;
 	struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
 
-	if (nfds) {
-		memset(&ctrl, 0, sizeof(ctrl));
-		mh.msg_control = ctrl.buf;
-		mh.msg_controllen = CMSG_SPACE(nfds * sizeof(int));
-		struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
-		cm->cmsg_level = SOL_SOCKET;
-		cm->cmsg_type = SCM_RIGHTS;
-		cm->cmsg_len = CMSG_LEN(nfds * sizeof(int));
-		memcpy(CMSG_DATA(cm), fds, nfds * sizeof(int));
-	}
+	if (nfds)
+		fc_attach_fds(&mh, ctrl.buf, fds, nfds);
 	while (len) {
 		ssize_t n = sendmsg(sock, &mh, MSG_NOSIGNAL);
 

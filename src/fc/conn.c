@@ -41,6 +41,20 @@ int fc_conn_init(struct fc_conn *c, int fd, pid_t *pid, int *pidfd, bool *race_f
 	return *pidfd < 0 ? -errno : 0;
 }
 
+void fc_attach_fds(struct msghdr *mh, void *ctrl, const int *fds, size_t nfds)
+{
+	struct cmsghdr *cm;
+
+	memset(ctrl, 0, CMSG_SPACE(nfds * sizeof(int)));
+	mh->msg_control = ctrl;
+	mh->msg_controllen = CMSG_SPACE(nfds * sizeof(int));
+	cm = CMSG_FIRSTHDR(mh);
+	cm->cmsg_level = SOL_SOCKET;
+	cm->cmsg_type = SCM_RIGHTS;
+	cm->cmsg_len = CMSG_LEN(nfds * sizeof(int));
+	memcpy(CMSG_DATA(cm), fds, nfds * sizeof(int));
+}
+
 static void take_fds(struct fc_conn *c, struct msghdr *mh)
 {
 	for (struct cmsghdr *cm = CMSG_FIRSTHDR(mh); cm; cm = CMSG_NXTHDR(mh, cm)) {

@@ -8,6 +8,11 @@
 #include <sys/types.h>
 
 struct json_tokener;
+struct msghdr;
+
+/* Attaches nfds fds (SCM_RIGHTS) to mh, in ctrl, which has room for
+ * CMSG_SPACE(nfds * sizeof(int)) bytes and is suitably aligned. */
+void fc_attach_fds(struct msghdr *mh, void *ctrl, const int *fds, size_t nfds);
 
 /* Firecracker's secret-hiding hand-off sends three: the userfaultfd, the
  * guest_memfd and the userfault bitmap's memfd. */

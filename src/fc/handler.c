@@ -79,6 +79,21 @@ int fc_handler_create(const struct fc_handler_config *cfg, struct fc_handler **o
 	if ((r = fc_ep_add(h, h->stop_efd, &h->w_stop)) < 0 ||
 	    (cfg->signal_fd >= 0 && (r = fc_ep_add(h, cfg->signal_fd, &h->w_signal)) < 0))
 		goto err;
+	/* The VMs and sockets of a predecessor first: its sockets are the ones
+	 * Firecracker connects to; the rest are bound here. */
+	r = cfg->takeover_from ? fc_takeover_receive(h, cfg->takeover_from) : fc_fdstore_open(h);
+	if (r < 0)
+		goto err;
+	/* Serving taken-over VMs already: giving up now would leave them with
+	 * nobody, so what fails from here is only reported. */
+	bool serving = h->vms != NULL;
+	for (unsigned i = 0; i < h->nsnaps; i++)
+		if (h->snaps[i].listen_fd < 0 && (r = fc_snap_listen(h, &h->snaps[i], -1)) < 0 &&
+		    !serving)
+			goto err;
+	if ((r = fc_takeover_listen(h)) < 0 && !serving)
+		goto err;
+	fc_fdstore_ready(h);
 	*out = h;
 	return 0;
 err:
@@ -156,6 +171,10 @@ static int handle_timers(struct fc_handler *h)
 	bool probe = now >= h->next_probe_ns;
 	struct vm *vm = h->vms, *nx;
 
+	fc_takeover_timers(h, now, &next);
+	if (h->frozen || h->handed_over)
+		return next == UINT64_MAX ? -1 : (int)((next - now) / 1000000 + 1);
+	fc_fdstore_sync(h);
 	if (probe)
 		h->next_probe_ns = now + PROBE_INTERVAL_NS;
 	if (h->cfg.metrics_prom) {
@@ -163,7 +182,8 @@ static int handle_timers(struct fc_handler *h)
 			fc_handler_write_prom(h);
 			h->next_prom_ns = now + PROM_INTERVAL_NS;
 		}
-		next = h->next_prom_ns;
+		if (h->next_prom_ns < next)
+			next = h->next_prom_ns;
 	}
 	for (; vm; vm = nx) {
 		nx = vm->next;
@@ -210,7 +230,11 @@ int fc_handler_run(struct fc_handler *h)
 	for (;;) {
 		struct epoll_event evs[32];
 		int timeout = handle_timers(h);
-		int n = epoll_wait(h->epfd, evs, 32, timeout);
+		int n;
+
+		if (h->handed_over)
+			return 0;
+		n = epoll_wait(h->epfd, evs, 32, timeout);
 
 		if (n < 0) {
 			if (errno == EINTR)
@@ -220,14 +244,21 @@ int fc_handler_run(struct fc_handler *h)
 		}
 		for (int i = 0; i < n; i++) {
 			struct watch *w = evs[i].data.ptr;
+			int r;
 
 			switch (w->kind) {
 			case W_LISTEN: handle_accept(h, w->snap); break;
 			case W_SIGNAL:
-				if (handle_signal(h))
+				if (handle_signal(h)) {
+					fc_fdstore_stop(h);
 					return 0;
+				}
 				break;
 			case W_STOP: return 0;
+			case W_TAKEOVER:
+				if ((r = fc_takeover_event(h, w)) < 0)
+					return r;
+				goto next_round; /* VMs may have been frozen or thawed */
 			case W_CONN:
 				fc_vm_readable(h, w->vm);
 				/* vm may be freed: later events in this batch for it are
@@ -347,19 +378,26 @@ out:
 	return r;
 }
 
+bool fc_handler_handed_over(const struct fc_handler *h)
+{
+	return h->handed_over;
+}
+
 void fc_handler_destroy(struct fc_handler *h)
 {
 	if (!h)
 		return;
+	fc_takeover_close(h);
 	while (h->vms) {
 		struct vm *vm = h->vms;
 
-		if (vm->eng && engine_status(vm->eng) == ENGINE_RUNNING)
+		if (!h->handed_over && vm->eng && engine_status(vm->eng) == ENGINE_RUNNING)
 			lv_warn("%s: still running; it will hang at its next fault now that its "
 			        "handler stops",
 			        vm->name);
 		fc_vm_free(h, vm);
 	}
+	fc_fdstore_close(h);
 	for (unsigned i = 0; i < h->nsnaps; i++)
 		fc_snap_close(&h->snaps[i]);
 	if (h->epfd >= 0)

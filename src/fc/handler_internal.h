@@ -9,7 +9,15 @@
 #include "lazyvm/metrics.h"
 #include "lazyvm/workset.h"
 
-enum watch_kind { W_LISTEN, W_SIGNAL, W_STOP, W_CONN, W_PIDFD, W_ENGINE };
+enum watch_kind {
+	W_LISTEN,
+	W_SIGNAL,
+	W_STOP,
+	W_CONN,
+	W_PIDFD,
+	W_ENGINE,
+	W_TAKEOVER, /* takeover.c: its listening socket, a successor, its pidfd */
+};
 
 struct fc_snap;
 
@@ -32,6 +40,7 @@ struct fc_snap {
 	uint64_t ws_n;
 	bool recording; /* one of its VMs records its touch order */
 	int listen_fd;
+	bool keep_path; /* handed on: the socket lives on, so does its path */
 	struct watch w_listen;
 	uint64_t served;
 };
@@ -66,6 +75,12 @@ struct vm {
 	struct engine *eng;
 	uint64_t started_ns;
 	uint64_t requests, requests_bad; /* fault requests answered, refused */
+	uint64_t zeros;                  /* known-zero pages marked */
+	bool stored;                     /* its fds are in systemd's fd store (fdstore.c) */
+	/* Handed over (takeover.c): the page map of its stopped engine, kept
+	 * until the successor has it, to serve on if it fails. */
+	struct engine_page_run *runs;
+	size_t nruns;
 	struct watch w_conn, w_pid, w_eng;
 	struct vm *next;
 };
@@ -82,9 +97,19 @@ struct fc_handler {
 	struct metrics retired; /* VMs that have gone, and pages the proofs installed */
 	void *unreadable;       /* a PROT_NONE page: the source of liveness probes */
 	uint64_t next_probe_ns, next_prom_ns;
+	struct fc_takeover *tk;   /* takeover.c: handing over, or ready to */
+	struct fc_fdstore *store; /* fdstore.c: systemd's fd store, NULL when not used */
+	bool frozen;              /* VMs handed over or being handed over: not watched */
+	bool handed_over;         /* a successor serves everything: leave it all alone */
 };
 
 int fc_ep_add(struct fc_handler *h, int fd, struct watch *w);
+
+/* snap.c: listens on the unix socket `path` (SOCK_STREAM or SOCK_SEQPACKET),
+ * with `mode` (0: the umask's) set before anyone can connect. A stale socket
+ * is replaced, a live one only with replace_live, any other file never.
+ * Returns the non-blocking listening fd or -errno (logged). */
+int fc_bind_unix(const char *path, int type, mode_t mode, bool replace_live);
 
 /* vm_life.c: what happens to one VM. Each may free vm (vm_free). */
 void fc_vm_readable(struct fc_handler *h, struct vm *vm);     /* W_CONN */
@@ -92,14 +117,30 @@ void fc_vm_engine_event(struct fc_handler *h, struct vm *vm); /* W_ENGINE */
 void fc_vm_pidfd(struct fc_handler *h, struct vm *vm);        /* W_PIDFD */
 void fc_vm_reject(struct fc_handler *h, struct vm *vm, const char *why);
 void fc_vm_free(struct fc_handler *h, struct vm *vm);
+/* Gives up on a VM whose engine cannot serve it (--on-fatal, then parked). */
+void fc_vm_fail(struct fc_handler *h, struct vm *vm, const char *why);
+/* Stops the VM's engine, saves its working set, folds its metrics in, frees it. */
+void fc_vm_retire_engine(struct fc_handler *h, struct vm *vm);
+/* A VM's engine in two steps: made (its regions, then either an imported page
+ * map or the snapshot's known-zero pages and working-set recording), then
+ * started (threads, background installs, watches). Each returns 0, or -1 with
+ * `why`; the caller then gives the VM up (fc_vm_fail). */
+int fc_vm_engine_make(struct fc_handler *h, struct vm *vm, const struct engine_page_run *runs,
+                      size_t nruns, char *why, size_t whylen);
+int fc_vm_engine_go(struct fc_handler *h, struct vm *vm, char *why, size_t whylen);
 
 /* snapshot.c: a snapshot's source, checksums and working set; its socket. */
 int fc_snap_open(struct fc_handler *h, struct fc_snap *s, unsigned index);
+/* Listens on the snapshot's socket: `fd` when one was handed over (a
+ * takeover, systemd's fd store), else a new socket bound at its path. */
+int fc_snap_listen(struct fc_handler *h, struct fc_snap *s, int fd);
 void fc_snap_close(struct fc_snap *s);
 /* The known-zero pages of the VM's regions, marked in its engine (before
  * engine_start). Returns how many. */
 uint64_t fc_snap_mark_zero(const struct fc_snap *s, struct vm *vm);
 /* Writes the working set vm recorded. */
 void fc_snap_save_ws(struct fc_snap *s, struct vm *vm);
+
+#include "takeover.h"
 
 #endif

@@ -21,13 +21,13 @@
  * file nobody listens on, success or EAGAIN (backlog full) for a listener.
  * The listener sees a connection closed before anything was sent, which it
  * does not count as a hand-off. */
-static int socket_is_live(const char *path)
+static int socket_is_live(const char *path, int type)
 {
 	struct sockaddr_un sa = {.sun_family = AF_UNIX};
 	int fd, r;
 
 	strcpy(sa.sun_path, path); /* the caller checked the length */
-	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	fd = socket(AF_UNIX, type | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
 	if (fd < 0)
 		return -errno;
 	r = connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0 ? 1 : -errno;
@@ -39,10 +39,10 @@ static int socket_is_live(const char *path)
 	return r;
 }
 
-/* Listens on `path`. The socket is bound and listening under a temporary name
- * and renamed into place, so that whoever sees the path can connect at once
- * (a client that connects between bind and listen would be refused). */
-static int bind_socket(const char *path)
+/* The socket is bound and listening under a temporary name and renamed into
+ * place, so that whoever sees the path can connect at once (a client that
+ * connects between bind and listen would be refused). */
+int fc_bind_unix(const char *path, int type, mode_t mode, bool replace_live)
 {
 	struct sockaddr_un sa = {.sun_family = AF_UNIX};
 	char tmp[sizeof(sa.sun_path)];
@@ -64,11 +64,12 @@ static int bind_socket(const char *path)
 			lv_err("%s exists and is not a socket; refusing to replace it", path);
 			return -EEXIST;
 		}
-		r = socket_is_live(path);
+		r = replace_live ? 0 : socket_is_live(path, type);
 		if (r != 0) {
 			if (r > 0)
 				lv_err("%s: another process is listening on this socket (another "
-				       "fc-handler?); refusing to take it over",
+				       "fc-handler? --takeover takes its VMs over); refusing to "
+				       "replace it",
 				       path);
 			else
 				lv_err("%s: cannot tell whether someone listens on it: %s; "
@@ -79,11 +80,11 @@ static int bind_socket(const char *path)
 	}
 	strcpy(sa.sun_path, tmp);
 	unlink(tmp);
-	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	fd = socket(AF_UNIX, type | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
 	if (fd < 0)
 		return -errno;
-	if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || listen(fd, 64) < 0 ||
-	    rename(tmp, path) < 0) {
+	if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || (mode && chmod(tmp, mode) < 0) ||
+	    listen(fd, 64) < 0 || rename(tmp, path) < 0) {
 		r = -errno;
 		lv_err("cannot listen on %s: %s", path, strerror(-r));
 		unlink(tmp);
@@ -178,11 +179,19 @@ int fc_snap_open(struct fc_handler *h, struct fc_snap *s, unsigned index)
 			lv_warn("%s: working set: %s: VMs are served without it", sc->socket_path,
 			        why);
 	}
-	r = bind_socket(sc->socket_path);
-	if (r < 0)
-		return r;
-	s->listen_fd = r;
-	lv_info("listening on %s: %s (%llu MiB)%s%s%s%s", sc->socket_path, source_describe(s->src),
+	return 0;
+}
+
+int fc_snap_listen(struct fc_handler *h, struct fc_snap *s, int fd)
+{
+	const struct fc_snapshot_config *sc = s->cfg;
+	bool handed = fd >= 0;
+
+	if (!handed && (fd = fc_bind_unix(sc->socket_path, SOCK_STREAM, 0, false)) < 0)
+		return fd;
+	s->listen_fd = fd;
+	lv_info("listening on %s%s: %s (%llu MiB)%s%s%s%s", sc->socket_path,
+	        handed ? " (the socket handed over)" : "", source_describe(s->src),
 	        (unsigned long long)(source_size(s->src) >> 20),
 	        s->csum ? ", every page checked" : "",
 	        s->csum && s->csum->zero_pages ? ", known-zero pages served unread" : "",
@@ -194,7 +203,10 @@ void fc_snap_close(struct fc_snap *s)
 {
 	if (s->listen_fd >= 0) {
 		close(s->listen_fd);
-		unlink(s->cfg->socket_path);
+		/* The path stays while someone else listens on this socket: a
+		 * successor, or systemd's fd store for the next instance. */
+		if (!s->keep_path)
+			unlink(s->cfg->socket_path);
 	}
 	s->listen_fd = -1;
 	source_destroy(s->src); /* before the checksums it reads */

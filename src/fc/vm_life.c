@@ -58,7 +58,7 @@ static void vm_give_up(struct fc_handler *h, struct vm *vm, const char *what, co
 }
 
 /* Stops a VM's engine and folds its metrics into the retired ones. */
-static void vm_retire_engine(struct fc_handler *h, struct vm *vm)
+void fc_vm_retire_engine(struct fc_handler *h, struct vm *vm)
 {
 	struct metrics m;
 
@@ -100,7 +100,10 @@ void fc_vm_free(struct fc_handler *h, struct vm *vm)
 		h->npending--;
 	if (vm->state == VM_UNSERVED)
 		h->nunserved--;
-	vm_retire_engine(h, vm);
+	if (vm->state != VM_PENDING)
+		fc_fdstore_vm_changed(h, vm, false);
+	fc_vm_retire_engine(h, vm);
+	free(vm->runs);
 	fc_conn_close(&vm->conn);
 	fc_handshake_free(&vm->hs);
 	if (vm->uffd >= 0)
@@ -123,7 +126,7 @@ static void vm_park(struct fc_handler *h, struct vm *vm)
 		fc_conn_close_fds(&vm->conn); /* none left: check_memory_kind saw to it */
 	}
 	fc_conn_close(&vm->conn);
-	vm_retire_engine(h, vm);
+	fc_vm_retire_engine(h, vm);
 	vm->state = VM_UNSERVED;
 	h->nunserved++;
 	if (vm->uffd < 0 || h->nunserved > h->cfg.max_vms) {
@@ -142,6 +145,7 @@ static void vm_park(struct fc_handler *h, struct vm *vm)
 		if (r < 0 && r != -EEXIST)
 			vm_drop_pidfd(h, vm);
 	}
+	fc_fdstore_vm_changed(h, vm, true);
 }
 
 void fc_vm_reject(struct fc_handler *h, struct vm *vm, const char *why)
@@ -166,8 +170,8 @@ static const char *shape_name(unsigned has)
 	return "v1.4-v1.6 (no page size field: 4 KiB pages)";
 }
 
-/* The hand-off is complete and valid: give the VM an engine. */
-static void vm_serve(struct fc_handler *h, struct vm *vm)
+int fc_vm_engine_make(struct fc_handler *h, struct vm *vm, const struct engine_page_run *runs,
+                      size_t nruns, char *why, size_t whylen)
 {
 	const struct fc_handshake *hs = &vm->hs;
 	struct engine_config ec = {.uffd = -1,
@@ -178,23 +182,22 @@ static void vm_serve(struct fc_handler *h, struct vm *vm)
 	                           .busy_idle_ns = h->cfg.busy_idle_ns,
 	                           .fault_around = h->cfg.fault_around,
 	                           .name = vm->name};
-	char why[160];
 	int r;
 
 	/* The engine gets a duplicate: when it stops, ours keeps the VM's
 	 * registration alive (see enum vm_state). */
 	ec.uffd = fcntl(vm->uffd, F_DUPFD_CLOEXEC, 0);
 	if (ec.uffd < 0) {
-		snprintf(why, sizeof(why), "cannot duplicate the userfaultfd: %s", strerror(errno));
-		goto fail;
+		snprintf(why, whylen, "cannot duplicate the userfaultfd: %s", strerror(errno));
+		return -1;
 	}
 	r = engine_create(&ec, &vm->eng);
 	if (r < 0) {
 		close(ec.uffd);
-		snprintf(why, sizeof(why), "cannot create an engine: %s", strerror(-r));
-		goto fail;
+		snprintf(why, whylen, "cannot create an engine: %s", strerror(-r));
+		return -1;
 	}
-	h->nserving++; /* counted from here: vm_retire_engine uncounts */
+	h->nserving++; /* counted from here: fc_vm_retire_engine uncounts */
 	vm->started_ns = lv_now_ns();
 	for (size_t i = 0; i < hs->nregions; i++) {
 		const struct fc_region *fr = &hs->regions[i];
@@ -205,25 +208,41 @@ static void vm_serve(struct fc_handler *h, struct vm *vm)
 
 		r = engine_add_region(vm->eng, &er);
 		if (r < 0) {
-			snprintf(why, sizeof(why), "region %zu refused by the engine: %s", i,
+			snprintf(why, whylen, "region %zu refused by the engine: %s", i,
 			         strerror(-r));
-			goto fail;
+			return -1;
 		}
 	}
-	uint64_t zeros = fc_snap_mark_zero(vm->snap, vm);
+	if (runs) {
+		/* A VM taken over: its page map says what is in already. */
+		if (engine_import_pages(vm->eng, runs, nruns) < 0) {
+			snprintf(why, whylen,
+			         "its page map (%zu runs) does not fit its %zu region(s)", nruns,
+			         hs->nregions);
+			return -1;
+		}
+		return 0;
+	}
+	vm->zeros = fc_snap_mark_zero(vm->snap, vm);
 	if (vm->snap->cfg->record_ws && !vm->snap->recording) {
 		/* The snapshot's first VM: its touch order is the working set. */
 		vm->snap->recording = vm->recording = true;
 		engine_record_start(vm->eng);
 	}
-	r = engine_start(vm->eng);
+	return 0;
+}
+
+int fc_vm_engine_go(struct fc_handler *h, struct vm *vm, char *why, size_t whylen)
+{
+	int r = engine_start(vm->eng);
+
 	if (r < 0) {
-		snprintf(why, sizeof(why), "cannot start handler threads: %s", strerror(-r));
-		goto fail;
+		snprintf(why, whylen, "cannot start handler threads: %s", strerror(-r));
+		return -1;
 	}
 	if ((r = fc_ep_add(h, engine_event_fd(vm->eng), &vm->w_eng)) < 0) {
-		snprintf(why, sizeof(why), "epoll: %s", strerror(-r));
-		goto fail;
+		snprintf(why, whylen, "epoll: %s", strerror(-r));
+		return -1;
 	}
 	/* In the background, from the hand-off on: the working set first (in the
 	 * order the recorded VM touched it), then, with --background-prefetch,
@@ -237,14 +256,34 @@ static void vm_serve(struct fc_handler *h, struct vm *vm)
 	                       .nfirst = vm->snap->ws_n,
 	                       .rest = h->cfg.populate_all || h->cfg.background_prefetch};
 	if ((bg.nfirst || bg.rest) && (r = engine_background(vm->eng, &bg)) < 0) {
-		snprintf(why, sizeof(why), "cannot start the background installs: %s",
-		         strerror(-r));
-		goto fail;
+		snprintf(why, whylen, "cannot start the background installs: %s", strerror(-r));
+		return -1;
 	}
 	/* Only the VM's own pidfd tells of its end; a connector that is not
 	 * known to be the VM may come and go as it likes. */
 	if (!vm->proven || fc_ep_add(h, vm->pidfd, &vm->w_pid) < 0)
 		vm_drop_pidfd(h, vm);
+	return 0;
+}
+
+void fc_vm_fail(struct fc_handler *h, struct vm *vm, const char *why)
+{
+	h->failed++;
+	vm_give_up(h, vm, "cannot be served", why);
+	vm_park(h, vm);
+}
+
+/* The hand-off is complete and valid: give the VM an engine. */
+static void vm_serve(struct fc_handler *h, struct vm *vm)
+{
+	const struct fc_handshake *hs = &vm->hs;
+	char why[160];
+
+	if (fc_vm_engine_make(h, vm, NULL, 0, why, sizeof(why)) < 0 ||
+	    fc_vm_engine_go(h, vm, why, sizeof(why)) < 0) {
+		fc_vm_fail(h, vm, why);
+		return;
+	}
 	h->npending--;
 	vm->state = VM_SERVING;
 	h->served++;
@@ -252,14 +291,15 @@ static void vm_serve(struct fc_handler *h, struct vm *vm)
 	for (size_t i = 0; i < hs->nregions; i++)
 		bytes += hs->regions[i].size;
 	vm->snap->served++;
+	bool bg_first = vm->snap->ws_n, bg_rest = h->cfg.populate_all || h->cfg.background_prefetch;
 	char extra[160] = "";
 	snprintf(extra, sizeof(extra), "%s%s%s%s", h->cfg.populate_all ? ", populating all" : "",
-	         bg.nfirst ? ", replaying the working set" : "",
-	         !h->cfg.populate_all && bg.rest ? ", prefetching the rest" : "",
+	         bg_first ? ", replaying the working set" : "",
+	         !h->cfg.populate_all && bg_rest ? ", prefetching the rest" : "",
 	         vm->recording ? ", recording its working set" : "");
-	if (zeros)
+	if (vm->zeros)
 		snprintf(extra + strlen(extra), sizeof(extra) - strlen(extra),
-		         ", %" PRIu64 " known-zero pages", zeros);
+		         ", %" PRIu64 " known-zero pages", vm->zeros);
 	lv_info("%s: serving %zu region(s), %" PRIu64 " MiB, from %s%s; Firecracker %s; %s %s",
 	        vm->name, hs->nregions, bytes >> 20, source_describe(vm->snap->src), extra,
 	        shape_name(hs->has),
@@ -268,11 +308,7 @@ static void vm_serve(struct fc_handler *h, struct vm *vm)
 	/* The socket stays open: Firecracker since v1.12 keeps it, and the
 	 * secret-hiding branch sends fault requests on it. */
 	vm->conn.handed_off = true;
-	return;
-fail:
-	h->failed++;
-	vm_give_up(h, vm, "cannot be served", why);
-	vm_park(h, vm);
+	fc_fdstore_vm_changed(h, vm, true);
 }
 
 /* What only the regions can tell, before anything is installed: guest_memfd
@@ -488,9 +524,7 @@ void fc_vm_readable(struct fc_handler *h, struct vm *vm)
 void fc_vm_engine_event(struct fc_handler *h, struct vm *vm)
 {
 	if (engine_status(vm->eng) == ENGINE_FAILED) {
-		h->failed++;
-		vm_give_up(h, vm, "cannot be served", engine_reason(vm));
-		vm_park(h, vm);
+		fc_vm_fail(h, vm, engine_reason(vm));
 	} else {
 		lv_info("%s: %s", vm->name, engine_reason(vm));
 		fc_vm_free(h, vm);
