@@ -76,6 +76,11 @@ int engine_start(struct engine *eng);
 /* Stops and joins the threads (idempotent). Returns 0. */
 int engine_stop(struct engine *eng);
 
+/* Tells the threads to stop without waiting for them: engine_stop then joins.
+ * Stopping many engines, begin each first, so that their batches in flight
+ * finish side by side. */
+void engine_stop_begin(struct engine *eng);
+
 /* Stops if needed, closes the UFFD and frees everything. */
 void engine_destroy(struct engine *eng);
 

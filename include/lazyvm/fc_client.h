@@ -72,6 +72,9 @@ struct fc_vm_config {
 	bool unknown_fields;   /* add fields no release sends, as a newer one might */
 	unsigned exitless_apf; /* secret-hiding: "exitless_apf:N" with 3N eventfds
 	                        * (N vCPUs) instead of "no_exitless_apf" */
+	bool remove_first;     /* the balloon takes its quarters back before the
+	                        * touches (MADV_DONTNEED), which then find zeros
+	                        * there: the removes come early in the VM's life */
 };
 
 struct fc_hole {
@@ -128,13 +131,18 @@ struct fc_touch_result {
 	uint64_t hole_pages;    /* left alone: PROT_NONE */
 	const char *remove_how; /* how the balloon removed, or why it did not */
 	double touch_s;         /* wall time of the touch phase */
+	/* Each page's first access (the fault's wait, when it faults): p50,
+	 * p99 and max over all touching threads. */
+	uint64_t touch_p50_ns, touch_p99_ns, touch_max_ns;
 };
 
 /* `threads` threads each touch every accessible page in their own random
  * order and compare it with the memory file; then, with check_remove, the
  * balloon takes back the second quarter of every region as the release's
  * balloon does (MADV_DONTNEED, or before v1.11 a fresh mapping over it) and
- * that quarter must read zeros while the rest still matches. */
+ * that quarter must read zeros while the rest still matches. With
+ * cfg.remove_first it does so before the touches (MADV_DONTNEED only), and
+ * the touches find zeros there. */
 int fc_vm_touch_verify(struct fc_vm *vm, unsigned threads, unsigned seed, bool check_remove,
                        struct fc_touch_result *res);
 

@@ -49,6 +49,8 @@ static const char help[] =
     "  --threads N          touching threads (default 4)\n"
     "  --seed N             random order seed (default 1)\n"
     "  --no-remove-check    skip the balloon check\n"
+    "  --remove-first       the balloon takes its quarters back before the touches\n"
+    "                       (MADV_DONTNEED), which must then read zeros there\n"
     "  --bad MODE           send a broken hand-off and print the handler's reply:\n"
     "                       no-fd, two-fds, not-uffd, garbage, truncated, oversized,\n"
     "                       overlap, beyond-file, unaligned, wrong-type, silent,\n"
@@ -79,6 +81,7 @@ int cmd_fc_client(int argc, char **argv)
 	    {"exitless-apf", required_argument, 0, 'X'},
 	    {"fault-request", required_argument, 0, 'Q'},
 	    {"no-remove-check", no_argument, 0, 'n'},
+	    {"remove-first", no_argument, 0, 'E'},
 	    {"bad", required_argument, 0, 'b'},
 	    {"connector", required_argument, 0, 'c'},
 	    {"clear-nonblock", no_argument, 0, 'C'},
@@ -159,6 +162,7 @@ int cmd_fc_client(int argc, char **argv)
 			fault_req = true;
 			break;
 		case 'n': check_remove = false; break;
+		case 'E': vc.remove_first = true; break;
 		case 'b':
 			if (fc_bad_parse(optarg, &bad) < 0) {
 				fprintf(stderr,
@@ -195,6 +199,11 @@ int cmd_fc_client(int argc, char **argv)
 	if (vc.hotplug && (vc.version < FC_V1_12 || page != 4096)) {
 		fprintf(stderr, "lazyvm fc-client: --hotplug: memory hotplug is Firecracker v1.14 "
 		                "and later (--fc-version 1.12, main or secret-hiding), 4k pages\n");
+		return 2;
+	}
+	if (vc.remove_first && !check_remove) {
+		fprintf(stderr, "lazyvm fc-client: --remove-first and --no-remove-check contradict "
+		                "each other\n");
 		return 2;
 	}
 	if (vc.guest_memfd && vc.version != FC_V_SECRET_HIDING) {
@@ -288,6 +297,8 @@ int cmd_fc_client(int argc, char **argv)
 	    "in %.3f s (%.0f pages/s first-touch rate)\n",
 	    vm.nregions, (unsigned long long)(vm.size >> 20), page, threads,
 	    (unsigned long long)res.touches, res.touch_s, (double)pages / res.touch_s);
+	printf("fc-client: first touch of a page: p50 %.1f us, p99 %.1f us, max %.1f us\n",
+	       res.touch_p50_ns / 1e3, res.touch_p99_ns / 1e3, res.touch_max_ns / 1e3);
 	printf("fc-client: contents: %s (%llu mismatching pages)\n",
 	       res.mismatches ? "MISMATCH against the memory file"
 	                      : "every byte matches the memory file",

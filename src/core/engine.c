@@ -410,15 +410,21 @@ err_stop:
 	return r;
 }
 
-int engine_stop(struct engine *eng)
+void engine_stop_begin(struct engine *eng)
 {
 	uint64_t one = 1;
-	int expected = ENGINE_RUNNING;
 
 	atomic_store(&eng->stopping, true);
-	engine_background_join(eng);
 	if (write(eng->stop_efd, &one, sizeof(one)) < 0)
 		(void)0; /* already signalled to the limit: still stops */
+}
+
+int engine_stop(struct engine *eng)
+{
+	int expected = ENGINE_RUNNING;
+
+	engine_stop_begin(eng);
+	engine_background_join(eng);
 	for (unsigned i = 0; eng->workers && i < eng->nworkers; i++) {
 		if (eng->workers[i].started)
 			pthread_join(eng->workers[i].thread, NULL);

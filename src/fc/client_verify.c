@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <poll.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,6 +12,7 @@
 #include <unistd.h>
 
 #include "lazyvm/fc_client.h"
+#include "lazyvm/metrics.h"
 #include "lazyvm/units.h"
 
 int fc_vm_read_reply(struct fc_vm *vm, char *buf, size_t len, int timeout_ms)
@@ -67,7 +69,9 @@ bool fc_vm_page_resident(const struct fc_vm *vm, uint64_t offset)
 struct touch_arg {
 	struct fc_vm *vm;
 	unsigned seed;
-	uint64_t mismatches;
+	bool removed_first; /* the balloon's quarters were removed before the touches */
+	uint64_t mismatches, nonzero;
+	struct metrics m; /* m.latency: each page's first access */
 };
 
 /* Page i of the whole memory, whatever region holds it. */
@@ -90,6 +94,32 @@ static bool in_hole(const struct fc_vm *vm, uint64_t i)
 		if (a - vm->holes[h].addr < vm->holes[h].len)
 			return true;
 	return false;
+}
+
+/* Is page i in the quarter of its region the balloon takes back (the
+ * second)? */
+static bool in_balloon(const struct fc_vm *vm, uint64_t i)
+{
+	uint64_t off = i * vm->page_size;
+
+	for (unsigned r = 0; r < vm->nregions; r++) {
+		const struct fc_region *g = &vm->regions[r];
+		uint64_t q = g->size / 4 / vm->page_size * vm->page_size;
+
+		if (off - g->offset < g->size)
+			return off - g->offset >= q && off - g->offset < 2 * q;
+	}
+	return false;
+}
+
+static bool page_is_zero(struct fc_vm *vm, uint64_t i)
+{
+	const unsigned char *m = page_ptr(vm, i);
+
+	for (uint64_t b = 0; b < vm->page_size; b++)
+		if (m[b])
+			return false;
+	return true;
 }
 
 static int page_matches(struct fc_vm *vm, uint64_t i, unsigned char *scratch)
@@ -120,13 +150,62 @@ static void *touch_thread(void *p)
 		order[i] = order[j];
 		order[j] = t;
 	}
-	for (uint64_t i = 0; i < pages; i++)
-		if (!in_hole(a->vm, order[i]))
-			a->mismatches += !page_matches(a->vm, order[i], scratch);
+	for (uint64_t i = 0; i < pages; i++) {
+		uint64_t pg = order[i], t0;
+
+		if (in_hole(a->vm, pg))
+			continue;
+		/* The first access alone is timed: it is what waits for the
+		 * handler (a fault), or finds the page in. */
+		t0 = lv_now_ns();
+		(void)*(volatile unsigned char *)page_ptr(a->vm, pg);
+		hist_record(&a->m.latency, lv_now_ns() - t0);
+		if (a->removed_first && in_balloon(a->vm, pg))
+			a->nonzero += !page_is_zero(a->vm, pg);
+		else
+			a->mismatches += !page_matches(a->vm, pg, scratch);
+	}
 out:
 	free(order);
 	free(scratch);
 	return NULL;
+}
+
+/* The balloon takes back the second quarter of every region as the release's
+ * balloon does. Returns 1 when it did, 0 when this release removes nothing
+ * (res->remove_how says why), -errno. `remap_allowed`: before v1.11 the
+ * balloon maps fresh memory over the range first. */
+static int balloon_remove(struct fc_vm *vm, bool remap_allowed, struct fc_touch_result *res)
+{
+	/* Before v1.12 a snapshot without a balloon asks for no EVENT_REMOVE and
+	 * nothing ever removes its pages; with one, v1.4-v1.10 put a fresh
+	 * mapping over the range first (the handler hears nothing, the range
+	 * leaves the userfaultfd); v1.11 on only MADV_DONTNEED (a REMOVE event). */
+	if (vm->cfg.version <= FC_V1_7 && !vm->cfg.balloon) {
+		res->remove_how =
+		    "skipped: no balloon, and before v1.12 nothing else removes pages";
+		return 0;
+	}
+	bool remap = remap_allowed && vm->cfg.version <= FC_V1_7;
+	res->remove_how = remap ? "a fresh mapping over the range, then MADV_DONTNEED (v1.4-v1.10)"
+	                        : "MADV_DONTNEED (a REMOVE event)";
+	for (unsigned i = 0; i < vm->nregions; i++) {
+		struct fc_region *g = &vm->regions[i];
+		uint64_t q = g->size / 4 / vm->page_size * vm->page_size;
+		char *at = (char *)(uintptr_t)g->base_host_virt_addr + q;
+
+		if (!q)
+			continue;
+		if (remap && mmap(at, q, PROT_READ | PROT_WRITE,
+		                  MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE |
+		                      (vm->page_size > 4096 ? MAP_HUGETLB : 0),
+		                  -1, 0) == MAP_FAILED)
+			return -errno;
+		if (madvise(at, q, MADV_DONTNEED) < 0)
+			return -errno;
+		res->removed_pages += q / vm->page_size;
+	}
+	return 1;
 }
 
 int fc_vm_touch_verify(struct fc_vm *vm, unsigned threads, unsigned seed, bool check_remove,
@@ -141,82 +220,50 @@ int fc_vm_touch_verify(struct fc_vm *vm, unsigned threads, unsigned seed, bool c
 	memset(res, 0, sizeof(*res));
 	if (threads < 1 || threads > 64)
 		return -EINVAL;
+	bool first = false;
+	if (check_remove && vm->cfg.remove_first) {
+		if ((r = balloon_remove(vm, false, res)) < 0)
+			return r;
+		first = r == 1;
+	}
 	t0 = lv_now_ns();
 	for (unsigned i = 0; i < threads; i++) {
-		args[i] = (struct touch_arg){.vm = vm, .seed = seed + i * 7919};
+		args[i] =
+		    (struct touch_arg){.vm = vm, .seed = seed + i * 7919, .removed_first = first};
 		r = -pthread_create(&th[i], NULL, touch_thread, &args[i]);
 		if (r < 0) {
 			threads = i;
 			break;
 		}
 	}
+	struct metrics all = {0};
 	for (unsigned i = 0; i < threads; i++) {
 		pthread_join(th[i], NULL);
 		res->mismatches += args[i].mismatches;
+		res->nonzero += args[i].nonzero;
+		metrics_add(&all, &args[i].m);
 	}
 	res->touch_s = (double)(lv_now_ns() - t0) / 1e9;
+	res->touch_p50_ns = hist_percentile(&all.latency, 0.5);
+	res->touch_p99_ns = hist_percentile(&all.latency, 0.99);
+	res->touch_max_ns = atomic_load(&all.latency.max_ns);
 	for (uint64_t p = 0; p < pages; p++)
 		res->hole_pages += in_hole(vm, p);
 	res->touches = (pages - res->hole_pages) * threads;
-	if (!check_remove)
+	if (!check_remove || vm->cfg.remove_first)
 		return 0;
-	/* Before v1.12 a snapshot without a balloon asks for no EVENT_REMOVE and
-	 * nothing ever removes its pages; with one, v1.4-v1.10 put a fresh
-	 * mapping over the range first (the handler hears nothing, the range
-	 * leaves the userfaultfd); v1.11 on only MADV_DONTNEED (a REMOVE event). */
-	if (vm->cfg.version <= FC_V1_7 && !vm->cfg.balloon) {
-		res->remove_how =
-		    "skipped: no balloon, and before v1.12 nothing else removes pages";
-		return 0;
-	}
-	bool remap = vm->cfg.version <= FC_V1_7;
-	res->remove_how = remap ? "a fresh mapping over the range, then MADV_DONTNEED (v1.4-v1.10)"
-	                        : "MADV_DONTNEED (a REMOVE event)";
+	if ((r = balloon_remove(vm, true, res)) <= 0)
+		return r;
 	scratch = malloc(vm->page_size);
 	if (!scratch)
 		return -ENOMEM;
-	for (unsigned i = 0; i < vm->nregions; i++) {
-		struct fc_region *g = &vm->regions[i];
-		uint64_t q = g->size / 4 / vm->page_size * vm->page_size;
-		char *at = (char *)(uintptr_t)g->base_host_virt_addr + q;
-
-		if (!q)
-			continue;
-		if (remap && mmap(at, q, PROT_READ | PROT_WRITE,
-		                  MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE |
-		                      (vm->page_size > 4096 ? MAP_HUGETLB : 0),
-		                  -1, 0) == MAP_FAILED) {
-			free(scratch);
-			return -errno;
-		}
-		if (madvise(at, q, MADV_DONTNEED) < 0) {
-			free(scratch);
-			return -errno;
-		}
-		res->removed_pages += q / vm->page_size;
-	}
 	for (uint64_t p = 0; p < pages; p++) {
-		uint64_t off = p * vm->page_size;
-		bool removed = false;
-
 		if (in_hole(vm, p))
 			continue;
-		for (unsigned i = 0; i < vm->nregions; i++) {
-			struct fc_region *g = &vm->regions[i];
-			uint64_t q = g->size / 4 / vm->page_size * vm->page_size;
-			if (off - g->offset < g->size)
-				removed = off - g->offset >= q && off - g->offset < 2 * q;
-		}
-		if (!removed) {
+		if (!in_balloon(vm, p))
 			res->mismatches += !page_matches(vm, p, scratch);
-			continue;
-		}
-		const unsigned char *m = page_ptr(vm, p);
-		for (uint64_t b = 0; b < vm->page_size; b++)
-			if (m[b]) {
-				res->nonzero++;
-				break;
-			}
+		else
+			res->nonzero += !page_is_zero(vm, p);
 	}
 	free(scratch);
 	return 0;

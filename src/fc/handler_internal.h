@@ -40,7 +40,8 @@ struct fc_snap {
 	uint64_t ws_n;
 	bool recording; /* one of its VMs records its touch order */
 	int listen_fd;
-	bool keep_path; /* handed on: the socket lives on, so does its path */
+	bool keep_path;       /* handed on: the socket lives on, so does its path */
+	uint64_t fingerprint; /* fc_snap_fingerprint, once read (0: not yet) */
 	struct watch w_listen;
 	uint64_t served;
 };

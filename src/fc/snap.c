@@ -179,6 +179,9 @@ int fc_snap_open(struct fc_handler *h, struct fc_snap *s, unsigned index)
 			lv_warn("%s: working set: %s: VMs are served without it", sc->socket_path,
 			        why);
 	}
+	/* Read now, so that a hand-over need not wait for it. */
+	if (fc_snap_fingerprint(s, &s->fingerprint) < 0)
+		s->fingerprint = 0;
 	return 0;
 }
 

@@ -97,6 +97,9 @@ void fc_state_freeze(struct fc_handler *h)
 {
 	for (unsigned i = 0; i < h->nsnaps; i++)
 		unwatch(h, h->snaps[i].listen_fd);
+	for (struct vm *vm = h->vms; vm; vm = vm->next)
+		if (vm->eng)
+			engine_stop_begin(vm->eng);
 	for (struct vm *vm = h->vms; vm; vm = vm->next) {
 		unwatch(h, vm->conn.fd);
 		unwatch(h, vm->pidfd);
@@ -191,8 +194,13 @@ static char *runs_text(const struct engine_page_run *runs, size_t n)
 /* Size and CRC-32C of the first and last 64 KiB: a successor whose memory
  * file is another one (replaced under the same name, or another option)
  * would serve wrong bytes; this catches that, not every change. */
-static int snap_fingerprint(struct fc_snap *s, uint64_t *fp)
+int fc_snap_fingerprint(struct fc_snap *s, uint64_t *fp)
 {
+	if (s->fingerprint) {
+		*fp = s->fingerprint;
+		return 0;
+	}
+
 	uint64_t size = source_size(s->src), len = size < 65536 ? size : 65536;
 	unsigned char *buf = malloc(len);
 	uint32_t crc;
@@ -207,6 +215,8 @@ static int snap_fingerprint(struct fc_snap *s, uint64_t *fp)
 	crc = crc32c(crc, buf, len);
 	free(buf);
 	*fp = (uint64_t)crc << 32 | (size >> 12 & 0xffffffffu);
+	if (r == 0)
+		s->fingerprint = *fp;
 	return r;
 }
 
@@ -316,7 +326,7 @@ int fc_state_build(struct fc_handler *h, bool exact, char **json, size_t *len, s
 		uint64_t fp = 0;
 
 		json_object_array_add(snaps, o);
-		r = snap_fingerprint(s, &fp);
+		r = fc_snap_fingerprint(s, &fp);
 		if (r < 0)
 			lv_err("%s: reading its memory for the description: %s",
 			       s->cfg->socket_path, strerror(-r));
@@ -523,7 +533,7 @@ static int apply_snapshot(struct fc_handler *h, struct json_object *o, struct fc
 		              "%s: the old handler's memory is %" PRIu64
 		              " bytes, this one's (%s) %" PRIu64,
 		              path, size, source_describe(s->src), source_size(s->src));
-	if ((r = snap_fingerprint(s, &mine)) < 0)
+	if ((r = fc_snap_fingerprint(s, &mine)) < 0)
 		return fc_err(why, whylen, r, "%s: reading %s: %s", path, source_describe(s->src),
 		              strerror(-r));
 	if (mine != fp)

@@ -311,7 +311,8 @@ static void tk_hand_over(struct fc_handler *h, struct fc_takeover *tk)
 		            fds.fds + at, n);
 		json_object_put(o);
 	}
-	snprintf(msg, sizeof(msg), "{\"sent\":%zu}", fds.n + 1);
+	size_t nfds = fds.n + 1;
+	snprintf(msg, sizeof(msg), "{\"sent\":%zu}", nfds);
 	if (r == 0)
 		r = tk_send(tk->conn, msg, NULL, 0);
 	if (memfd >= 0)
@@ -325,7 +326,7 @@ static void tk_hand_over(struct fc_handler *h, struct fc_takeover *tk)
 	}
 	lv_info("takeover: %u VMs frozen in %.1f ms, %zu fds and a %zu-byte description sent to "
 	        "pid %d in %.1f ms",
-	        tk->nvms, (double)(t_frozen - tk->t0_ns) / 1e6, fds.n + 1, len, (int)tk->peer,
+	        tk->nvms, (double)(t_frozen - tk->t0_ns) / 1e6, nfds, len, (int)tk->peer,
 	        (double)(lv_now_ns() - t_frozen) / 1e6);
 	tk->phase = TK_SENT;
 	tk->deadline_ns = lv_now_ns() + TK_STEP_NS;
@@ -635,6 +636,8 @@ int fc_takeover_receive(struct fc_handler *h, const char *path)
 	    0)
 		goto refuse;
 	t_got = lv_now_ns();
+	for (size_t i = 0; i < set.n; i++)
+		lv_debug("takeover: fd %d is %s", set.fds[i], set.names[i]);
 	sfd = fc_fdset_take(&set, "state");
 	if (sfd < 0) {
 		snprintf(why, sizeof(why), "no state description came");

@@ -16,6 +16,7 @@
 #include <stdint.h>
 
 struct fc_handler;
+struct fc_snap;
 struct vm;
 struct watch;
 
@@ -58,6 +59,9 @@ int fc_state_apply(struct fc_handler *h, const char *json, size_t len, struct fc
 /* Drops what fc_state_apply built, before it started (a successor whose
  * predecessor did not commit). */
 void fc_state_discard(struct fc_handler *h);
+/* The snapshot's size and the CRC-32C of its first and last 64 KiB, read
+ * once and kept: what tells a successor it serves the same memory. */
+int fc_snap_fingerprint(struct fc_snap *s, uint64_t *fp);
 /* Starts what fc_state_apply built: the engines (a VM whose engine does not
  * start is given up on), the watches, the listening sockets. */
 void fc_state_start(struct fc_handler *h);
