@@ -10,7 +10,10 @@
  * engine failed) is killed or reported per `on_fatal`: Firecracker would
  * otherwise hang for ever at its next fault. Such a VM's userfaultfd is kept
  * open until its memory is gone, so that it hangs rather than reading zero
- * pages; a VM leaves when its memory is gone (or its proven process exits). */
+ * pages; a VM leaves when its memory is gone (or its proven process exits).
+ * A running handler hands every VM to a successor that asks on its takeover
+ * socket, or keeps them in systemd's fd store across a restart (takeover.h
+ * in src/fc, docs/ARCHITECTURE.md). */
 #ifndef LAZYVM_FC_HANDLER_H
 #define LAZYVM_FC_HANDLER_H
 

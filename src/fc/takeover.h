@@ -2,9 +2,11 @@
  * its three files:
  *   state.c     the description of every VM and listening socket (JSON in a
  *               memfd) and the fds that go with it; freezing the VMs before
- *               they are handed on, building them again on the other side
+ *               they are handed on, starting them again
+ *   state_apply.c  reading a description: the VMs built again
  *   takeover.c  the takeover socket: a successor asks, this handler hands
  *               everything over and exits, or serves on if the successor fails
+ *   takeover_recv.c  the successor's side
  *   fdstore.c   systemd's fd store: the same description and fds kept by the
  *               service manager, taken back by the next instance
  * Included by handler_internal.h. */
@@ -37,6 +39,8 @@ int fc_fdset_take(struct fc_fdset *s, const char *name);
 /* Closes the fds nobody took (close_rest) and frees the set. */
 void fc_fdset_free(struct fc_fdset *s, bool close_rest);
 
+#define FC_STATE_VERSION 1
+
 /* state.c. Stops every VM's engine (threads joined: nothing in flight),
  * keeps its page map in vm->runs and stops watching the VMs and the
  * listening sockets; after this the fds are what the VMs are. Hand-offs
@@ -50,7 +54,7 @@ void fc_state_thaw(struct fc_handler *h, const char *why);
  * exact; else each is read from a running engine. 0 or -errno. */
 int fc_state_build(struct fc_handler *h, bool exact, char **json, size_t *len,
                    struct fc_fdset *fds);
-/* Builds the described VMs again (engines made, page maps imported, not
+/* state_apply.c. Builds the described VMs again (engines made, page maps imported, not
  * started) and gives each snapshot its listening socket, taking their fds
  * out of `fds`. Either everything fits this handler's configuration or
  * nothing is kept: -1 with `why`. Returns the number of VMs. */
@@ -72,6 +76,24 @@ void fc_state_start(struct fc_handler *h);
 int fc_state_write(int fd, uint64_t seq, const char *json, size_t len);
 int fc_state_read(int fd, uint64_t *seq, char **json, size_t *len, char *why, size_t whylen);
 
+/* takeover.c: the packets of the exchange (SOCK_SEQPACKET). */
+struct json_object;
+#define TK_VERSION      1
+#define TK_FDS_A_PACKET 200 /* below the kernel's SCM_MAX_FD (253) */
+#define TK_PACKET_MAX   (64 * 1024)
+#define TK_STEP_NS      (10ull * 1000 * 1000 * 1000) /* each step's bound */
+/* Sends one packet, nfds fds beside it (waits up to 2 s for room). 0 or -errno. */
+int tk_send(int fd, const char *json, const int *fds, size_t nfds);
+/* One packet into buf (NUL-terminated), its fds appended to fds (room for
+ * TK_FDS_A_PACKET; NULL: closed). Waits up to timeout_ms (0: not at all).
+ * The length, 0 on EOF, -EAGAIN when nothing came, or -errno. */
+int tk_recv(int fd, char *buf, size_t len, int *fds, size_t *nfds, int timeout_ms);
+/* The packet's object when it is one with `key` (*val its value); put it. */
+struct json_object *tk_parse(const char *buf, size_t len, const char *key,
+                             struct json_object **val);
+/* {"key": text}, best effort. */
+void tk_send_text(int fd, const char *key, const char *text);
+
 /* takeover.c. The takeover socket of a serving handler. 0 or -errno. */
 int fc_takeover_listen(struct fc_handler *h);
 /* An event on one of its watches. 0, or -errno when the handler cannot go
@@ -80,7 +102,7 @@ int fc_takeover_event(struct fc_handler *h, struct watch *w);
 /* Its deadlines and the drain before the hand-over; the next deadline into
  * *next (ns, left alone when none). */
 void fc_takeover_timers(struct fc_handler *h, uint64_t now, uint64_t *next);
-/* The successor's side, at start-up: connects to `path`, takes everything
+/* takeover_recv.c. The successor's side, at start-up: connects to `path`, takes everything
  * over and starts serving it. 0 or -errno (logged; the old handler serves
  * on). */
 int fc_takeover_receive(struct fc_handler *h, const char *path);
