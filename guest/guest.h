@@ -105,7 +105,8 @@ struct cpu {
 	uint32_t index;
 	bool in_panic;
 	bool parked;
-	spinlock_t lock; /* the run queue and its tasks' state */
+	uint32_t masked_irqs; /* interrupts delivered with IF clear, dropped (trap.c) */
+	spinlock_t lock;      /* the run queue and its tasks' state */
 	struct task *current;
 	struct task idle;
 	uint32_t ntasks, rr;
