@@ -49,6 +49,24 @@ int fc_vm_fault_request(struct fc_vm *vm, uint64_t offset, char *buf, size_t len
 	return n > 0 ? n : -ETIMEDOUT;
 }
 
+int fc_vm_wait_resident(struct fc_vm *vm, uint64_t timeout_ns, double *waited_s)
+{
+	uint64_t t0 = lv_now_ns();
+
+	for (;;) {
+		uint64_t missing = 0;
+
+		for (uint64_t off = 0; off < vm->size && !missing; off += vm->page_size)
+			missing += !fc_vm_page_resident(vm, off);
+		*waited_s = (double)(lv_now_ns() - t0) / 1e9;
+		if (!missing)
+			return 0;
+		if (lv_now_ns() - t0 > timeout_ns)
+			return -ETIMEDOUT;
+		usleep(2000);
+	}
+}
+
 bool fc_vm_page_resident(const struct fc_vm *vm, uint64_t offset)
 {
 	for (unsigned r = 0; r < vm->nregions; r++) {
@@ -92,6 +110,15 @@ static bool in_hole(const struct fc_vm *vm, uint64_t i)
 	return false;
 }
 
+/* Pages a guest of --touch-percent P uses: the same P% of memory whatever the
+ * seed (a function's working set), spread by a multiplicative hash. */
+static bool in_use(const struct fc_vm *vm, uint64_t i)
+{
+	unsigned pc = vm->cfg.touch_percent;
+
+	return !pc || pc >= 100 || (uint32_t)(i * 2654435761u) % 100 < pc;
+}
+
 static int page_matches(struct fc_vm *vm, uint64_t i, unsigned char *scratch)
 {
 	if (pread(vm->mem_fd, scratch, vm->page_size, (off_t)(i * vm->page_size)) !=
@@ -121,7 +148,7 @@ static void *touch_thread(void *p)
 		order[j] = t;
 	}
 	for (uint64_t i = 0; i < pages; i++)
-		if (!in_hole(a->vm, order[i]))
+		if (!in_hole(a->vm, order[i]) && in_use(a->vm, order[i]))
 			a->mismatches += !page_matches(a->vm, order[i], scratch);
 out:
 	free(order);
@@ -155,9 +182,12 @@ int fc_vm_touch_verify(struct fc_vm *vm, unsigned threads, unsigned seed, bool c
 		res->mismatches += args[i].mismatches;
 	}
 	res->touch_s = (double)(lv_now_ns() - t0) / 1e9;
-	for (uint64_t p = 0; p < pages; p++)
+	uint64_t used = 0;
+	for (uint64_t p = 0; p < pages; p++) {
 		res->hole_pages += in_hole(vm, p);
-	res->touches = (pages - res->hole_pages) * threads;
+		used += !in_hole(vm, p) && in_use(vm, p);
+	}
+	res->touches = used * threads;
 	if (!check_remove)
 		return 0;
 	/* Before v1.12 a snapshot without a balloon asks for no EVENT_REMOVE and

@@ -128,6 +128,40 @@ static int ws_identity(struct fc_snap *s, char *why, size_t whylen)
 	return r;
 }
 
+/* The source stack of a snapshot: file or NBD, then the test latency, then
+ * the checks (s->csum, once opened). */
+static int open_source(struct fc_handler *h, struct fc_snap *s, struct source **out, char *why,
+                       size_t whylen)
+{
+	const struct fc_snapshot_config *sc = s->cfg;
+	struct source *src, *wrapped;
+	int r;
+
+	if (is_nbd_uri(sc->source))
+		r = source_nbd_open(sc->source, h->cfg.source_timeout_ns, &src, why, whylen);
+	else
+		r = source_file_open(sc->source, h->cfg.io_uring ? SOURCE_FILE_IO_URING : 0, &src,
+		                     why, whylen);
+	if (r < 0)
+		return r;
+	if (h->cfg.source_latency_ns) {
+		if ((r = source_latency_wrap(src, h->cfg.source_latency_ns, &wrapped)) < 0)
+			goto fail;
+		src = wrapped;
+	}
+	if (s->csum) {
+		if ((r = csumfile_wrap(s->csum, src, &wrapped)) < 0)
+			goto fail;
+		src = wrapped;
+	}
+	*out = src;
+	return 0;
+fail:
+	snprintf(why, whylen, "%s", strerror(-r));
+	source_destroy(src);
+	return r;
+}
+
 int fc_snap_open(struct fc_handler *h, struct fc_snap *s, unsigned index)
 {
 	const struct fc_snapshot_config *sc = &h->cfg.snaps[index];
@@ -137,12 +171,7 @@ int fc_snap_open(struct fc_handler *h, struct fc_snap *s, unsigned index)
 
 	*s = (struct fc_snap){.index = index, .cfg = sc, .listen_fd = -1};
 	s->w_listen = (struct watch){.kind = W_LISTEN, .snap = s};
-	if (is_nbd_uri(sc->source))
-		r = source_nbd_open(sc->source, h->cfg.source_timeout_ns, &s->src, why,
-		                    sizeof(why));
-	else
-		r = source_file_open(sc->source, h->cfg.io_uring ? SOURCE_FILE_IO_URING : 0,
-		                     &s->src, why, sizeof(why));
+	r = open_source(h, s, &s->src, why, sizeof(why));
 	if (r < 0) {
 		lv_err("%s: %s: %s", sc->socket_path,
 		       is_nbd_uri(sc->source) ? "NBD source" : "memory file", why);
@@ -152,11 +181,6 @@ int fc_snap_open(struct fc_handler *h, struct fc_snap *s, unsigned index)
 		lv_err("%s: %s is %llu bytes, not a whole number of 4 KiB pages", sc->socket_path,
 		       sc->source, (unsigned long long)source_size(s->src));
 		return -EINVAL;
-	}
-	if (h->cfg.source_latency_ns) {
-		if ((r = source_latency_wrap(s->src, h->cfg.source_latency_ns, &wrapped)) < 0)
-			return r;
-		s->src = wrapped;
 	}
 	if (sc->checksums) {
 		r = csumfile_open(sc->checksums, source_size(s->src), &s->csum, why, sizeof(why));
@@ -188,6 +212,29 @@ int fc_snap_open(struct fc_handler *h, struct fc_snap *s, unsigned index)
 	        s->csum && s->csum->zero_pages ? ", known-zero pages served unread" : "",
 	        s->ws_n ? ", working set replayed" : "", sc->record_ws ? ", recording" : "");
 	return fc_ep_add(h, s->listen_fd, &s->w_listen);
+}
+
+int fc_snap_vm_source(struct fc_handler *h, struct fc_snap *s, struct vm *vm)
+{
+	char why[4200];
+	int r;
+
+	vm->src = s->src;
+	if (!is_nbd_uri(s->cfg->source))
+		return 0;
+	r = open_source(h, s, &vm->src, why, sizeof(why));
+	if (r < 0) {
+		lv_err("%s: its own connection to %s: %s", vm->name, s->cfg->source, why);
+		vm->src = NULL;
+	}
+	return r;
+}
+
+void fc_snap_vm_source_put(struct fc_snap *s, struct vm *vm)
+{
+	if (vm->src && vm->src != s->src)
+		source_destroy(vm->src);
+	vm->src = NULL;
 }
 
 void fc_snap_close(struct fc_snap *s)

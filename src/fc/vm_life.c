@@ -76,6 +76,7 @@ static void vm_retire_engine(struct fc_handler *h, struct vm *vm)
 	        (double)hist_percentile(&m.latency, 0.5) / 1000.0);
 	engine_destroy(vm->eng); /* closes the engine's own duplicate of the uffd */
 	vm->eng = NULL;
+	fc_snap_vm_source_put(vm->snap, vm); /* after the engine that read it */
 	h->nserving--;
 }
 
@@ -102,6 +103,7 @@ void fc_vm_free(struct fc_handler *h, struct vm *vm)
 		h->nunserved--;
 	vm_retire_engine(h, vm);
 	fc_conn_close(&vm->conn);
+	fc_snap_vm_source_put(vm->snap, vm); /* when no engine ever used it */
 	fc_handshake_free(&vm->hs);
 	if (vm->uffd >= 0)
 		close(vm->uffd);
@@ -171,7 +173,7 @@ static void vm_serve(struct fc_handler *h, struct vm *vm)
 {
 	const struct fc_handshake *hs = &vm->hs;
 	struct engine_config ec = {.uffd = -1,
-	                           .source = vm->snap->src,
+	                           .source = NULL, /* below */
 	                           .threads = h->cfg.threads_per_vm,
 	                           .resolvers = VM_SLOTS,
 	                           .intake = h->cfg.intake,
@@ -181,6 +183,11 @@ static void vm_serve(struct fc_handler *h, struct vm *vm)
 	char why[160];
 	int r;
 
+	if ((r = fc_snap_vm_source(h, vm->snap, vm)) < 0) {
+		snprintf(why, sizeof(why), "cannot connect to its memory: %s", strerror(-r));
+		goto fail;
+	}
+	ec.source = vm->src;
 	/* The engine gets a duplicate: when it stops, ours keeps the VM's
 	 * registration alive (see enum vm_state). */
 	ec.uffd = fcntl(vm->uffd, F_DUPFD_CLOEXEC, 0);

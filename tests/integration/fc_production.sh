@@ -50,6 +50,14 @@ check "Prometheus: per-VM series and the total" \
     bash -c "grep -q '^lazyvm_pages_copied_total{vm=\"all\"} [0-9]' '$T/nbd.prom' && grep -q '^lazyvm_fault_latency_seconds_bucket{vm=\"all\",le=\"+Inf\"} [0-9]' '$T/nbd.prom'"
 check "Prometheus: every sample line is name{labels} value" \
     bash -c "! grep -v '^#' '$T/nbd.prom' | grep -vE '^[a-z_]+(\{[a-z]+=\"[^\"]*\"(,[a-z]+=\"[^\"]*\")*\})? [0-9.e+-]+$'"
+cpids=()
+for i in $(seq 8); do # each VM reads on its own connection
+    "$LAZYVM" fc-client --socket "$T/nbd.sock" --mem-file "$T/mem.img" --threads 1 --seed "$i" \
+        --no-remove-check >"$T/n$i.out" 2>&1 & cpids+=($!)
+done
+bad=0
+for p in "${cpids[@]}"; do wait "$p" || bad=$((bad + 1)); done
+check "8 VMs at once from one NBD export: all verified ($bad failed)" [ "$bad" -eq 0 ]
 stop
 kill "$nbd_pid"
 
