@@ -16,18 +16,10 @@ in the page cache) against 1 VM: wall time, faults a second over all VMs, the
 handler's peak RSS, and how much the page cache grew (drop_caches first, so the
 file is read from the disk once whatever N is).
 """
-import argparse, os, random, re, shutil, socket, statistics, subprocess, sys, tempfile, time
+import argparse, os, random, re, shutil, statistics, subprocess, sys, tempfile, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from restore_bench import header  # noqa: E402  (same report shape)
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
+from restore_bench import header, nbdkit_delayed  # noqa: E402  (same report shape)
 
 
 def wait_for(path, proc, what):
@@ -88,17 +80,7 @@ def remote(a):
         mem = os.path.join(tmp, "mem.img")
         with open(mem, "wb") as f:
             f.write(os.urandom(size << 20))
-        port = free_port()
-        server = subprocess.Popen(["nbdkit", "-f", "-i", "127.0.0.1", "-p", str(port), "--filter=delay",
-                                   "file", mem, "rdelay=1ms"], stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.DEVNULL)
-        for _ in range(100):
-            try:
-                socket.create_connection(("127.0.0.1", port), 0.1).close()
-                break
-            except OSError:
-                time.sleep(0.05)
-        uri = f"nbd://127.0.0.1:{port}/"
+        server, uri = nbdkit_delayed(mem)
         ws = os.path.join(tmp, "ws")
         touch = ["--touch-percent", "25", "--threads", "2"]
         h = Handler(a.lazyvm, tmp, "record", ["--source", uri, "--record-ws", ws])

@@ -30,6 +30,7 @@ struct fc_snap {
 	struct ws_id ws_id;    /* what a working set of it must be recorded for */
 	uint64_t *ws_pages;    /* the working set replayed for each VM */
 	uint64_t ws_n;
+	void *ws_data;  /* their bytes (a packed working set, checked), or NULL */
 	bool recording; /* one of its VMs records its touch order */
 	int listen_fd;
 	struct watch w_listen;

@@ -183,6 +183,13 @@ static void vm_serve(struct fc_handler *h, struct vm *vm)
 	char why[160];
 	int r;
 
+	/* The snapshot's first VM records its working set: each page as it was
+	 * touched, so without fault-around (which would record pages nobody
+	 * touched). */
+	if (vm->snap->cfg->record_ws && !vm->snap->recording) {
+		vm->snap->recording = vm->recording = true;
+		ec.fault_around = 1;
+	}
 	if ((r = fc_snap_vm_source(h, vm->snap, vm)) < 0) {
 		snprintf(why, sizeof(why), "cannot connect to its memory: %s", strerror(-r));
 		goto fail;
@@ -218,11 +225,8 @@ static void vm_serve(struct fc_handler *h, struct vm *vm)
 		}
 	}
 	uint64_t zeros = fc_snap_mark_zero(vm->snap, vm);
-	if (vm->snap->cfg->record_ws && !vm->snap->recording) {
-		/* The snapshot's first VM: its touch order is the working set. */
-		vm->snap->recording = vm->recording = true;
+	if (vm->recording)
 		engine_record_start(vm->eng);
-	}
 	r = engine_start(vm->eng);
 	if (r < 0) {
 		snprintf(why, sizeof(why), "cannot start handler threads: %s", strerror(-r));
@@ -242,6 +246,7 @@ static void vm_serve(struct fc_handler *h, struct vm *vm)
 	                       .quiet_ns = h->cfg.populate_all ? 0 : 2 * 1000 * 1000,
 	                       .first = vm->snap->ws_pages,
 	                       .nfirst = vm->snap->ws_n,
+	                       .first_data = vm->snap->ws_data,
 	                       .rest = h->cfg.populate_all || h->cfg.background_prefetch};
 	if ((bg.nfirst || bg.rest) && (r = engine_background(vm->eng, &bg)) < 0) {
 		snprintf(why, sizeof(why), "cannot start the background installs: %s",

@@ -140,8 +140,10 @@ serve --filter=delay file "$T/mem.img" rdelay=1ms || exit 1
 start_handler rec --source "nbd://127.0.0.1:$port/" --record-ws "$T/ws" || exit 1
 "${FCC[@]}" --socket "$T/rec.sock" --mem-file "$T/mem.img" >/dev/null 2>&1
 stop
-check "a working set was written when the VM left" grep -q "working set of [0-9]* pages written to $T/ws" "$T/rec.err"
+check "a working set was written, packed, when the VM left" \
+    grep -q "working set of [0-9]* pages ([0-9]* MiB, with their bytes) written to $T/ws" "$T/rec.err"
 start_handler rep --source "nbd://127.0.0.1:$port/" --prefetch-ws "$T/ws" --background-prefetch || exit 1
+check "the replay reads the working set's own file" grep -q "working set replayed from its file" "$T/rep.err"
 expect "replayed: every byte right" 0 "every byte matches" \
     "${FCC[@]}" --socket "$T/rep.sock" --mem-file "$T/mem.img"
 stop
@@ -153,6 +155,16 @@ expect "a working set of another snapshot: a warning, then plain lazy, right" 0 
     "${FCC[@]}" --socket "$T/stale.sock" --mem-file "$T/mem2.img"
 stop
 check "the stale working set was named" grep -q "was recorded for another snapshot (stale): VMs are served without it" "$T/stale.err"
+# A packed working set whose bytes were changed: with checksums, found and not used.
+cp "$T/ws" "$T/ws-bad"
+size=$(stat -c %s "$T/ws-bad")
+printf 'Z' | dd of="$T/ws-bad" bs=1 seek=$((size - 100)) conv=notrunc status=none
+start_handler wsbad --mem-file "$T/mem.img" --checksums "$T/mem.img.lvsum" --prefetch-ws "$T/ws-bad" || exit 1
+expect "a packed working set with a changed byte: its pages come from the memory, right" 0 \
+    "every byte matches" "${FCC[@]}" --socket "$T/wsbad.sock" --mem-file "$T/mem.img"
+stop
+check "the changed page was named and the file's bytes not used" \
+    grep -q "bytes fail their checksum: its pages are read from the memory instead" "$T/wsbad.err"
 head -c 30 "$T/ws" >"$T/ws-short"
 start_handler short --mem-file "$T/mem.img" --prefetch-ws "$T/ws-short" || exit 1
 expect "a damaged working set: a warning, then plain lazy, right" 0 "every byte matches" \
