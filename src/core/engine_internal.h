@@ -76,7 +76,7 @@ struct engine {
 	bool bg_started;
 	unsigned bg_slot, bg_chunk;
 	uint64_t bg_quiet_ns;
-	uint64_t *bg_first; /* a working set to install first (owned) */
+	uint64_t *bg_first;        /* a working set to install first (owned) */
 	const void *bg_first_data; /* its pages' bytes, or NULL (borrowed) */
 	size_t bg_nfirst;
 	bool bg_rest;
