@@ -244,8 +244,23 @@ def apf_experiment(a):
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
-def remote_experiment(a):
+def nbdkit_delayed(path, delay="1ms"):
+    """nbdkit serving path on a free loopback port, every read delayed: (process, uri)."""
     import socket
+    s_ = socket.socket(); s_.bind(("127.0.0.1", 0)); port = s_.getsockname()[1]; s_.close()
+    server = subprocess.Popen(["nbdkit", "-f", "-i", "127.0.0.1", "-p", str(port), "--threads", "256",
+                               "--filter=delay",
+                               "file", path, f"rdelay={delay}"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(100):
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.1).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    return server, f"nbd://127.0.0.1:{port}/"
+
+def remote_experiment(a):
     reps = 1 if a.quick else a.reps
     ws_size = "4M" if a.quick else "32M"
     tmp = tempfile.mkdtemp(prefix="lazyvm-remote-bench.")
@@ -253,17 +268,7 @@ def remote_experiment(a):
     server = None
     try:
         d = snapshot(a, os.path.join(tmp, "snap"), "128M", f"scan:{ws_size}")
-        s_ = socket.socket(); s_.bind(("127.0.0.1", 0)); port = s_.getsockname()[1]; s_.close()
-        server = subprocess.Popen(["nbdkit", "-f", "-i", "127.0.0.1", "-p", str(port), "--filter=delay",
-                                   "file", os.path.join(d, "memory"), "rdelay=1ms"],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        for _ in range(100):
-            try:
-                socket.create_connection(("127.0.0.1", port), 0.1).close()
-                break
-            except OSError:
-                time.sleep(0.05)
-        uri = f"nbd://127.0.0.1:{port}/"
+        server, uri = nbdkit_delayed(os.path.join(d, "memory"))
         ws = os.path.join(tmp, "ws.bin")
         restore_json(a.lazyvm, d, ["--source", uri, "--record-ws", ws])
         cases = {

@@ -4,7 +4,8 @@
  * host sends them to, so a "page ready" never runs in the middle of a "page
  * not present" of the same vCPU: each vCPU's state here (area, ready set,
  * counters) is touched only by that vCPU and needs no lock. The one
- * exception is `parked`, which a "ready all" on another vCPU lowers.
+ * exception is `diag.parked` (and its token list), which a "ready all" on
+ * another vCPU lowers.
  *
  * Waking a task too early is harmless: it re-runs the faulting instruction,
  * and if the page is still missing the host faults again (synchronously or
@@ -20,14 +21,20 @@
 struct apf_cpu {
 	/* First: the host writes it; 64-byte aligned per the ABI. */
 	volatile struct kvm_vcpu_pv_apf_data area __attribute__((aligned(64)));
+	/* Right after it, where a host's stall report looks (guest_abi.h):
+	 * the counters of the end-of-run report and what parked tasks wait
+	 * for. diag.parked is atomic, see above. */
+	struct guest_apf_diag diag;
 	bool enabled;
 	/* Tokens made ready with no task parked on them; unordered. */
 	uint32_t ready_set[READY_SET_SIZE];
 	uint32_t nready, evict_next;
-	/* Counters, for the end-of-run report. */
-	uint64_t not_present, ready, ready_before_wait, wake_all, evicted;
-	uint32_t parked, parked_max; /* parked: atomic, see above */
+	uint64_t evicted;
+	uint32_t parked_max;
 };
+
+_Static_assert(__builtin_offsetof(struct apf_cpu, diag) == sizeof(struct kvm_vcpu_pv_apf_data),
+               "guest_apf_diag must follow the area");
 
 /* In .bss, inside the core the VMM installs before the guest runs. */
 static struct apf_cpu apf_cpus[GUEST_MAX_VCPUS];
@@ -61,10 +68,23 @@ static bool ready_set_take(struct apf_cpu *a, uint32_t token)
 	return false;
 }
 
-static void parked_sub(struct apf_cpu *a, unsigned n)
+/* After vCPU v's parked tasks changed: the tokens they wait for, for a stall
+ * report. Taken under the run queue's lock, so a wake from another vCPU and
+ * the owner's own update never interleave their lists. */
+static void diag_parked_tokens(uint32_t v)
 {
-	if (n)
-		__atomic_sub_fetch(&a->parked, n, __ATOMIC_RELAXED);
+	struct guest_apf_diag *d = &apf_cpus[v].diag;
+
+	sched_blocked_keys(v, 0, WAIT_KEY_APF_LAST, d->parked_tokens, GUEST_APF_DIAG_TOKENS,
+	                   &d->nparked_tokens);
+}
+
+static void parked_sub(uint32_t v, unsigned n)
+{
+	if (!n)
+		return;
+	__atomic_sub_fetch(&apf_cpus[v].diag.parked, n, __ATOMIC_RELAXED);
+	diag_parked_tokens(v);
 }
 
 void apf_init(void)
@@ -101,6 +121,7 @@ void apf_init(void)
 	 * before the MSR that turns it on, since KVM answers that write with a
 	 * "ready all" (taken once this vCPU enables interrupts). */
 	wrmsr(MSR_KVM_ASYNC_PF_INT, GUEST_APF_VECTOR);
+	a->diag.magic = GUEST_APF_DIAG_MAGIC;
 	a->enabled = true;
 	wrmsr(MSR_KVM_ASYNC_PF_EN, ((uint64_t)(uintptr_t)&a->area & KVM_ASYNC_PF_GPA_MASK) |
 	                               KVM_ASYNC_PF_ENABLED | KVM_ASYNC_PF_SEND_ALWAYS |
@@ -132,7 +153,8 @@ struct trap_frame *apf_page_fault(struct trap_frame *f, uint64_t cr2)
 	if (!a->enabled || !(flags = a->area.flags))
 		return NULL;
 	a->area.flags = 0;
-	a->not_present++;
+	a->diag.not_present++;
+	a->diag.last_not_present = token;
 	if (flags != KVM_PV_REASON_PAGE_NOT_PRESENT)
 		bad_fault(f, cr2, "unknown apf flags");
 	/* The host checks both; the code that runs with interrupts off (the
@@ -143,13 +165,14 @@ struct trap_frame *apf_page_fault(struct trap_frame *f, uint64_t cr2)
 		bad_fault(f, cr2, "not in a task");
 
 	if (ready_set_take(a, token)) {
-		a->ready_before_wait++;
+		a->diag.ready_before_wait++;
 		return f; /* re-run the instruction: the page is there */
 	}
 	sched_block_current(token);
-	now = __atomic_add_fetch(&a->parked, 1, __ATOMIC_RELAXED);
+	now = __atomic_add_fetch(&a->diag.parked, 1, __ATOMIC_RELAXED);
 	if (now > a->parked_max)
 		a->parked_max = now;
+	diag_parked_tokens(c->index);
 	return sched_switch(f);
 }
 
@@ -164,7 +187,7 @@ static unsigned wake_all_parked(void)
 	for (uint32_t v = 0; v < boot.nr_vcpus; v++) {
 		unsigned n = sched_wake_cpu(v, 0, WAIT_KEY_APF_LAST);
 
-		parked_sub(&apf_cpus[v], n);
+		parked_sub(v, n);
 		total += n;
 	}
 	return total;
@@ -180,13 +203,14 @@ struct trap_frame *apf_page_ready(struct trap_frame *f)
 	/* Free the slot before the ACK: KVM only writes the next token into a
 	 * slot that holds 0. */
 	a->area.token = 0;
-	a->ready++;
+	a->diag.ready++;
+	a->diag.last_ready = token;
 	if (token == KVM_ASYNC_PF_READY_ALL_TOKEN) {
-		a->wake_all++;
+		a->diag.wake_all++;
 		woken = wake_all_parked();
 	} else {
 		woken = sched_wake_cpu(c->index, token, token);
-		parked_sub(a, woken);
+		parked_sub(c->index, woken);
 		if (!woken)
 			ready_set_add(a, token);
 	}
@@ -203,7 +227,7 @@ uint32_t apf_parked(void)
 	uint32_t n = 0;
 
 	for (uint32_t v = 0; v < GUEST_MAX_VCPUS; v++)
-		n += __atomic_load_n(&apf_cpus[v].parked, __ATOMIC_RELAXED);
+		n += __atomic_load_n(&apf_cpus[v].diag.parked, __ATOMIC_RELAXED);
 	return n;
 }
 
@@ -218,13 +242,14 @@ void apf_report(uint64_t *not_present, uint64_t *ready)
 		msg_log(
 		    "apf vcpu%u: not-present %lu, ready %lu, ready-before-wait %lu, wake-all %lu, "
 		    "parked %u (max %u)",
-		    v, a->not_present, a->ready, a->ready_before_wait, a->wake_all,
-		    __atomic_load_n(&a->parked, __ATOMIC_RELAXED), a->parked_max);
+		    v, a->diag.not_present, a->diag.ready, a->diag.ready_before_wait,
+		    a->diag.wake_all, __atomic_load_n(&a->diag.parked, __ATOMIC_RELAXED),
+		    a->parked_max);
 		if (a->evicted || a->nready)
 			msg_log("apf vcpu%u: %u ready token(s) never waited for, %lu dropped from "
 			        "a full set",
 			        v, a->nready, a->evicted);
-		*not_present += a->not_present;
-		*ready += a->ready;
+		*not_present += a->diag.not_present;
+		*ready += a->diag.ready;
 	}
 }

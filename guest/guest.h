@@ -89,6 +89,11 @@ unsigned sched_wake_all(void);
 /* Any context: make vCPU `vcpu`'s tasks blocked on a key in [first, last]
  * runnable; returns how many. */
 unsigned sched_wake_cpu(uint32_t vcpu, uint64_t first, uint64_t last);
+/* Any context, for diagnostics: counts vCPU `vcpu`'s tasks blocked on a key in
+ * [first, last] (a range within 32 bits) into *count and stores the keys of
+ * the first `max` of them; both written under the run queue's lock. */
+void sched_blocked_keys(uint32_t vcpu, uint64_t first, uint64_t last, uint32_t *keys, uint32_t max,
+                        uint32_t *count);
 
 /* ---- per-vCPU data ---- */
 
@@ -100,7 +105,8 @@ struct cpu {
 	uint32_t index;
 	bool in_panic;
 	bool parked;
-	spinlock_t lock; /* the run queue and its tasks' state */
+	uint32_t masked_irqs; /* interrupts delivered with IF clear, dropped (trap.c) */
+	spinlock_t lock;      /* the run queue and its tasks' state */
 	struct task *current;
 	struct task idle;
 	uint32_t ntasks, rr;

@@ -147,6 +147,11 @@ static bool coordinate(void)
 		uint64_t not_present, ready;
 
 		apf_report(&not_present, &ready); /* LOG lines: before DONE stops the VM */
+		for (uint32_t v = 0; v < boot.nr_vcpus; v++)
+			if (cpus[v].masked_irqs)
+				msg_log("vcpu%u: dropped %u interrupt(s) delivered with interrupts "
+				        "off (a second delivery by the host, trap.c)",
+				        v, cpus[v].masked_irqs);
 		fmt_format(text, sizeof(text), "%u tasks, %u failed", ntasks, bad);
 		msg_send(GUEST_MSG_DONE, bad ? 1 : 0, ntasks, bad, not_present, ready, text);
 		__atomic_store_n(&phase, PHASE_FINISHED, __ATOMIC_RELEASE);

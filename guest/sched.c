@@ -192,6 +192,28 @@ unsigned sched_wake_all(void)
 	return wake(0, UINT64_MAX);
 }
 
+void sched_blocked_keys(uint32_t vcpu, uint64_t first, uint64_t last, uint32_t *keys, uint32_t max,
+                        uint32_t *count)
+{
+	struct cpu *c = &cpus[vcpu];
+	uint64_t flags = irq_save();
+	uint32_t n = 0;
+
+	spin_lock(&c->lock);
+	for (uint32_t i = 0; i < c->ntasks; i++) {
+		const struct task *t = c->tasks[i];
+
+		if (t->state != TASK_BLOCKED || t->wait_key < first || t->wait_key > last)
+			continue;
+		if (n < max)
+			keys[n] = (uint32_t)t->wait_key;
+		n++;
+	}
+	*count = n;
+	spin_unlock(&c->lock);
+	irq_restore(flags);
+}
+
 unsigned sched_wake_cpu(uint32_t vcpu, uint64_t first, uint64_t last)
 {
 	if (vcpu >= GUEST_MAX_VCPUS)

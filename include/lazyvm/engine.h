@@ -118,10 +118,12 @@ size_t engine_record_get(struct engine *eng, uint64_t **pages);
 
 /* Installs the given source pages (a recorded working set) through resolver
  * `slot`: pages already in are skipped, the rest are merged into contiguous
- * runs, read in batches and installed a run per UFFDIO_COPY. *installed gets
- * the number installed. 0, or -EIO when the engine stopped (engine_error). */
+ * runs, read in batches and installed a run per UFFDIO_COPY. With `data` (a
+ * packed working set: page i's bytes at data + i * 4096, already checked by
+ * the caller) nothing is read. *installed gets the number installed. 0, or
+ * -EIO when the engine stopped (engine_error), -ECANCELED at engine_stop. */
 int engine_prefetch(struct engine *eng, unsigned slot, const uint64_t *pages, size_t n,
-                    uint64_t *installed);
+                    const void *data, uint64_t *installed);
 
 /* Starts background prefetch through resolver `slot`: every missing page,
  * region by region, chunk_pages contiguous pages a read; paused while demand
@@ -140,6 +142,7 @@ struct engine_bg {
 	uint64_t quiet_ns;
 	const uint64_t *first;
 	size_t nfirst;
+	const void *first_data; /* their bytes (see engine_prefetch), borrowed: NULL reads */
 	bool rest;
 	void (*done)(void *arg);
 	void *arg;

@@ -62,19 +62,21 @@ struct fc_vm_config {
 	unsigned nregions;  /* guest memory regions, 1 to 15 (+1 with hotplug) */
 	uint64_t page_size; /* 4096 or 2 MiB (hugetlbfs) */
 	enum fc_version version;
-	bool balloon;          /* the snapshot has a balloon device: before v1.12 the
-	                        * only case EVENT_REMOVE is asked for */
-	bool hotplug;          /* v1.14+: one more region, the hotplug area, whose
-	                        * third quarter is an unplugged slot (PROT_NONE after
-	                        * the hand-off) */
-	bool guest_memfd;      /* secret-hiding: is_guest_memfd and three fds (the
-	                        * second and third are memfd stand-ins) */
-	bool unknown_fields;   /* add fields no release sends, as a newer one might */
-	unsigned exitless_apf; /* secret-hiding: "exitless_apf:N" with 3N eventfds
-	                        * (N vCPUs) instead of "no_exitless_apf" */
-	bool remove_first;     /* the balloon takes its quarters back before the
-	                        * touches (MADV_DONTNEED), which then find zeros
-	                        * there: the removes come early in the VM's life */
+	bool balloon;           /* the snapshot has a balloon device: before v1.12 the
+	                         * only case EVENT_REMOVE is asked for */
+	bool hotplug;           /* v1.14+: one more region, the hotplug area, whose
+	                         * third quarter is an unplugged slot (PROT_NONE after
+	                         * the hand-off) */
+	bool guest_memfd;       /* secret-hiding: is_guest_memfd and three fds (the
+	                         * second and third are memfd stand-ins) */
+	bool unknown_fields;    /* add fields no release sends, as a newer one might */
+	unsigned exitless_apf;  /* secret-hiding: "exitless_apf:N" with 3N eventfds
+	                         * (N vCPUs) instead of "no_exitless_apf" */
+	unsigned touch_percent; /* the guest uses this share of its memory, the same
+	                         * pages every run (0 or 100: all) */
+	bool remove_first;      /* the balloon takes its quarters back before the
+	                         * touches (MADV_DONTNEED), which then find zeros
+	                         * there: the removes come early in the VM's life */
 };
 
 struct fc_hole {
@@ -118,6 +120,10 @@ int fc_vm_fault_request(struct fc_vm *vm, uint64_t offset, char *buf, size_t len
 
 /* Is the page at memory file offset `offset` resident in the VM (mincore)? */
 bool fc_vm_page_resident(const struct fc_vm *vm, uint64_t offset);
+
+/* Waits until every page is resident (the handler installed it: --populate
+ * all), without touching one. 0, or -ETIMEDOUT after timeout_ns. */
+int fc_vm_wait_resident(struct fc_vm *vm, uint64_t timeout_ns, double *waited_s);
 
 /* Waits up to timeout_ms for the handler's reply line (sent on refusal) into
  * buf. Returns its length, 0 on EOF / timeout without a reply, or -errno. */

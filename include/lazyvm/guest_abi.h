@@ -185,6 +185,25 @@ struct kvm_vcpu_pv_apf_data {
 	uint8_t pad[56];
 };
 
+/* The bundled guest's own async PF bookkeeping, right after each vCPU's area
+ * (at the area's GPA + 64): not part of the PV ABI. The guest keeps its
+ * counters there for its own end-of-run report, and a host can read them for
+ * a stall report. A host checks the magic before it believes anything else
+ * in it (so a guest without it is simply not reported on, and adding it
+ * needed no new ABI version); the guest updates it as it goes, so a report
+ * taken while it runs may be torn. */
+#define GUEST_APF_DIAG_MAGIC  0x47414944u /* "DIAG" */
+#define GUEST_APF_DIAG_TOKENS 8u
+struct guest_apf_diag {
+	uint32_t magic;  /* GUEST_APF_DIAG_MAGIC */
+	uint32_t parked; /* tasks of this vCPU parked on a token now */
+	uint64_t not_present, ready, ready_before_wait, wake_all; /* events taken */
+	uint32_t last_not_present, last_ready;                    /* their last tokens */
+	uint32_t nparked_tokens; /* parked tasks counted with parked_tokens (may exceed it) */
+	uint32_t reserved;
+	uint32_t parked_tokens[GUEST_APF_DIAG_TOKENS]; /* what the first of them wait for */
+};
+
 /* The "page ready" vector the bundled guest programs into
  * MSR_KVM_ASYNC_PF_INT (a host must take whatever the guest writes there). */
 #define GUEST_APF_VECTOR 0xecu
@@ -192,6 +211,7 @@ struct kvm_vcpu_pv_apf_data {
 _Static_assert(sizeof(struct kvm_vcpu_pv_apf_data) == 64, "async PF area layout");
 _Static_assert(__builtin_offsetof(struct kvm_vcpu_pv_apf_data, token) == 4, "async PF area layout");
 
+_Static_assert(sizeof(struct guest_apf_diag) == 88, "async PF diag layout");
 _Static_assert(sizeof(struct guest_boot_info) == 336, "boot info layout");
 _Static_assert(sizeof(struct guest_msg) == 136, "guest_msg layout");
 _Static_assert(__builtin_offsetof(struct guest_msg, arg) == 16, "guest_msg layout");

@@ -40,7 +40,7 @@ struct source {
 	char desc[256]; /* for messages: "file /path/mem (io_uring)" */
 };
 
-#define SOURCE_BATCH_MAX 64u
+#define SOURCE_BATCH_MAX 256u
 
 /* Reads [off, off + len): -ERANGE when the range is not inside the source, else
  * the kind's result. */

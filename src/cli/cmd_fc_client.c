@@ -41,6 +41,10 @@ static const char help[] =
     "  --unknown-fields     add fields no release sends (a newer one might)\n"
     "  --exitless-apf N     secret-hiding: say exitless_apf:N with 3N fds (eventfds\n"
     "                       stand in for the vCPU fds) instead of no_exitless_apf\n"
+    "  --touch-percent P    the guest uses P% of its memory (the same pages every run,\n"
+    "                       whatever --seed: a function's working set); default 100\n"
+    "  --wait-resident      wait until the handler has installed every page (its\n"
+    "                       --populate all) before touching: a fully resident VM\n"
     "  --fault-request OFF  secret-hiding's older JSON protocol: ask for the page at\n"
     "                       memory file offset OFF and check it is resident when the\n"
     "                       reply comes, before touching anything\n"
@@ -79,6 +83,8 @@ int cmd_fc_client(int argc, char **argv)
 	    {"guest-memfd", no_argument, 0, 'G'},
 	    {"unknown-fields", no_argument, 0, 'U'},
 	    {"exitless-apf", required_argument, 0, 'X'},
+	    {"touch-percent", required_argument, 0, 'P'},
+	    {"wait-resident", no_argument, 0, 'w'},
 	    {"fault-request", required_argument, 0, 'Q'},
 	    {"no-remove-check", no_argument, 0, 'n'},
 	    {"remove-first", no_argument, 0, 'E'},
@@ -93,7 +99,7 @@ int cmd_fc_client(int argc, char **argv)
 	unsigned long long page = 4096;
 	struct fc_vm_config vc = {.version = FC_V1_12};
 	unsigned long long fault_off = 0;
-	bool fault_req = false;
+	bool fault_req = false, wait_resident = false;
 	enum fc_bad bad = FC_BAD_NONE;
 	bool check_remove = true, clear_nonblock = false;
 	enum fc_connector connector = FC_CONNECTOR_SELF;
@@ -156,6 +162,11 @@ int cmd_fc_client(int argc, char **argv)
 			if (cli_uint(cmd, "--exitless-apf", optarg, 1, 32, &vc.exitless_apf) < 0)
 				return 2;
 			break;
+		case 'P':
+			if (cli_uint(cmd, "--touch-percent", optarg, 1, 100, &vc.touch_percent) < 0)
+				return 2;
+			break;
+		case 'w': wait_resident = true; break;
 		case 'Q':
 			if (cli_size(cmd, "--fault-request", optarg, &fault_off) < 0)
 				return 2;
@@ -285,18 +296,29 @@ int cmd_fc_client(int argc, char **argv)
 			return 1;
 		}
 	}
+	if (wait_resident) {
+		double waited = 0;
+
+		if (fc_vm_wait_resident(&vm, 120ull * 1000 * 1000 * 1000, &waited) < 0) {
+			fprintf(stderr,
+			        "lazyvm fc-client: not every page was resident after 120 s\n");
+			fc_vm_destroy(&vm);
+			return 1;
+		}
+		printf("fc-client: every page resident after %.3f s, before any touch\n", waited);
+	}
 	r = fc_vm_touch_verify(&vm, threads, seed, check_remove, &res);
 	if (r < 0) {
 		fprintf(stderr, "lazyvm fc-client: touching memory: %s\n", strerror(-r));
 		fc_vm_destroy(&vm);
 		return 1;
 	}
-	uint64_t pages = vm.size / vm.page_size;
+	uint64_t used = res.touches / threads;
 	printf(
 	    "fc-client: %u region(s), %llu MiB in %llu-byte pages, %u thread(s): %llu page touches "
 	    "in %.3f s (%.0f pages/s first-touch rate)\n",
 	    vm.nregions, (unsigned long long)(vm.size >> 20), page, threads,
-	    (unsigned long long)res.touches, res.touch_s, (double)pages / res.touch_s);
+	    (unsigned long long)res.touches, res.touch_s, (double)used / res.touch_s);
 	printf("fc-client: first touch of a page: p50 %.1f us, p99 %.1f us, max %.1f us\n",
 	       res.touch_p50_ns / 1e3, res.touch_p99_ns / 1e3, res.touch_max_ns / 1e3);
 	printf("fc-client: contents: %s (%llu mismatching pages)\n",

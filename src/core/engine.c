@@ -239,12 +239,12 @@ static int install_one(struct worker *w, struct todo *t)
 void engine_serve_batch(struct worker *w, struct todo *todo, unsigned n)
 {
 	struct engine *eng = w->eng;
-	struct source_req reqs[EVENT_BATCH];
-	unsigned map[EVENT_BATCH], nreq = 0;
+	struct source_req reqs[PREFETCH_BATCH];
+	unsigned map[PREFETCH_BATCH], nreq = 0;
 	int r = 0;
 
 	for (unsigned i = 0; i < n; i++) {
-		if (todo[i].zero)
+		if (todo[i].zero || todo[i].loaded)
 			continue;
 		struct region *reg = todo[i].reg;
 		reqs[nreq] =

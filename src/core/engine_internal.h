@@ -20,6 +20,9 @@
 #include "lazyvm/pagemap.h"
 
 #define EVENT_BATCH 64u
+/* A working-set replay reads this many runs at once: with remote memory the
+ * round trips, not the bytes, are what it costs. */
+#define PREFETCH_BATCH 256u
 /* Source buffer of a worker: a batch reads at most this many bytes, so an engine
  * with huge pages reads fewer messages at a time (see batch_max). MAP_NORESERVE:
  * an engine of small pages only ever touches 256 KiB of it. */
@@ -47,6 +50,7 @@ struct todo {
 	uint32_t npages; /* claimed run [idx, idx + npages): fault-around */
 	bool zero;       /* install zeros: the range was removed (npages == 1) */
 	char *data;      /* source bytes in the worker's buffer */
+	bool loaded;     /* data holds them already (a packed working set): no read */
 	uint64_t t0;     /* when its fault message was read */
 };
 
@@ -72,7 +76,8 @@ struct engine {
 	bool bg_started;
 	unsigned bg_slot, bg_chunk;
 	uint64_t bg_quiet_ns;
-	uint64_t *bg_first; /* a working set to install first (owned) */
+	uint64_t *bg_first;        /* a working set to install first (owned) */
+	const void *bg_first_data; /* its pages' bytes, or NULL (borrowed) */
 	size_t bg_nfirst;
 	bool bg_rest;
 	void (*bg_done)(void *arg);
@@ -96,7 +101,7 @@ static inline uint64_t page_addr(const struct region *reg, uint64_t idx)
  * only on a REMAP event, under install_lock held for writing. */
 struct region *engine_region_find(struct engine *eng, uint64_t addr);
 
-/* engine.c: serves todo[0, n) (n <= EVENT_BATCH), runs the caller has
+/* engine.c: serves todo[0, n) (n <= PREFETCH_BATCH), runs the caller has
  * claimed, their data going to w's buffer: one source read for the batch, then
  * an install a run. A read or install error stops the engine (engine_status
  * leaves RUNNING) and releases the claims not reached. */

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "lazyvm/engine.h"
+#include "lazyvm/log.h"
 #include "lazyvm/pagemap.h"
 #include "lazyvm/units.h"
 #include "engine_internal.h"
@@ -74,10 +75,10 @@ static struct region *region_of_src(struct engine *eng, uint64_t sp, uint64_t *i
 }
 
 int engine_prefetch(struct engine *eng, unsigned slot, const uint64_t *pages, size_t n,
-                    uint64_t *installed)
+                    const void *data, uint64_t *installed)
 {
 	struct worker *w;
-	struct todo todo[EVENT_BATCH];
+	struct todo todo[PREFETCH_BATCH];
 	unsigned nt = 0;
 	size_t used = 0;
 
@@ -100,15 +101,16 @@ int engine_prefetch(struct engine *eng, unsigned slot, const uint64_t *pages, si
 		} else {
 			reg = NULL; /* outside the regions, or a huge page */
 		}
-		/* Merge into the last run when it continues it. */
+		/* Merge into the last run when it continues it (for given bytes,
+		 * consecutive entries are consecutive in data too). */
 		if (reg && !zero && nt && !todo[nt - 1].zero && todo[nt - 1].reg == reg &&
 		    todo[nt - 1].idx + todo[nt - 1].npages == idx &&
-		    used + 4096 <= WORKER_BUF_BYTES) {
+		    (data || used + 4096 <= WORKER_BUF_BYTES)) {
 			todo[nt - 1].npages++;
-			used += 4096;
+			used += data ? 0 : 4096;
 			continue;
 		}
-		if (nt && (i == n || nt == EVENT_BATCH ||
+		if (nt && (i == n || nt == PREFETCH_BATCH ||
 		           (reg && !zero && used + 4096 > WORKER_BUF_BYTES))) {
 			/* A long replay in the background must not hold up engine_stop. */
 			if (atomic_load(&eng->stopping)) {
@@ -131,13 +133,16 @@ int engine_prefetch(struct engine *eng, unsigned slot, const uint64_t *pages, si
 			used = 0;
 		}
 		if (reg) {
+			char *at = zero ? NULL : data ? (char *)data + i * 4096 : w->buf + used;
+
 			todo[nt++] = (struct todo){.reg = reg,
 			                           .idx = idx,
 			                           .npages = 1,
 			                           .zero = zero,
-			                           .data = zero ? NULL : w->buf + used,
+			                           .data = at,
+			                           .loaded = data && !zero,
 			                           .t0 = lv_now_ns()};
-			used += zero ? 0 : 4096;
+			used += zero || data ? 0 : 4096;
 		}
 	}
 	return 0;
@@ -154,12 +159,16 @@ static void *background_main(void *arg)
 	struct worker *w = &eng->workers[eng->cfg.threads + eng->bg_slot];
 
 	if (eng->bg_nfirst) {
-		uint64_t installed = 0;
+		uint64_t installed = 0, t0 = lv_now_ns();
+		int r = engine_prefetch(eng, eng->bg_slot, eng->bg_first, eng->bg_nfirst,
+		                        eng->bg_first_data, &installed);
 
-		if (engine_prefetch(eng, eng->bg_slot, eng->bg_first, eng->bg_nfirst, &installed) <
-		    0)
+		if (r < 0)
 			return NULL; /* the engine stopped: it says why */
 		ctr_add(&w->m.pages_prefetched, installed);
+		lv_info("%s: working set replayed: %llu of its %zu pages installed in %.1f ms",
+		        eng->name, (unsigned long long)installed, eng->bg_nfirst,
+		        (double)(lv_now_ns() - t0) / 1e6);
 	}
 	for (size_t r = 0; r < eng->nregions && eng->bg_rest; r++) {
 		struct region *reg = &eng->regions[r];
@@ -221,6 +230,7 @@ int engine_background(struct engine *eng, const struct engine_bg *bg)
 		memcpy(eng->bg_first, bg->first, bg->nfirst * sizeof(*eng->bg_first));
 		eng->bg_nfirst = bg->nfirst;
 	}
+	eng->bg_first_data = bg->first_data;
 	eng->bg_slot = bg->slot;
 	eng->bg_chunk = bg->chunk_pages;
 	eng->bg_quiet_ns = bg->quiet_ns;

@@ -2,6 +2,7 @@
 #include "lazyvm/workset.h"
 
 #include <errno.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -9,7 +10,8 @@
 
 #include "lazyvm/fdio.h"
 
-#define WS_MAGIC "LZYVMWS1"
+#define WS_MAGIC        "LZYVMWS1"
+#define WS_MAGIC_PACKED "LZYVMWS2"
 
 struct ws_header {
 	char magic[8];
@@ -19,18 +21,20 @@ struct ws_header {
 	uint64_t count;
 };
 
-int ws_save(const char *path, const struct ws_id *id, const uint64_t *pages, uint64_t n, char *why,
-            size_t whylen)
+int ws_save(const char *path, const struct ws_id *id, const uint64_t *pages, uint64_t n,
+            const void *contents, char *why, size_t whylen)
 {
-	struct ws_header h = {
-	    .magic = WS_MAGIC, .mem_size = id->mem_size, .tag = id->tag, .count = n};
+	struct ws_header h = {.mem_size = id->mem_size, .tag = id->tag, .count = n};
 	int fd, r;
 
 	/* Never blocks on a FIFO, refuses a directory or device with its name. */
+	memcpy(h.magic, contents ? WS_MAGIC_PACKED : WS_MAGIC, 8);
 	if ((fd = lv_open_output(path, 0644, why, whylen)) < 0)
 		return fd;
 	if ((r = lv_write_all(fd, &h, sizeof(h))) == 0)
 		r = lv_write_all(fd, pages, n * sizeof(*pages));
+	if (r == 0 && contents)
+		r = lv_write_all(fd, contents, n * 4096);
 	if (close(fd) < 0 && r == 0)
 		r = -errno;
 	if (r < 0)
@@ -41,6 +45,14 @@ int ws_save(const char *path, const struct ws_id *id, const uint64_t *pages, uin
 int ws_load(const char *path, const struct ws_id *id, uint64_t **pages, uint64_t *n, char *why,
             size_t whylen)
 {
+	return ws_load_packed(path, id, pages, n, NULL, why, whylen);
+}
+
+int ws_load_packed(const char *path, const struct ws_id *id, uint64_t **pages, uint64_t *n,
+                   void **contents, char *why, size_t whylen)
+{
+	void *data = NULL;
+	bool packed;
 	uint64_t max = id->mem_size / 4096;
 	struct ws_header h;
 	uint64_t *p = NULL;
@@ -49,9 +61,12 @@ int ws_load(const char *path, const struct ws_id *id, uint64_t **pages, uint64_t
 
 	*pages = NULL;
 	*n = 0;
+	if (contents)
+		*contents = NULL;
 	if (fd < 0)
 		return -ENOENT;
-	if (!f || fread(&h, sizeof(h), 1, f) != 1 || memcmp(h.magic, WS_MAGIC, 8) != 0 ||
+	if (!f || fread(&h, sizeof(h), 1, f) != 1 ||
+	    (memcmp(h.magic, WS_MAGIC, 8) != 0 && memcmp(h.magic, WS_MAGIC_PACKED, 8) != 0) ||
 	    h.count > max * 4) {
 		snprintf(why, whylen, "%s is not a working-set file", path);
 		goto out;
@@ -72,6 +87,16 @@ int ws_load(const char *path, const struct ws_id *id, uint64_t **pages, uint64_t
 			         path, (unsigned long long)p[i], (unsigned long long)max);
 			goto out;
 		}
+	packed = memcmp(h.magic, WS_MAGIC_PACKED, 8) == 0;
+	if (packed && contents) {
+		data = malloc(h.count ? h.count * 4096 : 1);
+		if (!data || fread(data, 4096, h.count, f) != h.count) {
+			snprintf(why, whylen, "%s is truncated (its pages' bytes)", path);
+			free(data);
+			goto out;
+		}
+		*contents = data;
+	}
 	*pages = p;
 	*n = h.count;
 	p = NULL;

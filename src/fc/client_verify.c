@@ -51,6 +51,24 @@ int fc_vm_fault_request(struct fc_vm *vm, uint64_t offset, char *buf, size_t len
 	return n > 0 ? n : -ETIMEDOUT;
 }
 
+int fc_vm_wait_resident(struct fc_vm *vm, uint64_t timeout_ns, double *waited_s)
+{
+	uint64_t t0 = lv_now_ns();
+
+	for (;;) {
+		uint64_t missing = 0;
+
+		for (uint64_t off = 0; off < vm->size && !missing; off += vm->page_size)
+			missing += !fc_vm_page_resident(vm, off);
+		*waited_s = (double)(lv_now_ns() - t0) / 1e9;
+		if (!missing)
+			return 0;
+		if (lv_now_ns() - t0 > timeout_ns)
+			return -ETIMEDOUT;
+		usleep(2000);
+	}
+}
+
 bool fc_vm_page_resident(const struct fc_vm *vm, uint64_t offset)
 {
 	for (unsigned r = 0; r < vm->nregions; r++) {
@@ -122,6 +140,15 @@ static bool page_is_zero(struct fc_vm *vm, uint64_t i)
 	return true;
 }
 
+/* Pages a guest of --touch-percent P uses: the same P% of memory whatever the
+ * seed (a function's working set), spread by a multiplicative hash. */
+static bool in_use(const struct fc_vm *vm, uint64_t i)
+{
+	unsigned pc = vm->cfg.touch_percent;
+
+	return !pc || pc >= 100 || (uint32_t)(i * 2654435761u) % 100 < pc;
+}
+
 static int page_matches(struct fc_vm *vm, uint64_t i, unsigned char *scratch)
 {
 	if (pread(vm->mem_fd, scratch, vm->page_size, (off_t)(i * vm->page_size)) !=
@@ -153,7 +180,7 @@ static void *touch_thread(void *p)
 	for (uint64_t i = 0; i < pages; i++) {
 		uint64_t pg = order[i], t0;
 
-		if (in_hole(a->vm, pg))
+		if (in_hole(a->vm, pg) || !in_use(a->vm, pg))
 			continue;
 		/* The first access alone is timed: it is what waits for the
 		 * handler (a fault), or finds the page in. */
@@ -247,9 +274,12 @@ int fc_vm_touch_verify(struct fc_vm *vm, unsigned threads, unsigned seed, bool c
 	res->touch_p50_ns = hist_percentile(&all.latency, 0.5);
 	res->touch_p99_ns = hist_percentile(&all.latency, 0.99);
 	res->touch_max_ns = atomic_load(&all.latency.max_ns);
-	for (uint64_t p = 0; p < pages; p++)
+	uint64_t used = 0;
+	for (uint64_t p = 0; p < pages; p++) {
 		res->hole_pages += in_hole(vm, p);
-	res->touches = (pages - res->hole_pages) * threads;
+		used += !in_hole(vm, p) && in_use(vm, p);
+	}
+	res->touches = used * threads;
 	if (!check_remove || vm->cfg.remove_first)
 		return 0;
 	if ((r = balloon_remove(vm, true, res)) <= 0)

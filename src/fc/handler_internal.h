@@ -38,6 +38,7 @@ struct fc_snap {
 	struct ws_id ws_id;    /* what a working set of it must be recorded for */
 	uint64_t *ws_pages;    /* the working set replayed for each VM */
 	uint64_t ws_n;
+	void *ws_data;  /* their bytes (a packed working set, checked), or NULL */
 	bool recording; /* one of its VMs records its touch order */
 	int listen_fd;
 	bool keep_path;       /* handed on: the socket lives on, so does its path */
@@ -71,6 +72,8 @@ struct vm {
 	int uffd;               /* our reference to the userfaultfd, -1 before the hand-off */
 	uint64_t probe_addr;    /* a user address of the VM, for fc_uffd_mm_alive */
 	struct fc_snap *snap;   /* whose memory it gets */
+	struct source *src;     /* where its engine reads: the snapshot's, or (NBD) its own
+	                         * connection, so that VMs do not queue on one socket */
 	bool recording;         /* its engine records the working set */
 	struct fc_handshake hs; /* the regions served (fault requests are mapped through it) */
 	struct engine *eng;
@@ -139,6 +142,11 @@ void fc_snap_close(struct fc_snap *s);
 /* The known-zero pages of the VM's regions, marked in its engine (before
  * engine_start). Returns how many. */
 uint64_t fc_snap_mark_zero(const struct fc_snap *s, struct vm *vm);
+/* The source vm's engine reads: the snapshot's own for a file (one page
+ * cache for all its VMs), a connection of its own for NBD. 0 or -errno. */
+int fc_snap_vm_source(struct fc_handler *h, struct fc_snap *s, struct vm *vm);
+void fc_snap_vm_source_put(struct fc_snap *s, struct vm *vm);
+
 /* Writes the working set vm recorded. */
 void fc_snap_save_ws(struct fc_snap *s, struct vm *vm);
 

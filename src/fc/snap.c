@@ -101,10 +101,12 @@ static bool is_nbd_uri(const char *s)
 	       strncmp(s, "nbd+vsock://", 12) == 0;
 }
 
-/* The identity a working set of this snapshot is recorded for: with a
- * checksum file, its content tag (any change to a page changes it); without,
- * the CRC of the first 64 KiB, which tells snapshots apart but not every
- * rewrite of one. */
+/* The identity a working set of this snapshot is recorded for: the CRC of
+ * the memory's first 64 KiB, whether or not checksums are given (a working set
+ * recorded without them replays with them): it tells snapshots apart. A
+ * rewrite beyond those bytes it does not see; then a stale order costs only
+ * speed, and a packed working set's bytes are checked page by page when there
+ * are checksums. */
 static int ws_identity(struct fc_snap *s, char *why, size_t whylen)
 {
 	uint64_t size = source_size(s->src), len = size < 65536 ? size : 65536;
@@ -112,10 +114,6 @@ static int ws_identity(struct fc_snap *s, char *why, size_t whylen)
 	int r;
 
 	s->ws_id.mem_size = size;
-	if (s->csum) {
-		s->ws_id.tag = s->csum->tag;
-		return 0;
-	}
 	buf = malloc(len);
 	if (!buf)
 		return -ENOMEM;
@@ -129,6 +127,40 @@ static int ws_identity(struct fc_snap *s, char *why, size_t whylen)
 	return r;
 }
 
+/* The source stack of a snapshot: file or NBD, then the test latency, then
+ * the checks (s->csum, once opened). */
+static int open_source(struct fc_handler *h, struct fc_snap *s, struct source **out, char *why,
+                       size_t whylen)
+{
+	const struct fc_snapshot_config *sc = s->cfg;
+	struct source *src, *wrapped;
+	int r;
+
+	if (is_nbd_uri(sc->source))
+		r = source_nbd_open(sc->source, h->cfg.source_timeout_ns, &src, why, whylen);
+	else
+		r = source_file_open(sc->source, h->cfg.io_uring ? SOURCE_FILE_IO_URING : 0, &src,
+		                     why, whylen);
+	if (r < 0)
+		return r;
+	if (h->cfg.source_latency_ns) {
+		if ((r = source_latency_wrap(src, h->cfg.source_latency_ns, &wrapped)) < 0)
+			goto fail;
+		src = wrapped;
+	}
+	if (s->csum) {
+		if ((r = csumfile_wrap(s->csum, src, &wrapped)) < 0)
+			goto fail;
+		src = wrapped;
+	}
+	*out = src;
+	return 0;
+fail:
+	snprintf(why, whylen, "%s", strerror(-r));
+	source_destroy(src);
+	return r;
+}
+
 int fc_snap_open(struct fc_handler *h, struct fc_snap *s, unsigned index)
 {
 	const struct fc_snapshot_config *sc = &h->cfg.snaps[index];
@@ -138,12 +170,7 @@ int fc_snap_open(struct fc_handler *h, struct fc_snap *s, unsigned index)
 
 	*s = (struct fc_snap){.index = index, .cfg = sc, .listen_fd = -1};
 	s->w_listen = (struct watch){.kind = W_LISTEN, .snap = s};
-	if (is_nbd_uri(sc->source))
-		r = source_nbd_open(sc->source, h->cfg.source_timeout_ns, &s->src, why,
-		                    sizeof(why));
-	else
-		r = source_file_open(sc->source, h->cfg.io_uring ? SOURCE_FILE_IO_URING : 0,
-		                     &s->src, why, sizeof(why));
+	r = open_source(h, s, &s->src, why, sizeof(why));
 	if (r < 0) {
 		lv_err("%s: %s: %s", sc->socket_path,
 		       is_nbd_uri(sc->source) ? "NBD source" : "memory file", why);
@@ -153,11 +180,6 @@ int fc_snap_open(struct fc_handler *h, struct fc_snap *s, unsigned index)
 		lv_err("%s: %s is %llu bytes, not a whole number of 4 KiB pages", sc->socket_path,
 		       sc->source, (unsigned long long)source_size(s->src));
 		return -EINVAL;
-	}
-	if (h->cfg.source_latency_ns) {
-		if ((r = source_latency_wrap(s->src, h->cfg.source_latency_ns, &wrapped)) < 0)
-			return r;
-		s->src = wrapped;
 	}
 	if (sc->checksums) {
 		r = csumfile_open(sc->checksums, source_size(s->src), &s->csum, why, sizeof(why));
@@ -174,10 +196,25 @@ int fc_snap_open(struct fc_handler *h, struct fc_snap *s, unsigned index)
 		return r;
 	}
 	if (sc->prefetch_ws) {
-		r = ws_load(sc->prefetch_ws, &s->ws_id, &s->ws_pages, &s->ws_n, why, sizeof(why));
+		r = ws_load_packed(sc->prefetch_ws, &s->ws_id, &s->ws_pages, &s->ws_n, &s->ws_data,
+		                   why, sizeof(why));
 		if (r < 0)
 			lv_warn("%s: working set: %s: VMs are served without it", sc->socket_path,
 			        why);
+		/* Bytes that are not the memory's are never installed: with
+		 * checksums every page of a packed working set is checked once,
+		 * here; without, the tag has said it is this memory's. */
+		for (uint64_t i = 0; s->ws_data && s->csum && i < s->ws_n; i++)
+			if (source_checked_verify(s->src, (char *)s->ws_data + i * 4096,
+			                          s->ws_pages[i] * 4096, 4096) < 0) {
+				lv_warn("%s: working set %s: page %llu's bytes fail their "
+				        "checksum: its "
+				        "pages are read from the memory instead",
+				        sc->socket_path, sc->prefetch_ws,
+				        (unsigned long long)s->ws_pages[i]);
+				free(s->ws_data);
+				s->ws_data = NULL;
+			}
 	}
 	/* Read now, so that a hand-over need not wait for it. */
 	if (fc_snap_fingerprint(s, &s->fingerprint) < 0)
@@ -198,8 +235,34 @@ int fc_snap_listen(struct fc_handler *h, struct fc_snap *s, int fd)
 	        (unsigned long long)(source_size(s->src) >> 20),
 	        s->csum ? ", every page checked" : "",
 	        s->csum && s->csum->zero_pages ? ", known-zero pages served unread" : "",
-	        s->ws_n ? ", working set replayed" : "", sc->record_ws ? ", recording" : "");
+	        s->ws_n ? (s->ws_data ? ", working set replayed from its file"
+	                              : ", working set replayed from the memory")
+	                : "",
+	        sc->record_ws ? ", recording" : "");
 	return fc_ep_add(h, s->listen_fd, &s->w_listen);
+}
+
+int fc_snap_vm_source(struct fc_handler *h, struct fc_snap *s, struct vm *vm)
+{
+	char why[4200];
+	int r;
+
+	vm->src = s->src;
+	if (!is_nbd_uri(s->cfg->source))
+		return 0;
+	r = open_source(h, s, &vm->src, why, sizeof(why));
+	if (r < 0) {
+		lv_err("%s: its own connection to %s: %s", vm->name, s->cfg->source, why);
+		vm->src = NULL;
+	}
+	return r;
+}
+
+void fc_snap_vm_source_put(struct fc_snap *s, struct vm *vm)
+{
+	if (vm->src && vm->src != s->src)
+		source_destroy(vm->src);
+	vm->src = NULL;
 }
 
 void fc_snap_close(struct fc_snap *s)
@@ -218,6 +281,8 @@ void fc_snap_close(struct fc_snap *s)
 	s->csum = NULL;
 	free(s->ws_pages);
 	s->ws_pages = NULL;
+	free(s->ws_data);
+	s->ws_data = NULL;
 }
 
 uint64_t fc_snap_mark_zero(const struct fc_snap *s, struct vm *vm)
@@ -248,19 +313,50 @@ uint64_t fc_snap_mark_zero(const struct fc_snap *s, struct vm *vm)
 	return marked;
 }
 
+/* The bytes of the pages, read from the VM's source in batches. A malloc'd
+ * buffer, or NULL (logged) when they cannot be read. */
+static void *read_pages(struct vm *vm, const uint64_t *pages, uint64_t n)
+{
+	struct source_req reqs[SOURCE_BATCH_MAX];
+	char *data = malloc(n ? n * 4096 : 1), why[512];
+
+	if (!data)
+		return NULL;
+	for (uint64_t i = 0; i < n; i += SOURCE_BATCH_MAX) {
+		unsigned k = n - i < SOURCE_BATCH_MAX ? (unsigned)(n - i) : SOURCE_BATCH_MAX;
+
+		for (unsigned j = 0; j < k; j++)
+			reqs[j] = (struct source_req){
+			    .buf = data + (i + j) * 4096, .off = pages[i + j] * 4096, .len = 4096};
+		int r = source_read_batch(vm->src, reqs, k);
+		if (r < 0) {
+			lv_warn("%s: reading the working set's pages: %s", vm->name,
+			        source_strerror(vm->src, r, why, sizeof(why)));
+			free(data);
+			return NULL;
+		}
+	}
+	return data;
+}
+
 void fc_snap_save_ws(struct fc_snap *s, struct vm *vm)
 {
 	uint64_t *pages = NULL, n;
+	void *data;
 	char why[4200];
 
 	if (!vm->recording || !vm->eng)
 		return;
 	vm->recording = false;
 	n = engine_record_get(vm->eng, &pages);
-	if (ws_save(s->cfg->record_ws, &s->ws_id, pages, n, why, sizeof(why)) < 0)
+	/* Packed, as REAP keeps it: a replay is then one read of this file. */
+	data = read_pages(vm, pages, n);
+	if (ws_save(s->cfg->record_ws, &s->ws_id, pages, n, data, why, sizeof(why)) < 0)
 		lv_warn("%s: cannot write the working set: %s", vm->name, why);
 	else
-		lv_info("%s: working set of %llu pages written to %s", vm->name,
-		        (unsigned long long)n, s->cfg->record_ws);
+		lv_info("%s: working set of %llu pages (%llu MiB%s) written to %s", vm->name,
+		        (unsigned long long)n, (unsigned long long)(n >> 8),
+		        data ? ", with their bytes" : ", pages only", s->cfg->record_ws);
+	free(data);
 	free(pages);
 }

@@ -76,6 +76,7 @@ void fc_vm_retire_engine(struct fc_handler *h, struct vm *vm)
 	        (double)hist_percentile(&m.latency, 0.5) / 1000.0);
 	engine_destroy(vm->eng); /* closes the engine's own duplicate of the uffd */
 	vm->eng = NULL;
+	fc_snap_vm_source_put(vm->snap, vm); /* after the engine that read it */
 	h->nserving--;
 }
 
@@ -105,6 +106,7 @@ void fc_vm_free(struct fc_handler *h, struct vm *vm)
 	fc_vm_retire_engine(h, vm);
 	free(vm->runs);
 	fc_conn_close(&vm->conn);
+	fc_snap_vm_source_put(vm->snap, vm); /* when no engine ever used it */
 	fc_handshake_free(&vm->hs);
 	if (vm->uffd >= 0)
 		close(vm->uffd);
@@ -175,7 +177,7 @@ int fc_vm_engine_make(struct fc_handler *h, struct vm *vm, const struct engine_p
 {
 	const struct fc_handshake *hs = &vm->hs;
 	struct engine_config ec = {.uffd = -1,
-	                           .source = vm->snap->src,
+	                           .source = NULL, /* below */
 	                           .threads = h->cfg.threads_per_vm,
 	                           .resolvers = VM_SLOTS,
 	                           .intake = h->cfg.intake,
@@ -184,6 +186,18 @@ int fc_vm_engine_make(struct fc_handler *h, struct vm *vm, const struct engine_p
 	                           .name = vm->name};
 	int r;
 
+	/* The snapshot's first VM records its working set: each page as it was
+	 * touched, so without fault-around (which would record pages nobody
+	 * touched). A VM taken over does not: it did not start here. */
+	if (!runs && vm->snap->cfg->record_ws && !vm->snap->recording) {
+		vm->snap->recording = vm->recording = true;
+		ec.fault_around = 1;
+	}
+	if ((r = fc_snap_vm_source(h, vm->snap, vm)) < 0) {
+		snprintf(why, whylen, "cannot connect to its memory: %s", strerror(-r));
+		return -1;
+	}
+	ec.source = vm->src;
 	/* The engine gets a duplicate: when it stops, ours keeps the VM's
 	 * registration alive (see enum vm_state). */
 	ec.uffd = fcntl(vm->uffd, F_DUPFD_CLOEXEC, 0);
@@ -224,11 +238,8 @@ int fc_vm_engine_make(struct fc_handler *h, struct vm *vm, const struct engine_p
 		return 0;
 	}
 	vm->zeros = fc_snap_mark_zero(vm->snap, vm);
-	if (vm->snap->cfg->record_ws && !vm->snap->recording) {
-		/* The snapshot's first VM: its touch order is the working set. */
-		vm->snap->recording = vm->recording = true;
+	if (vm->recording)
 		engine_record_start(vm->eng);
-	}
 	return 0;
 }
 
@@ -254,6 +265,7 @@ int fc_vm_engine_go(struct fc_handler *h, struct vm *vm, char *why, size_t whyle
 	                       .quiet_ns = h->cfg.populate_all ? 0 : 2 * 1000 * 1000,
 	                       .first = vm->snap->ws_pages,
 	                       .nfirst = vm->snap->ws_n,
+	                       .first_data = vm->snap->ws_data,
 	                       .rest = h->cfg.populate_all || h->cfg.background_prefetch};
 	if ((bg.nfirst || bg.rest) && (r = engine_background(vm->eng, &bg)) < 0) {
 		snprintf(why, whylen, "cannot start the background installs: %s", strerror(-r));

@@ -384,7 +384,7 @@ void restore_record_ws(struct restore *rs)
 	uint64_t *pages = NULL, n = engine_record_get(rs->eng, &pages);
 	char why[4200];
 
-	if (ws_save(rs->cfg->record_ws, &id, pages, n, why, sizeof(why)) < 0)
+	if (ws_save(rs->cfg->record_ws, &id, pages, n, NULL, why, sizeof(why)) < 0)
 		lv_warn("cannot write the working set: %s", why);
 	else
 		rs->out->ws_recorded = n;
@@ -402,7 +402,7 @@ int restore_prefetch_ws(struct restore *rs, struct vm *vm)
 		lv_warn("working set: %s: plain lazy restore", why);
 		return 0;
 	}
-	r = engine_prefetch(rs->eng, rs->eng_prefetch_slot, pages, n, &installed);
+	r = engine_prefetch(rs->eng, rs->eng_prefetch_slot, pages, n, NULL, &installed);
 	if (r < 0) {
 		free(pages);
 		return restore_fail(rs, r, "replaying the working set: %s", engine_error(rs->eng));

@@ -375,5 +375,7 @@ void *vcpu_thread(void *arg)
 			break;
 	}
 	console_flush(v);
+	if (atomic_load(&vm->stalled))
+		arch_vcpu_report(v);
 	return NULL;
 }

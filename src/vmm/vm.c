@@ -40,6 +40,7 @@ int vm_create(struct vm *vm, struct kvm_sys *sys, const struct vm_config *cfg)
 	pthread_condattr_destroy(&ca);
 	pthread_rwlock_init(&vm->mem_gate, NULL);
 	atomic_init(&vm->state, VM_RUNNING);
+	atomic_init(&vm->stalled, false);
 	if (vm->nvcpus < 1 || vm->nvcpus > VMM_MAX_VCPUS)
 		return -EINVAL;
 	vm->fd = ioctl(sys->fd, KVM_CREATE_VM, 0);
@@ -242,8 +243,8 @@ void vm_cond_deadline(uint64_t after_ns, struct timespec *ts)
  * progress (no control message and no console line) for that long while
  * running is stopped with a message: a guest that waits for ever (halted with
  * interrupts off, or running on memory that is not its own) must end in an
- * error, not a hang. Pauses (a snapshot or migration being written) do not
- * count. */
+ * error, not a hang, and with a report of every vCPU's state (vcpu_thread).
+ * Pauses (a snapshot or migration being written) do not count. */
 static void wait_stopping(struct vm *vm)
 {
 	uint64_t stall = vm->cfg.stall_ns;
@@ -269,6 +270,8 @@ static void wait_stopping(struct vm *vm)
 		if (idle < stall)
 			continue;
 		pthread_mutex_unlock(&vm->lock);
+		/* Before the stop: each vCPU says where it was once it is out. */
+		atomic_store(&vm->stalled, true);
 		vm_fail(vm,
 		        "the guest made no progress for %.1f s (no control message and no console "
 		        "line; --stall-timeout %.1f s): stopped",

@@ -142,6 +142,7 @@ struct vm {
 	pthread_rwlock_t mem_gate;
 	bool mem_revoked;
 	_Atomic uint64_t progress_ns; /* the guest's last message or console line */
+	_Atomic bool stalled;         /* stopped for a stall: every vCPU reports its state */
 	/* Set by a lazy restore: brings [gpa, gpa + len) in before the VMM touches
 	 * it (see vm_mem_get). 0, or -errno once the pages cannot come. */
 	int (*mem_fill)(struct vm *vm, unsigned who, uint64_t gpa, uint64_t len);
@@ -207,6 +208,14 @@ int arch_load_guest(struct vm *vm, const void *image, size_t image_len);
 int arch_vcpu_boot_regs(struct vcpu *v);
 /* KVM_SET_CPUID2 from KVM's supported set, with this vCPU's APIC ids. */
 int arch_vcpu_set_cpuid(struct vcpu *v);
+
+/* --- the stall report (x86_64/report.c) --- */
+
+/* From vCPU v's own thread, out of KVM_RUN for good: logs at error level what
+ * it was doing (registers, pending events, LAPIC ISR/IRR, mp_state) and the
+ * guest's async PF area, and the guest's own async PF bookkeeping when it
+ * keeps one (guest_abi.h). Touches only guest pages already in. */
+void arch_vcpu_report(struct vcpu *v);
 
 /* --- vCPU state save/restore (x86_64/state.c) --- */
 

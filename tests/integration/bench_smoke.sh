@@ -10,4 +10,6 @@ echo "$out" | grep -E '^\| 2 \| exit \|' || { echo "$out"; echo "intake table mi
 echo "$out" | grep -E '^\| both, apf user \|' || { echo "$out"; echo "apf table missing"; exit 1; }
 echo "$out" | grep -E '^\| nbd 1ms, working-set replay \|' || { echo "$out"; echo "remote table missing"; exit 1; }
 echo "$out" | grep -E '^\| 64M \| [0-9.]+ \| [0-9.]+ \|' || { echo "$out"; echo "migrate table missing"; exit 1; }
+echo "$out" | grep -E '^\| nbd 1ms, working-set replay \| [0-9.]+ \| [0-9.]+x \|' || { echo "$out"; echo "fc remote table missing"; exit 1; }
+echo "$out" | grep -E '^\| 8 \| [0-9.]+ \| [0-9]+ \| [0-9]+ \|' || { echo "$out"; echo "fc fleet table missing"; exit 1; }
 echo "bench smoke: ok"

@@ -10,18 +10,7 @@ cleanup() { for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null; done; rm -rf "$T
 trap cleanup EXIT
 failures=0
 . "$(dirname "$0")/lib/expect.bash"
-command -v nbdkit >/dev/null || { echo "nbdkit is missing: run 'make deps'"; exit 1; }
-
-port=$((20000 + RANDOM % 20000))
-# serve NAME ARGS...: nbdkit on 127.0.0.1:$port in the foreground of a job
-serve() {
-    port=$((port + 1))
-    { nbdkit -f -i 127.0.0.1 -p "$port" "$@" 2>"$T/nbdkit-$port.err" & } 2>/dev/null
-    pids+=($!)
-    nbd_pid=$!
-    for _ in $(seq 50); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return 0; sleep 0.1; done
-    echo "nbdkit did not start: $(cat "$T/nbdkit-$port.err")"; return 1
-}
+. "$(dirname "$0")/lib/nbdkit.bash"
 restore() { timeout 120 "$LAZYVM" restore "$T/snap" --source "nbd://127.0.0.1:$port/" "$@" 2>&1; }
 
 "$LAZYVM" run --mem 32M --workload "scan:2M+random:2M:100+compute:2000+edge:64k" --snapshot-dir "$T/snap" >/dev/null 2>&1 ||

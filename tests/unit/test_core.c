@@ -35,17 +35,18 @@ static int byte_ok(const unsigned char *p, uint64_t off, size_t len)
 
 static void check_file_source(unsigned flags)
 {
-	char *path = make_file(1 << 20);
+	/* Room for a full batch of requests, each a page further in. */
+	char *path = make_file(4 << 20);
 	struct source *src;
 	static unsigned char bufs[SOURCE_BATCH_MAX][4096];
 	struct source_req reqs[SOURCE_BATCH_MAX];
 
 	CHECK_OK(source_file_open(path, flags, &src, NULL, 0));
-	CHECK_EQ(source_size(src), 1 << 20);
+	CHECK_EQ(source_size(src), 4 << 20);
 	CHECK_OK(source_read(src, bufs[0], 8192, 4096));
 	CHECK(byte_ok(bufs[0], 8192, 4096));
-	CHECK_OK(source_read(src, bufs[0], (1 << 20) - 10, 10)); /* ends exactly at EOF */
-	CHECK_EQ(source_read(src, bufs[0], (1 << 20) - 10, 11), -ERANGE);
+	CHECK_OK(source_read(src, bufs[0], (4 << 20) - 10, 10)); /* ends exactly at EOF */
+	CHECK_EQ(source_read(src, bufs[0], (4 << 20) - 10, 11), -ERANGE);
 	CHECK_EQ(source_read(src, bufs[0], UINT64_MAX - 1, 4096), -ERANGE);
 	for (unsigned i = 0; i < SOURCE_BATCH_MAX; i++)
 		reqs[i] = (struct source_req){.buf = bufs[i],
@@ -68,7 +69,7 @@ static void check_file_source(unsigned flags)
 	char why[512];
 	source_strerror(src, -ENODATA, why, sizeof(why));
 	CHECK(strstr(why, path) && strstr(why, "ends early"));
-	CHECK(strstr(why, "now 16384 bytes, shorter than the 1048576 it had when it was opened"));
+	CHECK(strstr(why, "now 16384 bytes, shorter than the 4194304 it had when it was opened"));
 	CHECK(!strcmp(source_strerror(src, -EIO, why, sizeof(why)), strerror(EIO)));
 	source_destroy(src);
 	unlink(path);

@@ -542,7 +542,7 @@ static void test_known_zero_pages(void)
 	CHECK_EQ(engine_mark_zero(rig.eng, (uint64_t)(uintptr_t)rig.mem, 4096), -EBUSY);
 	for (uint64_t i = 0; i < 128; i++) /* memory pages 0..127: source pages size/2 + i */
 		want[i] = rig.size / 2 / 4096 + i;
-	CHECK_OK(engine_prefetch(rig.eng, 0, want, 128, &installed));
+	CHECK_OK(engine_prefetch(rig.eng, 0, want, 128, NULL, &installed));
 	CHECK_EQ(installed, 128);
 	engine_metrics(rig.eng, &m);
 	CHECK_EQ(m.bytes_read, 64 * 4096);
