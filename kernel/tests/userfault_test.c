@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0-only
 /*
- * KVM_MEM_USERFAULT (kernel/patches/0001): a tiny real-mode guest per case,
+ * KVM_MEM_USERFAULT (kernel/patches/0001-0003): a tiny real-mode guest per case,
  * in the manner of KVM's selftests. Every ioctl result is checked; a failed
  * check prints the expression, file and line and exits 1. Exit 0 when every
  * case passed, 77 when the kernel has no KVM_CAP_USERFAULT (stock KVM).
