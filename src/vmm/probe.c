@@ -237,10 +237,13 @@ int exit_backends_probe(struct kvm_sys *sys, bool probe_all, struct exit_probe *
 	} else {
 		snprintf(p->kick_why, sizeof(p->kick_why), "not probed (sigbus works)");
 	}
-	/* native is the seed's interface but lazyvm has no intake for it yet (no
-	 * kernel to test on). sigbus before kick: where both work, sigbus costs
-	 * no signal and no intake thread. */
-	*best = p->sigbus ? EXIT_BACKEND_SIGBUS : p->kick ? EXIT_BACKEND_KICK : EXIT_BACKEND_NONE;
+	/* native first: the kernel's own interface, no signal, no intake
+	 * thread. sigbus before kick: where both work, sigbus costs no signal
+	 * and no intake thread. */
+	*best = p->native   ? EXIT_BACKEND_NATIVE
+	        : p->sigbus ? EXIT_BACKEND_SIGBUS
+	        : p->kick   ? EXIT_BACKEND_KICK
+	                    : EXIT_BACKEND_NONE;
 	return 0;
 }
 

@@ -439,6 +439,11 @@ int vmm_restore(const struct vmm_restore_config *cfg, struct vmm_outcome *out)
 		if (rs.uf.backend == EXIT_BACKEND_SIGBUS &&
 		    (r = restore_prefetch_core(&rs, vm)) < 0)
 			goto out_vm;
+		if (rs.uf.backend == EXIT_BACKEND_NATIVE &&
+		    (r = userfault_native_enable(&rs.uf, vm)) < 0) {
+			restore_fail(&rs, r, "native userfault memslots: %s", strerror(-r));
+			goto out_vm;
+		}
 		if (rs.uf.backend == EXIT_BACKEND_KICK &&
 		    (r = userfault_kick_start(&rs.uf, vm)) < 0) {
 			restore_fail(&rs, r, "kick intake thread: %s", strerror(-r));

@@ -128,7 +128,9 @@ int restore_start_lazy(struct restore *rs, struct guest_mem *m)
 	struct engine_config ec = {
 	    .uffd = uffd,
 	    .source = rs->src,
-	    .threads = rs->cfg->exit_intake       ? 0
+	    /* native: KVM's own accesses to guest memory still come as UFFD
+	     * faults, which one handler thread serves */
+	    .threads = rs->cfg->exit_intake       ? (rs->uf.backend == EXIT_BACKEND_NATIVE ? 1 : 0)
 	               : rs->cfg->handler_threads ? rs->cfg->handler_threads
 	                                          : 1,
 	    /* vCPUs (their exits, and the VMM's own accesses from their threads:

@@ -352,20 +352,15 @@ void userfault_kick_stop(struct userfault *uf)
 	close(uf->kick_stop_efd);
 }
 
-int userfault_after_kick(struct vcpu *v)
+/* A fault of which nothing has retired (after a kick, or a native exit, where
+ * KVM checks the bitmap before touching the page): an async page fault needs
+ * no undoing, else the page is resolved now and *count counts it. 0 to
+ * re-enter, < 0 after vm_fail. */
+static int resolve_unretired(struct vcpu *v, uint64_t gpa, _Atomic uint64_t *count)
 {
-	struct userfault *uf = v->vm->uf;
-	uint64_t gpa, t0 = lv_now_ns();
-	int r;
+	uint64_t t0 = lv_now_ns();
+	int r = apf_try_async_kicked(v, gpa);
 
-	if (!uf || uf->backend != EXIT_BACKEND_KICK)
-		return 0;
-	gpa = atomic_exchange(&uf->kick_gpa[v->index], UF_NO_GPA);
-	if (gpa == UF_NO_GPA)
-		return 0;
-	/* Nothing of the faulting instruction has retired: an async page fault
-	 * needs no undoing here. */
-	r = apf_try_async_kicked(v, gpa);
 	if (r) {
 		apf_account(v, r > 0, lv_now_ns() - t0);
 		return r > 0 ? 0 : -1;
@@ -374,9 +369,73 @@ int userfault_after_kick(struct vcpu *v)
 	if (r < 0)
 		return -1;
 	apf_account(v, false, lv_now_ns() - t0);
-	atomic_fetch_add(&uf->exits_kick, 1);
-	atomic_fetch_add(&uf->resolve_ns, lv_now_ns() - t0);
+	atomic_fetch_add(count, 1);
+	atomic_fetch_add(&v->vm->uf->resolve_ns, lv_now_ns() - t0);
 	return 0;
+}
+
+int userfault_after_kick(struct vcpu *v)
+{
+	struct userfault *uf = v->vm->uf;
+	uint64_t gpa;
+
+	if (!uf || uf->backend != EXIT_BACKEND_KICK)
+		return 0;
+	gpa = atomic_exchange(&uf->kick_gpa[v->index], UF_NO_GPA);
+	if (gpa == UF_NO_GPA)
+		return 0;
+	return resolve_unretired(v, gpa, &uf->exits_kick);
+}
+
+int userfault_native_enable(struct userfault *uf, struct vm *vm)
+{
+	for (unsigned i = 0; i < vm->mem.nslots; i++) {
+		const struct mem_slot *s = &vm->mem.slots[i];
+		uint64_t first = s->gpa >> PAGE_SHIFT;
+		struct kvm_userspace_memory_region2 reg = {
+		    .slot = i,
+		    .flags = KVM_MEM_USERFAULT,
+		    .guest_phys_addr = s->gpa,
+		    .memory_size = s->size,
+		    .userspace_addr = (uint64_t)(uintptr_t)s->host,
+		    .userfault_bitmap = (uint64_t)(uintptr_t)&uf->bm.bits[first / BITS_PER_WORD]};
+
+		/* KVM reads the slot's bits from its first gfn on, a word at a time:
+		 * the slot must start on a word of the VM-wide bitmap. */
+		if (first % BITS_PER_WORD || first + s->size / 4096 > uf->bm.nbits) {
+			lv_err("native userfault: slot %u at gpa 0x%" PRIx64
+			       " does not start on a bitmap word or ends past the bitmap",
+			       i, s->gpa);
+			return -EINVAL;
+		}
+		/* A flags-only change of the existing slot: KVM zaps what it had
+		 * mapped (the VMM's own setup may have faulted pages in). */
+		if (ioctl(vm->fd, KVM_SET_USER_MEMORY_REGION2, &reg) < 0) {
+			int r = -errno;
+
+			lv_err("native userfault: KVM_SET_USER_MEMORY_REGION2 slot %u [0x%" PRIx64
+			       ", +0x%" PRIx64 ") with KVM_MEM_USERFAULT: %s",
+			       i, s->gpa, s->size, strerror(errno));
+			return r;
+		}
+	}
+	return 0;
+}
+
+int userfault_memory_fault_exit(struct vcpu *v)
+{
+	struct userfault *uf = v->vm->uf;
+	const struct lv_kvm_memory_fault *mf = kvm_run_memory_fault(v->run);
+
+	if (!uf || uf->backend != EXIT_BACKEND_NATIVE ||
+	    !(mf->flags & KVM_MEMORY_EXIT_FLAG_USERFAULT)) {
+		vm_fail(v->vm,
+		        "vCPU %u: KVM_RUN: memory fault at gpa 0x%" PRIx64 " (+0x%" PRIx64
+		        "), flags 0x%" PRIx64 ", not a userfault lazyvm asked for",
+		        v->index, (uint64_t)mf->gpa, (uint64_t)mf->size, (uint64_t)mf->flags);
+		return -1;
+	}
+	return resolve_unretired(v, mf->gpa, &uf->exits_data) < 0 ? -1 : 1;
 }
 
 int userfault_mmio_exit(struct vcpu *v)

@@ -6,8 +6,11 @@
  * address; the vCPU thread then fetches and installs the page (the fault
  * engine's resolver), clears the bit, completes the access exactly and
  * re-enters. Backends, probed at start-up:
- *   native  KVM_MEM_USERFAULT memslots (KVM userfault series; not upstream):
- *           probed, absent on our kernels
+ *   native  KVM_MEM_USERFAULT memslots (KVM userfault series; not upstream,
+ *           kernel/ builds it for the hardware-model tier): KVM_RUN fails
+ *           with EFAULT and a KVM_EXIT_MEMORY_FAULT exit, flag USERFAULT, for
+ *           a guest access to a page whose bit is set; KVM's own accesses
+ *           still fault on the UFFD (a handler thread serves those)
  *   sigbus  UFFD_FEATURE_SIGBUS: KVM cannot fault the page in. On the PVM host
  *           data accesses exit as KVM_EXIT_MMIO with the gpa and instruction
  *           fetches as KVM_EXIT_INTERNAL_ERROR; on hardware KVM as -EFAULT
@@ -98,6 +101,14 @@ void userfault_vcpu_started(struct vcpu *v);
  * resolved and completed (re-enter), 0 when it was not a userfault (the caller
  * reports the exit as usual), < 0 after vm_fail. */
 int userfault_mmio_exit(struct vcpu *v);
+
+/* Native backend: turns KVM_MEM_USERFAULT on for every memslot, each with its
+ * part of uf->bm, after vm_create and before the vCPUs run. 0 or -errno (said). */
+int userfault_native_enable(struct userfault *uf, struct vm *vm);
+
+/* KVM_RUN failed with EFAULT and a KVM_EXIT_MEMORY_FAULT exit: 1 when it was
+ * a userfault, now resolved (re-enter); < 0 after vm_fail otherwise. */
+int userfault_memory_fault_exit(struct vcpu *v);
 
 /* Makes the page holding gpa present through resolver `slot` (a vCPU index, or
  * an I/O worker's slot after them). 1 installed now, 0 already there, < 0

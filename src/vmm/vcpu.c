@@ -11,6 +11,7 @@
 
 #include "lazyvm/blocktime.h"
 #include "lazyvm/guest_compute.h"
+#include "lazyvm/compat.h"
 #include "lazyvm/log.h"
 #include "lazyvm/units.h"
 #include "apf.h"
@@ -361,6 +362,13 @@ void *vcpu_thread(void *arg)
 		int rr = ioctl(v->fd, KVM_RUN, 0);
 		atomic_store(&v->in_run, false);
 		if (rr < 0) {
+			/* The native backend's userfault comes back as -EFAULT
+			 * with the exit filled in, not as a plain exit. */
+			if (errno == EFAULT && v->run->exit_reason == KVM_EXIT_MEMORY_FAULT) {
+				if (userfault_memory_fault_exit(v) > 0)
+					continue;
+				break;
+			}
 			if (errno == EINTR || errno == EAGAIN) {
 				v->run->immediate_exit = 0;
 				if (userfault_after_kick(v) < 0)

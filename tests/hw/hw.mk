@@ -2,6 +2,9 @@
 #   make hwtest        build everything below and boot it: tests/hw/run
 #   make hwtest-build  only build (static lazyvm, kernel + busybox cache, initramfs)
 #   make hwtest-clean  remove build/hw except the download cache
+#   make hwtest-patched        the same host with lazyvm's patched kvm.ko and
+#                              kvm-amd.ko (kernel/build), /init's "patched" run
+#   make hwtest-patched-build  only build those (modules, initramfs-patched)
 #
 # Everything lives under $(HW_B) (build/hw), never in $(B):
 #   $(HW_B)/lazyvm             the static lazyvm (make static, static.mk)
@@ -42,11 +45,37 @@ $(HW_B)/initramfs.cpio.gz: $(HW_B)/lazyvm tests/hw/init tests/hw/mkinitramfs \
 
 hwtest-build: $(HW_B)/vmlinuz $(HW_B)/initramfs.cpio.gz
 
+# ---- the patched KVM (kernel/, docs/KERNEL.md) ---------------------------------
+KERNEL_B ?= build/kernel
+# kernel/build always runs (a cache hit when the kernel and patches are the
+# same); it rewrites $(KERNEL_B)/current only when the build key changes.
+$(KERNEL_B)/current: kernel-modules
+	@:
+kernel-modules: $(HW_CACHE)/kernel.abi
+	@KERNEL_ABI=$$(cat $(HW_CACHE)/kernel.abi) kernel/build $(KERNEL_B) >/dev/null
+
+$(HW_B)/userfault_test: kernel/tests/userfault_test.c include/lazyvm/compat.h
+	@mkdir -p $(@D)
+	$(call say,CC,$@)$(CC) -std=gnu11 -Wall -Wextra -Werror -O2 -static -Iinclude -o $@ $<
+
+$(HW_B)/initramfs-patched.cpio.gz: $(HW_B)/lazyvm tests/hw/init tests/hw/mkinitramfs \
+		$(HW_CACHE)/kernel.abi $(HW_CACHE)/busybox.dir $(KERNEL_B)/current $(HW_B)/userfault_test
+	$(call say,CPIO,$@)abi=$$(cat $(HW_CACHE)/kernel.abi); \
+	    HW_KVM_MODULES=$(KERNEL_B)/$$(cat $(KERNEL_B)/current) HW_EXTRA_BIN=$(HW_B)/userfault_test \
+	    tests/hw/mkinitramfs $@ $(HW_B)/root-patched $(HW_CACHE)/kernel-$$abi $$abi \
+	    $(HW_CACHE)/$$(cat $(HW_CACHE)/busybox.dir)/bin/busybox $(HW_B)/lazyvm tests/hw/init
+
+hwtest-patched-build: $(HW_B)/vmlinuz $(HW_B)/initramfs-patched.cpio.gz
+
+hwtest-patched: hwtest-patched-build
+	tests/hw/run --kernel $(HW_B)/vmlinuz --initrd $(HW_B)/initramfs-patched.cpio.gz --logs $(HW_B)/logs-patched
+
 hwtest: hwtest-build
 	tests/hw/run --kernel $(HW_B)/vmlinuz --initrd $(HW_B)/initramfs.cpio.gz --logs $(HW_B)/logs
 
 hwtest-clean:
-	rm -rf $(HW_B)/root $(HW_B)/logs $(HW_B)/lazyvm $(HW_B)/vmlinuz $(HW_B)/initramfs.cpio.gz
+	rm -rf $(HW_B)/root $(HW_B)/logs $(HW_B)/lazyvm $(HW_B)/vmlinuz $(HW_B)/initramfs.cpio.gz \
+	    $(HW_B)/root-patched $(HW_B)/logs-patched $(HW_B)/initramfs-patched.cpio.gz $(HW_B)/userfault_test
 
-.PHONY: hwtest hwtest-build hwtest-clean hw-fetch
+.PHONY: hwtest hwtest-build hwtest-clean hw-fetch kernel-modules hwtest-patched hwtest-patched-build
 
