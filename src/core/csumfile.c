@@ -85,12 +85,21 @@ int csumfile_write(const char *path, uint64_t mem_size, const uint32_t *crcs,
 		free(chunks);
 		return fd;
 	}
-	if (pwrite(fd, &h, sizeof(h), 0) != (ssize_t)sizeof(h) ||
-	    pwrite(fd, chunks, nchunks * 4, (off_t)h.chunks_off) != (ssize_t)(nchunks * 4) ||
-	    pwrite(fd, zero_map, zero_words(npages) * 8, (off_t)h.zero_off) !=
-	        (ssize_t)(zero_words(npages) * 8) ||
-	    pwrite(fd, crcs, npages * 4, (off_t)h.crcs_off) != (ssize_t)(npages * 4))
-		r = errno ? -errno : -EIO;
+	const struct {
+		const void *buf;
+		size_t len;
+		uint64_t off;
+	} parts[] = {{&h, sizeof(h), 0},
+	             {chunks, nchunks * 4, h.chunks_off},
+	             {zero_map, zero_words(npages) * 8, h.zero_off},
+	             {crcs, npages * 4, h.crcs_off}};
+	for (size_t i = 0; i < sizeof(parts) / sizeof(parts[0]) && !r; i++) {
+		ssize_t n = pwrite(fd, parts[i].buf, parts[i].len, (off_t)parts[i].off);
+
+		/* A short write sets no errno: say what it was, not a stale one. */
+		if (n != (ssize_t)parts[i].len)
+			r = n < 0 ? -errno : -ENOSPC;
+	}
 	if (!r && fsync(fd) < 0)
 		r = -errno;
 	if (close(fd) < 0 && !r)

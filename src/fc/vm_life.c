@@ -125,10 +125,14 @@ static void vm_park(struct fc_handler *h, struct vm *vm)
 		 * too, if it is one (it may be a VM's only other reference). */
 		if (vm->conn.nfds && uffd_fd_check(vm->conn.fds[0]) == 1)
 			vm->uffd = fc_conn_take_uffd(&vm->conn);
-		fc_conn_close_fds(&vm->conn); /* none left: check_memory_kind saw to it */
+		/* The rest (a guest_memfd, a bitmap) keep nothing from zeros. */
+		fc_conn_close_fds(&vm->conn);
 	}
 	fc_conn_close(&vm->conn);
 	fc_vm_retire_engine(h, vm);
+	/* An unserved VM reads nothing more: its own NBD connection goes now,
+	 * also when its engine never started. */
+	fc_snap_vm_source_put(vm->snap, vm);
 	vm->state = VM_UNSERVED;
 	h->nunserved++;
 	if (vm->uffd < 0 || h->nunserved > h->cfg.max_vms) {
