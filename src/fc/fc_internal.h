@@ -104,4 +104,9 @@ int fc_owner_prove(const struct fc_owner_query *q, char *why, size_t whylen);
  * ours. 1 yes (or cannot tell), 0 gone. Never installs anything. */
 int fc_uffd_mm_alive(int uffd, uint64_t addr, const void *unreadable);
 
+/* fc-client: a userfaultfd the way vm->version opens one, with `features`
+ * (client.c; client_handoff.c opens a replacement with it). */
+struct fc_vm;
+int fc_client_open_uffd(struct fc_vm *vm, uint64_t features, char *why, size_t whylen);
+
 #endif
