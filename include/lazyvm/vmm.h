@@ -18,6 +18,9 @@ enum vmm_apf {
 	VMM_APF_KERNEL,   /* KVM's own async PF; probed: unavailable on emulating KVMs */
 };
 enum vmm_apf_policy { VMM_POLICY_SYNC, VMM_POLICY_ASYNC, VMM_POLICY_HYBRID };
+/* --exit-backend: which exit backend an exit intake uses (AUTO: the probe's
+ * best; a named one that does not work here fails the restore, saying why). */
+enum vmm_exit_backend { VMM_EXIT_AUTO, VMM_EXIT_NATIVE, VMM_EXIT_SIGBUS, VMM_EXIT_KICK };
 
 struct vmm_run_config {
 	uint64_t mem_size;
@@ -66,10 +69,11 @@ struct vmm_restore_config {
 	bool background_finish;     /* and keep fetching after the guest is done, until
 	                             * every page is in (a migration's last pages) */
 	const struct vmm_restore_hooks *hooks;
-	unsigned handler_threads;  /* lazy: engine threads */
-	enum engine_intake intake; /* lazy */
-	bool exit_intake;          /* lazy: faults as vCPU exits (userfault exits)
-	                            * instead of UFFD messages; `intake` unused */
+	unsigned handler_threads;           /* lazy: engine threads */
+	enum engine_intake intake;          /* lazy */
+	bool exit_intake;                   /* lazy: faults as vCPU exits (userfault exits)
+	                                     * instead of UFFD messages; `intake` unused */
+	enum vmm_exit_backend exit_backend; /* with exit_intake */
 	enum vmm_apf apf;
 	enum vmm_apf_policy policy;
 	unsigned fault_around; /* lazy: pages per fault (engine_config) */

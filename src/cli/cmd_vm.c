@@ -42,6 +42,9 @@ static const char restore_help[] =
     "                       --intake exit, where the vCPUs resolve their own faults)\n"
     "  --intake block|busy|exit  lazy: a handler thread blocking in poll (default) or\n"
     "                       spinning, or the vCPUs' own exits (userfault exits)\n"
+    "  --exit-backend native|sigbus|kick  lazy, with --intake exit: how the vCPUs\n"
+    "                       exit on a missing page (default: the best that works\n"
+    "                       here, in that order; `lazyvm probe` lists them)\n"
     "  --fault-around N     lazy: pages installed per fault, 1 to 64 (default 16)\n"
     "  --apf off|user|exitless|kernel  lazy: async page faults (default off; user and\n"
     "                       exitless need --intake exit)\n"
@@ -85,6 +88,8 @@ static const char migrate_help[] =
     "                       --intake exit)\n"
     "  --intake block|busy|exit  a handler thread blocking in poll (default) or\n"
     "                       spinning, or the vCPUs' own exits (userfault exits)\n"
+    "  --exit-backend native|sigbus|kick  with --intake exit: how the vCPUs exit on\n"
+    "                       a missing page (default: the best that works here)\n"
     "  --fault-around N     pages installed per fault, 1 to 64 (default 16)\n"
     "  --source-timeout DUR the longest wait for the source's NBD server (default 5s);\n"
     "                       a source that stops answering stops the VM within\n"
@@ -113,6 +118,7 @@ enum {
 	GIVEN_INTAKE = 1u << 3,
 	GIVEN_APF = 1u << 4,
 	GIVEN_POLICY = 1u << 5,
+	GIVEN_BACKEND = 1u << 6,
 };
 
 /* The fault-handling options restore and migrate share. Returns 1 when `c`
@@ -124,7 +130,8 @@ static int engine_option(const char *cmd, int c, const char *arg, struct vmm_res
 	static const char *const intakes[] = {"block", "busy", "exit"};
 	static const char *const apfs[] = {"off", "user", "exitless", "kernel"};
 	static const char *const policies[] = {"sync", "async", "hybrid"};
-	static const char opt_of[] = "LTAiPO";
+	static const char *const backends[] = {"native", "sigbus", "kick"};
+	static const char opt_of[] = "LTAiPOX";
 	unsigned long long v;
 	int k;
 
@@ -162,6 +169,12 @@ static int engine_option(const char *cmd, int c, const char *arg, struct vmm_res
 		cfg->intake = k == 1 ? ENGINE_INTAKE_BUSY : ENGINE_INTAKE_BLOCK;
 		cfg->exit_intake = k == 2;
 		return 1;
+	case 'X':
+		/* in enum vmm_exit_backend order, after AUTO */
+		if (cli_choice(cmd, "--exit-backend", arg, backends, 3, &k) < 0)
+			return -1;
+		cfg->exit_backend = (enum vmm_exit_backend)(k + 1);
+		return 1;
 	case 'P':
 		/* in enum vmm_apf order */
 		if (cli_choice(cmd, "--apf", arg, apfs, 4, &k) < 0)
@@ -197,6 +210,13 @@ static int check_engine_options(const char *cmd, const struct vmm_restore_config
 		        cmd);
 		return -1;
 	}
+	if ((given & GIVEN_BACKEND) && !cfg->exit_intake) {
+		fprintf(stderr,
+		        "lazyvm %s: --exit-backend chooses how --intake exit works: it needs "
+		        "--intake exit\n",
+		        cmd);
+		return -1;
+	}
 	if ((given & GIVEN_THREADS) && cfg->exit_intake) {
 		fprintf(stderr,
 		        "lazyvm %s: --handler-threads does nothing with --intake exit (the vCPUs "
@@ -216,7 +236,7 @@ static int check_restore_options(const struct vmm_restore_config *cfg, unsigned 
 	} lazy_only[] = {
 	    {GIVEN_THREADS, "--handler-threads"}, {GIVEN_AROUND, "--fault-around"},
 	    {GIVEN_INTAKE, "--intake"},           {GIVEN_APF, "--apf"},
-	    {GIVEN_POLICY, "--policy"},
+	    {GIVEN_POLICY, "--policy"},           {GIVEN_BACKEND, "--exit-backend"},
 	};
 	const char *load = vmm_load_name(cfg->load);
 	const char *bad = NULL;
@@ -271,6 +291,7 @@ int cmd_restore(int argc, char **argv)
 	    {"handler-threads", required_argument, 0, 'T'},
 	    {"fault-around", required_argument, 0, 'A'},
 	    {"intake", required_argument, 0, 'i'},
+	    {"exit-backend", required_argument, 0, 'X'},
 	    {"apf", required_argument, 0, 'P'},
 	    {"policy", required_argument, 0, 'O'},
 	    {"source", required_argument, 0, 'U'},
@@ -411,6 +432,7 @@ int cmd_migrate(int argc, char **argv)
 	    {"accept-timeout", required_argument, 0, 't'},
 	    {"handler-threads", required_argument, 0, 'T'},
 	    {"intake", required_argument, 0, 'i'},
+	    {"exit-backend", required_argument, 0, 'X'},
 	    {"fault-around", required_argument, 0, 'A'},
 	    {"source-latency", required_argument, 0, 'L'},
 	    {"apf", required_argument, 0, 'P'},

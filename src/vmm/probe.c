@@ -235,7 +235,7 @@ int exit_backends_probe(struct kvm_sys *sys, bool probe_all, struct exit_probe *
 		p->kick_probed = true;
 		p->kick = probe_kick(sys, p->kick_why, sizeof(p->kick_why));
 	} else {
-		snprintf(p->kick_why, sizeof(p->kick_why), "not probed (sigbus works)");
+		snprintf(p->kick_why, sizeof(p->kick_why), "sigbus works; `lazyvm probe --all` probes it");
 	}
 	/* native first: the kernel's own interface, no signal, no intake
 	 * thread. sigbus before kick: where both work, sigbus costs no signal

@@ -89,13 +89,34 @@ int restore_start_lazy(struct restore *rs, struct guest_mem *m)
 		struct exit_probe probe;
 		enum exit_backend best;
 
-		exit_backends_probe(rs->sys, false, &probe, &best);
+		exit_backends_probe(rs->sys, rs->cfg->exit_backend == VMM_EXIT_KICK, &probe, &best);
 		if (best == EXIT_BACKEND_NONE)
 			return restore_fail(
 			    rs, -EOPNOTSUPP,
 			    "--intake exit: no usable exit backend on this host (sigbus: %s; "
 			    "kick: %s; native: %s)",
 			    probe.sigbus_why, probe.kick_why, probe.native_why);
+		if (rs->cfg->exit_backend != VMM_EXIT_AUTO) {
+			static const enum exit_backend of[] = {
+			    [VMM_EXIT_NATIVE] = EXIT_BACKEND_NATIVE,
+			    [VMM_EXIT_SIGBUS] = EXIT_BACKEND_SIGBUS,
+			    [VMM_EXIT_KICK] = EXIT_BACKEND_KICK,
+			};
+			enum exit_backend want = of[rs->cfg->exit_backend];
+			bool works = want == EXIT_BACKEND_NATIVE   ? probe.native
+			             : want == EXIT_BACKEND_SIGBUS ? probe.sigbus
+			                                           : probe.kick;
+			const char *no = want == EXIT_BACKEND_NATIVE   ? probe.native_why
+			                 : want == EXIT_BACKEND_SIGBUS ? probe.sigbus_why
+			                                               : probe.kick_why;
+
+			if (!works)
+				return restore_fail(
+				    rs, -EOPNOTSUPP,
+				    "--exit-backend %s does not work on this host: %s",
+				    exit_backend_name(want), no);
+			best = want;
+		}
 		rs->uf.backend = best;
 		if ((r = uf_bitmap_create(&rs->uf.bm, m->size / 4096)) < 0)
 			return restore_fail(rs, r, "userfault bitmap: %s", strerror(-r));

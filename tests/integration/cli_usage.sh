@@ -78,6 +78,9 @@ usage "restore --apf exitless --intake busy" "--apf exitless needs --intake exit
 usage "restore --policy without --apf" "--policy chooses which faults become asynchronous: it needs --apf" restore d --policy async
 usage "restore --handler-threads with --intake exit" "--handler-threads does nothing with --intake exit" \
     restore d --intake exit --handler-threads 2
+usage "restore --exit-backend without --intake exit" "--exit-backend chooses how --intake exit works: it needs --intake exit" \
+    restore d --exit-backend sigbus
+usage "restore --exit-backend foo" "--exit-backend: 'foo' is not native, sigbus or kick" restore d --intake exit --exit-backend foo
 usage "migrate without --listen" "--listen HOST:PORT is required" migrate
 usage "migrate --listen without a port" "--listen 'nohost': 'nohost' is not HOST:PORT" migrate --listen nohost
 usage "migrate --accept-timeout 0" "--accept-timeout: '0': must be more than 0" migrate --listen 127.0.0.1:0 --accept-timeout 0

@@ -114,6 +114,11 @@ if [ "$(json_field ok <<<"$out")" = True ] && grep -q "kernel async PF unavailab
 else
     not_ok "kernel APF: $out $(tail -3 "$T/err")"
 fi
+# A named exit backend that does not work here fails the restore, saying why
+# (the probe's words), rather than falling back to another one.
+expect "--exit-backend native on a KVM without KVM_MEM_USERFAULT: refused with the reason" 1 \
+    "--exit-backend native does not work on this host: KVM_SET_USER_MEMORY_REGION2 rejects KVM_MEM_USERFAULT" \
+    "$LAZYVM" restore "$apf" --intake exit --exit-backend native
 expect "--apf user without --intake exit is refused (usage)" 2 "needs --intake exit" "$LAZYVM" restore "$apf" --apf user
 
 # Tokens are unique while outstanding and recycled at the guest's ACK: more
