@@ -10,26 +10,10 @@ set -euo pipefail
 B=${B:-build}
 cd "$(dirname "$0")/.."
 start=$(date +%s)
-logs=$(mktemp -d /tmp/lazyvm-hw-intake.XXXXXX)
-out=$logs/run.out
-make -s hwtest-patched-build B="$B" >"$out" 2>&1 || { tail -30 "$out" >&2; echo "hw_intake_bench: building the patched tier failed" >&2; exit 1; }
-if ! HW_APPEND=hwbench=intake HW_TEST_TIMEOUT=${HW_TEST_TIMEOUT:-300} tests/hw/run \
-    --kernel "$B"/hw/vmlinuz --initrd "$B"/hw/initramfs-patched.cpio.gz --logs "$logs" >>"$out" 2>&1; then
-    grep -E '^(FAIL|hwtest:)' "$out" >&2 || true
-    echo "hw_intake_bench: the patched tier failed (serial logs and output kept in $logs)" >&2
-    exit 1
-fi
-serial=$(ls -t "$logs"/serial-*.log | head -n 1)
-lines=$logs/lines
-tr -d '\r' <"$serial" | grep -a -o 'HWTEST .*' >"$lines"
-rows=$logs/rows
-grep 'bench-intake | ' "$lines" | sed 's/.*bench-intake | //' | awk -F' [|] ' 'NF == 5' >"$rows"
-bad=$(awk -F' [|] ' '$5 != "ok"' "$rows" | wc -l)
-if [ ! -s "$rows" ] || [ "$bad" -gt 0 ]; then
-    awk -F' [|] ' '$5 != "ok"' "$rows" >&2
-    echo "hw_intake_bench: $bad failed restore(s) or no bench lines (serial logs kept in $logs)" >&2
-    exit 1
-fi
+# shellcheck source=bench/lib/hw_rows.sh
+. bench/lib/hw_rows.sh
+# bench-intake | CASE | vcpus | faults | run_ms | status
+hw_bench_rows hw_intake_bench hwtest-patched-build initramfs-patched.cpio.gz intake bench-intake 5
 
 echo "## Fault intake on the hardware-model host, patched KVM (kvm-amd under QEMU TCG)"
 echo
@@ -69,3 +53,4 @@ awk -F' [|] ' '
 echo
 echo "Benchmark wall time: $(( $(date +%s) - start )) s"
 echo
+rm -rf "$logs"

@@ -14,30 +14,10 @@ set -euo pipefail
 B=${B:-build}
 cd "$(dirname "$0")/.."
 start=$(date +%s)
-logs=$(mktemp -d /tmp/lazyvm-hw-reap.XXXXXX)
-out=$logs/run.out
-make -s hwtest-build B="$B" >"$out" 2>&1 || { tail -30 "$out" >&2; echo "hw_reap_bench: building the hardware-model tier failed" >&2; exit 1; }
-# Its own logs directory, so that a `make hwtest` running at the same time
-# (build/hw/logs) does not mix its serial log with this one.
-if ! HW_APPEND=hwbench=reap HW_TEST_TIMEOUT=${HW_TEST_TIMEOUT:-300} tests/hw/run \
-    --kernel "$B"/hw/vmlinuz --initrd "$B"/hw/initramfs.cpio.gz --logs "$logs" >>"$out" 2>&1; then
-    grep -E '^(FAIL|hwtest:)' "$out" >&2 || true
-    echo "hw_reap_bench: the hardware-model tier failed (serial logs and output kept in $logs)" >&2
-    exit 1
-fi
-# The raw serial lines of the boot that finished (a hung first boot is retried).
-serial=$(ls -t "$logs"/serial-*.log | head -n 1)
-lines=$logs/lines
-tr -d '\r' <"$serial" | grep -a -o 'HWTEST .*' >"$lines"
+# shellcheck source=bench/lib/hw_rows.sh
+. bench/lib/hw_rows.sh
 # bench-reap | CASE | total_ms | run_ms | restore_ms | faults | ws_prefetched | pages_background | prefetch_ms | status
-rows=$logs/rows
-grep 'bench-reap | ' "$lines" | sed 's/.*bench-reap | //' | awk -F' [|] ' 'NF == 9' >"$rows"
-bad=$(awk -F' [|] ' '$9 != "ok"' "$rows" | wc -l)
-if [ ! -s "$rows" ] || [ "$bad" -gt 0 ]; then
-    awk -F' [|] ' '$9 != "ok"' "$rows" >&2
-    echo "hw_reap_bench: $bad failed restore(s) or no bench lines (serial logs kept in $logs)" >&2
-    exit 1
-fi
+hw_bench_rows hw_reap_bench hwtest-build initramfs.cpio.gz reap bench-reap 9
 
 echo "## REAP working-set replay on the hardware-model host (kvm-amd under QEMU TCG)"
 echo
