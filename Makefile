@@ -60,9 +60,12 @@ endif
 
 all: $(B)/lazyvm $(UNIT_BINS) $(BENCH_BINS) $(GUEST_BIN)
 
-$(B)/liblazyvm.a: $(LIB_OBJS)
+# The archive is written from scratch, and again whenever the set of objects
+# changes ($(B)/.lib-objs), so that a deleted source leaves no object behind.
+$(shell mkdir -p $(B) && echo '$(LIB_OBJS)' | cmp -s - $(B)/.lib-objs || echo '$(LIB_OBJS)' >$(B)/.lib-objs)
+$(B)/liblazyvm.a: $(LIB_OBJS) $(B)/.lib-objs
 	@mkdir -p $(@D)
-	$(call say,AR,$@)$(AR) rcs $@ $^
+	$(call say,AR,$@)rm -f $@ && $(AR) rcs $@ $(LIB_OBJS)
 
 $(B)/lazyvm: $(CLI_OBJS) $(B)/guest_image.o $(B)/liblazyvm.a
 	$(call say,LINK,$@)$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)

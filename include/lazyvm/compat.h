@@ -85,6 +85,39 @@ static inline const struct lv_kvm_memory_fault *kvm_run_memory_fault(const struc
 #define KVM_MEMORY_EXIT_FLAG_USERFAULT (1ull << 4)
 #endif
 
+/* Async page faults for userfault exits (lazyvm's KVM patches, kernel/; the
+ * contract lazyvm and its patches share, after Firecracker's secret-hiding
+ * userspace; docs/KERNEL.md). */
+#ifndef KVM_MEMORY_EXIT_FLAG_APF
+#define KVM_MEMORY_EXIT_FLAG_APF (1ull << 5) /* only with ..._USERFAULT */
+#endif
+#ifndef KVM_CAP_ASYNC_PF_USERFAULT
+#define KVM_CAP_ASYNC_PF_USERFAULT 246 /* exitful: ENABLE_CAP on a vCPU fd */
+#endif
+#ifndef KVM_CAP_ASYNC_PF_USERFAULT_EVENTFD
+#define KVM_CAP_ASYNC_PF_USERFAULT_EVENTFD 247 /* exitless: KVM_SET_APF_EVENTFD */
+#endif
+#ifndef KVM_ASYNC_PF
+struct kvm_async_pf_req {
+	__u64 gpa; /* page aligned */
+	__u32 op;  /* KVM_APF_OP_* */
+	__u32 flags;
+	__u64 reserved[2];
+};
+#define KVM_ASYNC_PF      _IOW(KVMIO, 0xd6, struct kvm_async_pf_req)
+#define KVM_APF_OP_ACCEPT 1 /* make the vCPU's last userfault exit async */
+#define KVM_APF_OP_READY  2 /* its page is in: KVM injects "page ready" */
+struct kvm_apf_eventfd {
+	__s32 fd;          /* notify eventfd, -1 off */
+	__s32 complete_fd; /* complete eventfd, -1 off */
+	__u32 flags;
+	__u32 padding;
+	__u64 reserved[2];
+};
+#define KVM_SET_APF_EVENTFD _IOW(KVMIO, 0xd9, struct kvm_apf_eventfd)
+#define KVM_APF_PAGE_OFFSET 3 /* mmap(vcpu_fd) page: the notify and complete rings */
+#endif
+
 /* A spin-wait hint. */
 static inline void cpu_relax(void)
 {

@@ -24,7 +24,7 @@
 #include "snapshot.h"
 #include "vcpu.h"
 #include "apf.h"
-#include "userfault.h"
+#include "exit.h"
 #include "restore.h"
 #include "vmm.h"
 
@@ -347,7 +347,7 @@ static int load_vm_state(struct restore *rs, struct vm *vm)
 int vmm_restore(const struct vmm_restore_config *cfg, struct vmm_outcome *out)
 {
 	struct restore rs = {
-	    .cfg = cfg, .out = out, .mem_fd = -1, .csum_fd = -1, .uf = {.kick_uffd = -1}};
+	    .cfg = cfg, .out = out, .mem_fd = -1, .csum_fd = -1, .uf = {.uffd = -1}};
 	struct guest_mem want;
 	struct kvm_sys sys = {.fd = -1};
 
@@ -402,8 +402,10 @@ int vmm_restore(const struct vmm_restore_config *cfg, struct vmm_outcome *out)
 	                       .nvcpus = rs.rd.hdr.nr_vcpus,
 	                       .workload = "",
 	                       .quiet_console = cfg->console_to_stderr,
+	                       /* not where KVM owns them (apf_kvm.c) */
 	                       .capture_apf_msrs =
-	                           cfg->apf == VMM_APF_USER || cfg->apf == VMM_APF_EXITLESS,
+	                           (cfg->apf == VMM_APF_USER || cfg->apf == VMM_APF_EXITLESS) &&
+	                           rs.apf_impl == APF_IMPL_LAZYVM,
 	                       .stall_ns = cfg->stall_ns};
 	if ((r = vm_create(vm, &sys, &vc)) < 0) {
 		restore_fail(&rs, r, "creating the VM: %s", strerror(-r));
@@ -432,25 +434,17 @@ int vmm_restore(const struct vmm_restore_config *cfg, struct vmm_outcome *out)
 		goto out_vm;
 	}
 	if (rs.have_uf) {
-		rs.uf.eng = rs.eng;
-		vm->uf = &rs.uf;
+		const char *name = exit_backend_name(rs.uf.ops->id);
+
 		/* sigbus cannot serve KVM's own accesses (event delivery): install the
 		 * guest's core first. Kick can: those fault in the vCPU's thread too. */
-		if (rs.uf.backend == EXIT_BACKEND_SIGBUS &&
-		    (r = restore_prefetch_core(&rs, vm)) < 0)
+		if (rs.uf.ops->needs_core && (r = restore_prefetch_core(&rs, vm)) < 0)
 			goto out_vm;
-		if (rs.uf.backend == EXIT_BACKEND_NATIVE &&
-		    (r = userfault_native_enable(&rs.uf, vm)) < 0) {
-			restore_fail(&rs, r, "native userfault memslots: %s", strerror(-r));
+		if ((r = exit_attach(&rs.uf, vm)) < 0) {
+			restore_fail(&rs, r, "the %s exit backend: %s", name, strerror(-r));
 			goto out_vm;
 		}
-		if (rs.uf.backend == EXIT_BACKEND_KICK &&
-		    (r = userfault_kick_start(&rs.uf, vm)) < 0) {
-			restore_fail(&rs, r, "kick intake thread: %s", strerror(-r));
-			goto out_vm;
-		}
-		snprintf(out->exit_backend, sizeof(out->exit_backend), "%s",
-		         exit_backend_name(rs.uf.backend));
+		snprintf(out->exit_backend, sizeof(out->exit_backend), "%s", name);
 	}
 	vm->blocktime = rs.bt;
 	out->t_ready_ns = lv_now_ns();
@@ -458,7 +452,7 @@ int vmm_restore(const struct vmm_restore_config *cfg, struct vmm_outcome *out)
 		cfg->hooks->ready(cfg->hooks->arg);
 	r = restore_run_watched(&rs, vm);
 	if (rs.have_uf)
-		userfault_kick_stop(&rs.uf);
+		exit_detach(&rs.uf);
 	/* A migration's destination owns every page only once all have come. */
 	if (cfg->background_finish && rs.eng && r == 0) {
 		lv_info("guest done; waiting for the last pages to arrive");
@@ -520,13 +514,11 @@ out_vm:
 	 * (the engine failed), and destroying the VM waits for that worker; the
 	 * last close of the userfaultfd releases it. No guest runs again. */
 	if (rs.have_uf)
-		userfault_kick_stop(&rs.uf);
+		exit_detach(&rs.uf);
 	if (rs.eng)
 		engine_destroy(rs.eng);
 	rs.eng = NULL;
-	if (rs.uf.kick_uffd >= 0)
-		close(rs.uf.kick_uffd);
-	rs.uf.kick_uffd = -1;
+	exit_close_uffd(&rs.uf);
 	vm_destroy(vm);
 out:
 	/* The engine goes after the vCPUs (they may wait on it) and before the memory. */
@@ -537,12 +529,9 @@ out:
 		free(vm);
 	}
 	source_destroy(rs.src);
-	if (rs.have_uf) {
-		userfault_kick_stop(&rs.uf);
-		uf_bitmap_destroy(&rs.uf.bm);
-		if (rs.uf.kick_uffd >= 0)
-			close(rs.uf.kick_uffd);
-	}
+	if (rs.have_uf)
+		exit_destroy(&rs.uf);
+	exit_close_uffd(&rs.uf);
 	if (rs.mem_fd >= 0)
 		close(rs.mem_fd);
 	if (rs.csum_fd >= 0)

@@ -17,7 +17,7 @@
 #include "lazyvm/vmm.h"
 #include "apf.h"
 #include "snapshot.h"
-#include "userfault.h"
+#include "exit.h"
 #include "vmm.h"
 
 struct restore {
@@ -36,6 +36,7 @@ struct restore {
 	unsigned eng_prefetch_slot; /* resolver slot for working-set replay */
 	struct apf apf;
 	bool have_apf;
+	enum apf_impl apf_impl; /* user and exitless: lazyvm's or KVM's (native) */
 	struct blocktime *bt;
 	const struct guest_mem *mem; /* guest RAM, once mapped */
 	_Atomic uint64_t huge;       /* 2 MiB pieces collapsed into huge pages */

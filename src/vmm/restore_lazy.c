@@ -95,40 +95,37 @@ int restore_start_lazy(struct restore *rs, struct guest_mem *m)
 			    rs, -EOPNOTSUPP,
 			    "--intake exit: no usable exit backend on this host (sigbus: %s; "
 			    "kick: %s; native: %s)",
-			    probe.sigbus_why, probe.kick_why, probe.native_why);
+			    probe.why[EXIT_BACKEND_SIGBUS], probe.why[EXIT_BACKEND_KICK],
+			    probe.why[EXIT_BACKEND_NATIVE]);
 		if (rs->cfg->exit_backend != VMM_EXIT_AUTO) {
-			static const enum exit_backend of[] = {
-			    [VMM_EXIT_NATIVE] = EXIT_BACKEND_NATIVE,
-			    [VMM_EXIT_SIGBUS] = EXIT_BACKEND_SIGBUS,
-			    [VMM_EXIT_KICK] = EXIT_BACKEND_KICK,
-			};
-			enum exit_backend want = of[rs->cfg->exit_backend];
-			bool works = want == EXIT_BACKEND_NATIVE   ? probe.native
-			             : want == EXIT_BACKEND_SIGBUS ? probe.sigbus
-			                                           : probe.kick;
-			const char *no = want == EXIT_BACKEND_NATIVE   ? probe.native_why
-			                 : want == EXIT_BACKEND_SIGBUS ? probe.sigbus_why
-			                                               : probe.kick_why;
+			_Static_assert((int)VMM_EXIT_NATIVE == EXIT_BACKEND_NATIVE &&
+			                   (int)VMM_EXIT_SIGBUS == EXIT_BACKEND_SIGBUS &&
+			                   (int)VMM_EXIT_KICK == EXIT_BACKEND_KICK,
+			               "enum vmm_exit_backend follows enum exit_backend");
+			enum exit_backend want = (enum exit_backend)rs->cfg->exit_backend;
 
-			if (!works)
+			if (!probe.works[want])
 				return restore_fail(
 				    rs, -EOPNOTSUPP,
 				    "--exit-backend %s does not work on this host: %s",
-				    exit_backend_name(want), no);
+				    exit_backend_name(want), probe.why[want]);
 			best = want;
 		}
-		rs->uf.backend = best;
-		if ((r = uf_bitmap_create(&rs->uf.bm, m->size / 4096)) < 0)
+		if ((r = exit_init(&rs->uf, best, m->size / 4096)) < 0)
 			return restore_fail(rs, r, "userfault bitmap: %s", strerror(-r));
 		rs->have_uf = true;
+		/* Native exits on our KVM: KVM's own async PF for userfaults where
+		 * it has the kind asked for; elsewhere lazyvm plays KVM's part. */
+		if (best == EXIT_BACKEND_NATIVE &&
+		    ((rs->cfg->apf == VMM_APF_USER && probe.apf_exitful) ||
+		     (rs->cfg->apf == VMM_APF_EXITLESS && probe.apf_exitless)))
+			rs->apf_impl = APF_IMPL_KVM;
 	}
 	/* Exit intake, sigbus: KVM cannot fault a missing page in and exits
 	 * instead; no UFFD messages are read at all. Kick: blocking faults whose
 	 * messages name the faulting thread, so the right vCPU can be kicked. */
 	/* UFFD intake: messages name the faulting thread too, for the blocktime. */
-	uint64_t features = rs->cfg->exit_intake && rs->uf.backend == EXIT_BACKEND_SIGBUS
-	                        ? UFFD_FEATURE_SIGBUS
-	                        : UFFD_FEATURE_THREAD_ID;
+	uint64_t features = rs->have_uf ? rs->uf.ops->uffd_features : UFFD_FEATURE_THREAD_ID;
 	if ((r = blocktime_create(rs->rd.hdr.nr_vcpus, &rs->bt)) < 0)
 		return restore_fail(rs, r, "blocktime: %s", strerror(-r));
 	uffd = uffd_open(features, NULL, why, sizeof(why));
@@ -146,29 +143,33 @@ int restore_start_lazy(struct restore *rs, struct guest_mem *m)
 			                    i, strerror(-r), why);
 		}
 	}
-	struct engine_config ec = {
-	    .uffd = uffd,
-	    .source = rs->src,
-	    /* native: KVM's own accesses to guest memory still come as UFFD
-	     * faults, which one handler thread serves */
-	    .threads = rs->cfg->exit_intake       ? (rs->uf.backend == EXIT_BACKEND_NATIVE ? 1 : 0)
-	               : rs->cfg->handler_threads ? rs->cfg->handler_threads
-	                                          : 1,
-	    /* vCPUs (their exits, and the VMM's own accesses from their threads:
-	     * vm_mem_get), then with exit intake the async PF I/O workers and the
-	     * kick intake thread, then the last: working-set replay (before the
-	     * guest runs), then background prefetch (while it runs) */
-	    .resolvers = rs->rd.hdr.nr_vcpus + (rs->cfg->exit_intake ? APF_IO_WORKERS + 2 : 1),
-	    .intake = rs->cfg->intake,
-	    .busy_idle_ns = 10 * 1000 * 1000,
-	    .fault_around = rs->cfg->fault_around,
-	    .blocktime = rs->bt,
-	    .name = "restore"};
-	rs->uf.kick_uffd =
-	    rs->uf.backend == EXIT_BACKEND_KICK ? fcntl(uffd, F_DUPFD_CLOEXEC, 0) : -1;
+	struct engine_config ec = {.uffd = uffd,
+	                           .source = rs->src,
+	                           /* exit intake: as many as the backend wants (native: KVM's own
+	                            * accesses to guest memory still come as UFFD faults) */
+	                           .threads = rs->have_uf                ? rs->uf.ops->uffd_threads
+	                                      : rs->cfg->handler_threads ? rs->cfg->handler_threads
+	                                                                 : 1,
+	                           /* vCPUs (their exits, and the VMM's own accesses from their
+	                            * threads: vm_mem_get), then with exit intake the async PF I/O
+	                            * side (APF_SLOTS) and the kick intake thread, then the last:
+	                            * working-set replay (before the guest runs), then background
+	                            * prefetch (while it runs) */
+	                           .resolvers = rs->rd.hdr.nr_vcpus +
+	                                        (rs->cfg->exit_intake ? APF_SLOTS + 2 : 1),
+	                           .intake = rs->cfg->intake,
+	                           .busy_idle_ns = 10 * 1000 * 1000,
+	                           .fault_around = rs->cfg->fault_around,
+	                           .blocktime = rs->bt,
+	                           .name = "restore"};
 	if ((r = engine_create(&ec, &rs->eng)) < 0) {
 		close(uffd);
 		return restore_fail(rs, r, "fault engine: %s", strerror(-r));
+	}
+	if (rs->have_uf) {
+		rs->uf.pages.eng = rs->eng;
+		if ((r = exit_set_uffd(&rs->uf, uffd)) < 0)
+			return restore_fail(rs, r, "userfaultfd copy: %s", strerror(-r));
 	}
 	for (unsigned i = 0; i < m->nslots; i++) {
 		struct engine_region er = {.host_addr = (uint64_t)(uintptr_t)m->slots[i].host,
@@ -232,13 +233,13 @@ static int fill_for_vmm(struct vm *vm, unsigned who, uint64_t gpa, uint64_t len)
 		struct engine_run run;
 		int r, tries = 0;
 
-		if (rs->have_uf ? !uf_bitmap_test(&rs->uf.bm, page / 4096)
+		if (rs->have_uf ? !uf_pages_missing(&rs->uf.pages, page)
 		                : engine_page_present(rs->eng, addr))
 			continue;
 		if (who == VM_MEM_NO_FETCH)
 			return -EAGAIN;
 		if (rs->have_uf) {
-			if (userfault_resolve_gpa(vm, who, page) < 0)
+			if (uf_pages_resolve(&rs->uf.pages, vm, who, page) < 0)
 				return -ECANCELED; /* it failed the VM with the reason */
 			continue;
 		}
@@ -297,14 +298,14 @@ static int prefetch_range(struct restore *rs, struct vm *vm, uint64_t start, uin
 		struct engine_run run;
 		int r;
 
-		if (!host || !uf_bitmap_test(&rs->uf.bm, gpa / 4096))
+		if (!host || !uf_pages_missing(&rs->uf.pages, gpa))
 			continue;
 		r = engine_resolve(rs->eng, 0, (uint64_t)(uintptr_t)host, &run);
 		if (r < 0)
 			return restore_fail(rs, r, "installing the guest's core page 0x%llx: %s",
 			                    (unsigned long long)gpa,
 			                    r == -EIO ? engine_error(rs->eng) : strerror(-r));
-		uf_bitmap_clear(&rs->uf.bm,
+		uf_bitmap_clear(&rs->uf.pages.bm,
 		                gpa / 4096 + (run.addr - (uint64_t)(uintptr_t)host) / 4096,
 		                run.npages ? run.npages : 1);
 	}
@@ -355,8 +356,9 @@ int restore_setup_apf(struct restore *rs, struct vm *vm)
 			    "the snapshot's guest never enabled async page faults (run --apf off)");
 		return 0;
 	}
-	r = apf_init(&rs->apf, vm, modes[rs->cfg->apf], policies[rs->cfg->policy],
-	             rs->cfg->source_latency_ns, why, sizeof(why));
+	r = apf_init(&rs->apf, vm, rs->have_uf ? &rs->uf.pages : NULL, modes[rs->cfg->apf],
+	             rs->apf_impl, policies[rs->cfg->policy], rs->cfg->source_latency_ns, why,
+	             sizeof(why));
 	if (r < 0)
 		return restore_fail(rs, r, "async page faults: %s", why);
 	rs->have_apf = true;
@@ -366,7 +368,8 @@ int restore_setup_apf(struct restore *rs, struct vm *vm)
 		if (!sa || len != sizeof(*sa))
 			return restore_fail(rs, -EINVAL,
 			                    "snapshot: vCPU %u's async PF state is missing", i);
-		if (rs->cfg->apf == VMM_APF_KERNEL) {
+		/* KVM's async PF, its own or for userfaults: KVM owns the MSRs */
+		if (rs->cfg->apf == VMM_APF_KERNEL || rs->apf_impl == APF_IMPL_KVM) {
 			struct {
 				struct kvm_msrs hdr;
 				struct kvm_msr_entry e[2];
@@ -376,11 +379,14 @@ int restore_setup_apf(struct restore *rs, struct vm *vm)
 			if (ioctl(vm->vcpus[i].fd, KVM_SET_MSRS, &m) != 2)
 				return restore_fail(rs, -EINVAL,
 				                    "vCPU %u: KVM refused the async PF MSRs", i);
-		} else {
+		}
+		if (rs->cfg->apf != VMM_APF_KERNEL) {
 			rs->apf.vcpus[i].msr_en = sa->msr_en;
 			rs->apf.vcpus[i].vector = (uint8_t)sa->vector;
 		}
 	}
+	if (rs->apf_impl == APF_IMPL_KVM && (r = apf_kvm_attach(&rs->apf, why, sizeof(why))) < 0)
+		return restore_fail(rs, r, "KVM's async page faults for userfaults: %s", why);
 	if (rs->cfg->apf != VMM_APF_KERNEL)
 		vm->apf = &rs->apf;
 	if ((r = apf_route_irqfds(&rs->apf)) < 0)
@@ -434,7 +440,7 @@ int restore_prefetch_ws(struct restore *rs, struct vm *vm)
 	for (uint64_t i = 0; rs->have_uf && i < n; i++) {
 		uint8_t *host = guest_mem_ptr(&vm->mem, pages[i] * 4096, 4096);
 		if (host && engine_page_present(rs->eng, (uint64_t)(uintptr_t)host))
-			uf_bitmap_clear(&rs->uf.bm, pages[i], 1);
+			uf_bitmap_clear(&rs->uf.pages.bm, pages[i], 1);
 	}
 	rs->out->ws_prefetched = installed;
 	rs->out->prefetch_ms_x1000 = (lv_now_ns() - t0) / 1000;

@@ -159,7 +159,8 @@ int vmm_run(const struct vmm_run_config *cfg, struct vmm_outcome *out)
 	bool have_apf = false;
 	if (cfg->apf != VMM_APF_OFF) {
 		char why[160];
-		if ((r = apf_init(&apf, vm, APF_OFF, APF_POLICY_SYNC, 0, why, sizeof(why))) < 0) {
+		if ((r = apf_init(&apf, vm, NULL, APF_OFF, APF_IMPL_LAZYVM, APF_POLICY_SYNC, 0, why,
+		                  sizeof(why))) < 0) {
 			snprintf(out->error, sizeof(out->error), "async page faults: %s", why);
 			goto out_vm;
 		}

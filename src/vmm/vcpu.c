@@ -15,24 +15,13 @@
 #include "lazyvm/log.h"
 #include "lazyvm/units.h"
 #include "apf.h"
-#include "userfault.h"
+#include "exit.h"
 
 static uint64_t vcpu_rip(struct vcpu *v)
 {
 	struct kvm_regs regs;
 
 	return ioctl(v->fd, KVM_GET_REGS, &regs) == 0 ? regs.rip : 0;
-}
-
-int vcpu_complete_exit(struct vcpu *v)
-{
-	v->run->immediate_exit = 1;
-	int r = ioctl(v->fd, KVM_RUN, 0);
-	int err = errno;
-	v->run->immediate_exit = 0;
-	if (r == 0 || err != EINTR)
-		return r == 0 ? -EPROTO : -err;
-	return 0;
 }
 
 static void console_flush(struct vcpu *v)
@@ -268,7 +257,7 @@ static int handle_exit(struct vcpu *v)
 	case KVM_EXIT_IO: return handle_io(v);
 	case KVM_EXIT_INTR: return 0;
 	case KVM_EXIT_MMIO: {
-		int r = userfault_mmio_exit(v);
+		int r = exit_on_exit(v);
 		if (r)
 			return r > 0 ? 0 : -EFAULT;
 		vm_fail(
@@ -287,7 +276,7 @@ static int handle_exit(struct vcpu *v)
 		        (unsigned long long)run->fail_entry.hardware_entry_failure_reason);
 		return -EFAULT;
 	case KVM_EXIT_INTERNAL_ERROR: {
-		int r = userfault_internal_exit(v);
+		int r = exit_on_exit(v);
 		if (r)
 			return r > 0 ? 0 : -EFAULT;
 		vm_fail(vm, "vCPU %u: KVM internal error, suberror %u, at RIP 0x%" PRIx64, v->index,
@@ -337,6 +326,17 @@ static void park(struct vcpu *v)
 	pthread_mutex_unlock(&vm->lock);
 }
 
+/* A memory fault exit no exit backend claimed. */
+static void memory_fault_not_ours(struct vcpu *v)
+{
+	const struct lv_kvm_memory_fault *mf = kvm_run_memory_fault(v->run);
+
+	vm_fail(v->vm,
+	        "vCPU %u: KVM_RUN: memory fault at gpa 0x%" PRIx64 " (+0x%" PRIx64
+	        "), flags 0x%" PRIx64 ", not a userfault lazyvm asked for",
+	        v->index, (uint64_t)mf->gpa, (uint64_t)mf->size, (uint64_t)mf->flags);
+}
+
 void *vcpu_thread(void *arg)
 {
 	struct vcpu *v = arg;
@@ -345,7 +345,7 @@ void *vcpu_thread(void *arg)
 	atomic_store(&v->tid, (int)gettid());
 	if (vm->blocktime)
 		blocktime_register_vcpu(vm->blocktime, v->tid);
-	userfault_vcpu_started(v);
+	exit_vcpu_started(v);
 	for (;;) {
 		int state = atomic_load(&vm->state);
 
@@ -365,13 +365,16 @@ void *vcpu_thread(void *arg)
 			/* The native backend's userfault comes back as -EFAULT
 			 * with the exit filled in, not as a plain exit. */
 			if (errno == EFAULT && v->run->exit_reason == KVM_EXIT_MEMORY_FAULT) {
-				if (userfault_memory_fault_exit(v) > 0)
+				int r = exit_on_exit(v);
+				if (r > 0)
 					continue;
+				if (r == 0)
+					memory_fault_not_ours(v);
 				break;
 			}
 			if (errno == EINTR || errno == EAGAIN) {
 				v->run->immediate_exit = 0;
-				if (userfault_after_kick(v) < 0)
+				if (exit_after_kick(v) < 0)
 					break;
 				continue;
 			}

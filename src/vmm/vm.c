@@ -140,6 +140,17 @@ void vm_destroy(struct vm *vm)
 	pthread_rwlock_destroy(&vm->mem_gate);
 }
 
+int vcpu_complete_exit(struct vcpu *v)
+{
+	v->run->immediate_exit = 1;
+	int r = ioctl(v->fd, KVM_RUN, 0);
+	int err = errno;
+	v->run->immediate_exit = 0;
+	if (r == 0 || err != EINTR)
+		return r == 0 ? -EPROTO : -err;
+	return 0;
+}
+
 /* Makes vCPU v leave KVM_RUN soon: immediate_exit covers the window before it
  * enters, the signal the time inside. */
 void vcpu_kick(struct vcpu *v)

@@ -197,6 +197,14 @@ void vm_migrate_parked(struct vm *vm);
 struct timespec;
 void vm_cond_deadline(uint64_t after_ns, struct timespec *ts);
 
+/* Makes vCPU v leave KVM_RUN soon: immediate_exit covers the window before
+ * it enters, a signal (vm->kick_signal) the time inside. */
+void vcpu_kick(struct vcpu *v);
+/* Completes an exit KVM has handed us (I/O, MMIO) so that the vCPU's registers
+ * are those after the instruction: KVM_RUN with immediate_exit set returns
+ * EINTR once the instruction is done. Needed before saving state. */
+int vcpu_complete_exit(struct vcpu *v);
+
 /* Records the first fatal error and stops every vCPU. */
 void vm_fail(struct vm *vm, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 

@@ -1,7 +1,7 @@
 /* The userfault bitmap: every bit set at creation, clears, and bits past the
  * end (a guest-supplied gfn) read as clear without touching memory beyond it. */
 #include "test.h"
-#include "../../src/vmm/userfault.h"
+#include "../../src/vmm/ufpages.h"
 
 static void test_set_clear_count(void)
 {
