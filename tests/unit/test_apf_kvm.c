@@ -132,37 +132,39 @@ static void test_exitless_io_task(void)
 	uf_bitmap_destroy(&pg.bm);
 }
 
+/* KVM's exitful async PF as the VM's, under `policy`. */
+static void exitful(struct apf *a, struct vm *vm, struct uf_pages *pg, enum apf_policy policy,
+                    uint64_t latency_ns)
+{
+	char why[160];
+
+	CHECK_EQ(apf_init(a, vm, pg, APF_USER, APF_IMPL_KVM, policy, latency_ns, why, sizeof(why)),
+	         0);
+	vm->apf = a;
+}
+
 static void test_exitful_decision(void)
 {
 	struct vm *vm = fake_vm(1);
 	struct uf_pages pg;
 	struct apf a;
-	char why[160];
 
 	memset(&pg, 0, sizeof(pg));
 	CHECK_EQ(uf_bitmap_create(&pg.bm, NPAGES), 0); /* every page missing */
 	/* sync policy: never async, whatever KVM offers */
-	CHECK_EQ(
-	    apf_init(&a, vm, &pg, APF_USER, APF_IMPL_KVM, APF_POLICY_SYNC, 0, why, sizeof(why)), 0);
-	vm->apf = &a;
+	exitful(&a, vm, &pg, APF_POLICY_SYNC, 0);
 	CHECK_EQ(apf_kvm_fault(&vm->vcpus[0], 0x5000), 0);
 	CHECK_EQ(a.st.kvm_apf_exits, 1u);
 	CHECK_EQ(a.st.kvm_accept_refused, 0u);
 	apf_destroy(&a);
 	/* hybrid with a fast source: a short fault stays sync */
-	CHECK_EQ(apf_init(&a, vm, &pg, APF_USER, APF_IMPL_KVM, APF_POLICY_HYBRID, 20 * 1000, why,
-	                  sizeof(why)),
-	         0);
-	vm->apf = &a;
+	exitful(&a, vm, &pg, APF_POLICY_HYBRID, 20 * 1000);
 	CHECK_EQ(apf_kvm_fault(&vm->vcpus[0], 0x5000), 0);
 	CHECK_EQ(a.st.kvm_accept_refused, 0u);
 	apf_destroy(&a);
 	/* async, slow: a page already in is re-entered at once; a missing one is
 	 * ACCEPTed, and a refused ACCEPT (here EBADF) is resolved synchronously */
-	CHECK_EQ(apf_init(&a, vm, &pg, APF_USER, APF_IMPL_KVM, APF_POLICY_HYBRID, 1000 * 1000, why,
-	                  sizeof(why)),
-	         0);
-	vm->apf = &a;
+	exitful(&a, vm, &pg, APF_POLICY_HYBRID, 1000 * 1000);
 	uf_bitmap_clear(&pg.bm, 6, 1);
 	CHECK_EQ(apf_kvm_fault(&vm->vcpus[0], 0x6000), 0);
 	CHECK_EQ(a.st.kvm_accept_refused, 0u);
