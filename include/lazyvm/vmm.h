@@ -115,6 +115,15 @@ struct vmm_outcome {
 	uint64_t prefetch_ms_x1000;          /* time the replay took, in microseconds */
 	uint64_t apf_io_wakeups, apf_notify_signals;
 	uint64_t apf_sync_ns, apf_async_ns; /* vCPU time per class of fault */
+	/* who delivered them: "lazyvm, MSR filter", "KVM exitful, native", "KVM
+	 * exitless, native", "KVM's own" (--apf kernel); "" with --apf off */
+	char apf_mode[12], apf_impl[32];
+	bool apf_msr_filter; /* the PV async PF MSRs exit to lazyvm (its implementation) */
+	/* KVM's async PF for userfaults: exits flagged APF, ACCEPTs done and
+	 * refused, READYs done and refused, exitless faults from KVM's notify
+	 * ring and pages given back on its complete ring */
+	uint64_t apf_kvm_exits, apf_kvm_accepted, apf_kvm_accept_refused;
+	uint64_t apf_kvm_ready, apf_kvm_ready_refused, apf_kvm_ring_taken, apf_kvm_ring_completed;
 	/* post-copy blocktime (lazy restores): time each vCPU spent blocked on
 	 * missing pages, and the time all of them were blocked at once */
 	unsigned nvcpus;

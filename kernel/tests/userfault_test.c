@@ -20,20 +20,12 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include "kvm_test.h"
 #include "lazyvm/compat.h"
 
 #ifndef KVM_CAP_USERFAULT
 #define KVM_CAP_USERFAULT 245
 #endif
-
-#define TEST_ASSERT(cond, fmt, ...)                                                                \
-	do {                                                                                       \
-		if (!(cond)) {                                                                     \
-			fprintf(stderr, "%s:%d: FAILED: %s: " fmt " (errno %d %s)\n", __FILE__,    \
-			        __LINE__, #cond, ##__VA_ARGS__, errno, strerror(errno));           \
-			exit(1);                                                                   \
-		}                                                                                  \
-	} while (0)
 
 #define MEM_SIZE  (2ul << 20)
 #define DATA_GPA  0x1000ul
@@ -63,7 +55,6 @@ static void vm_create(struct vm *vm)
 	static const uint8_t code[] = {0xa0, 0x00, 0x10, 0xf4, 0xeb, 0xfa};
 	struct kvm_sregs sregs;
 	struct kvm_regs regs = {.rip = 0, .rflags = 2};
-	int size;
 
 	vm->fd = ioctl(vm->kvm, KVM_CREATE_VM, 0);
 	TEST_ASSERT(vm->fd >= 0, "KVM_CREATE_VM");
@@ -80,12 +71,7 @@ static void vm_create(struct vm *vm)
 	vm->bitmap = calloc(MEM_SIZE / 4096 / 64, sizeof(unsigned long));
 	TEST_ASSERT(vm->bitmap, "calloc bitmap");
 	TEST_ASSERT(set_region(vm, 0, 0) == 0, "plain slot");
-	vm->vcpu = ioctl(vm->fd, KVM_CREATE_VCPU, 0);
-	TEST_ASSERT(vm->vcpu >= 0, "KVM_CREATE_VCPU");
-	size = ioctl(vm->kvm, KVM_GET_VCPU_MMAP_SIZE, 0);
-	TEST_ASSERT(size > 0, "KVM_GET_VCPU_MMAP_SIZE");
-	vm->run = mmap(NULL, (size_t)size, PROT_READ | PROT_WRITE, MAP_SHARED, vm->vcpu, 0);
-	TEST_ASSERT(vm->run != MAP_FAILED, "mmap kvm_run");
+	vm->vcpu = vcpu_create_mapped(vm->kvm, vm->fd, &vm->run);
 	TEST_ASSERT(ioctl(vm->vcpu, KVM_GET_SREGS, &sregs) == 0, "KVM_GET_SREGS");
 	sregs.cs.base = 0;
 	sregs.cs.selector = 0;

@@ -60,6 +60,23 @@ void cli_report(const char *what, const char *load, uint64_t t0, const struct vm
 		    (unsigned long long)o->ws_recorded, (unsigned long long)o->ws_prefetched,
 		    (double)o->prefetch_ms_x1000 / 1e3, (unsigned long long)o->pages_background);
 		print_json_string(o->apf_note);
+		printf(",\"apf_mode\":");
+		print_json_string(o->apf_mode);
+		printf(",\"apf_impl\":");
+		print_json_string(o->apf_impl);
+		printf(",\"apf_msr_filter\":%s,\"apf_async\":%llu,\"apf_kvm_exits\":%llu,\"apf_kvm_"
+		       "accepted\":%llu,"
+		       "\"apf_kvm_accept_refused\":%llu,\"apf_kvm_ready\":%llu,"
+		       "\"apf_kvm_ready_refused\":%llu,\"apf_kvm_ring_taken\":%llu,"
+		       "\"apf_kvm_ring_completed\":%llu",
+		       o->apf_msr_filter ? "true" : "false", (unsigned long long)o->apf_not_present,
+		       (unsigned long long)o->apf_kvm_exits,
+		       (unsigned long long)o->apf_kvm_accepted,
+		       (unsigned long long)o->apf_kvm_accept_refused,
+		       (unsigned long long)o->apf_kvm_ready,
+		       (unsigned long long)o->apf_kvm_ready_refused,
+		       (unsigned long long)o->apf_kvm_ring_taken,
+		       (unsigned long long)o->apf_kvm_ring_completed);
 		printf(",\"huge_collapsed\":%llu,\"pages_zero_known\":%llu,\"blocktime_all_ms\":%."
 		       "3f,\"blocktime_ms\":[",
 		       (unsigned long long)o->huge_collapsed,
@@ -112,6 +129,16 @@ void cli_report(const char *what, const char *load, uint64_t t0, const struct vm
 	if (o->exit_backend[0])
 		printf("lazyvm %s: faults reach lazyvm as vCPU exits (exit backend: %s)\n", what,
 		       o->exit_backend);
+	if (o->apf_impl[0])
+		printf("lazyvm %s: apf: %s (%s)\n", what, o->apf_mode, o->apf_impl);
+	if (o->apf_kvm_exits || o->apf_kvm_ring_taken)
+		printf("lazyvm %s: KVM's async PF for userfaults: %llu exits flagged APF, %llu "
+		       "accepted, %llu ready; %llu from the notify ring, %llu completed\n",
+		       what, (unsigned long long)o->apf_kvm_exits,
+		       (unsigned long long)o->apf_kvm_accepted,
+		       (unsigned long long)o->apf_kvm_ready,
+		       (unsigned long long)o->apf_kvm_ring_taken,
+		       (unsigned long long)o->apf_kvm_ring_completed);
 	if (o->apf_not_present || o->guest_apf_not_present)
 		printf("lazyvm %s: async page faults: %llu injected, %llu page-ready, %llu "
 		       "spurious; the "

@@ -24,11 +24,13 @@ const char *apf_policy_name(enum apf_policy p)
 	return names[p];
 }
 
-const char *apf_impl_name(enum apf_mode m, enum apf_impl i)
+const char *apf_impl_name(const struct apf *a)
 {
-	if (i == APF_IMPL_LAZYVM)
+	if (a->mode == APF_KERNEL)
+		return "KVM's own";
+	if (a->impl == APF_IMPL_LAZYVM)
 		return "lazyvm, MSR filter";
-	return m == APF_EXITLESS ? "KVM exitless, native" : "KVM exitful, native";
+	return a->kvm_exitless ? "KVM exitless, native" : "KVM exitful, native";
 }
 
 int apf_init(struct apf *a, struct vm *vm, struct uf_pages *pages, enum apf_mode mode,
@@ -233,7 +235,7 @@ int apf_start(struct apf *a)
 	/* Exitless: one I/O task for every vCPU (the point of the wake-up rule);
 	 * KVM's exitless falls back to exitful exits when a ring is full, so it
 	 * has the workers of those too. */
-	if (a->mode == APF_EXITLESS)
+	if (a->mode == APF_EXITLESS && (a->impl == APF_IMPL_LAZYVM || a->kvm_exitless))
 		r = start_one(a, ring_worker);
 	for (unsigned i = 0;
 	     r == 0 && i < APF_IO_WORKERS && (a->mode == APF_USER || a->impl == APF_IMPL_KVM); i++)

@@ -33,10 +33,12 @@ enum apf_mode { APF_OFF, APF_USER, APF_EXITLESS, APF_KERNEL };
 enum apf_policy { APF_POLICY_SYNC, APF_POLICY_ASYNC, APF_POLICY_HYBRID };
 enum apf_impl { APF_IMPL_LAZYVM, APF_IMPL_KVM };
 
+struct apf;
 const char *apf_mode_name(enum apf_mode m);
 const char *apf_policy_name(enum apf_policy p);
-/* "lazyvm, MSR filter", "KVM exitful, native", "KVM exitless, native" */
-const char *apf_impl_name(enum apf_mode m, enum apf_impl i);
+/* What delivers a's async page faults: "lazyvm, MSR filter", "KVM exitful,
+ * native", "KVM exitless, native" */
+const char *apf_impl_name(const struct apf *a);
 
 #define APF_MAX_TOKENS  1024u
 #define APF_READY_QUEUE 64u
@@ -99,6 +101,7 @@ struct apf {
 	bool stopping;
 	int notify_efd; /* exitless: wakes the I/O task, under the NOTIFY_ARMED rule */
 	bool irqfds_bound;
+	bool kvm_exitless; /* impl kvm: KVM_SET_APF_EVENTFD done, KVM's rings mapped */
 	pthread_t workers[APF_IO_WORKERS + 1];
 	unsigned nworkers, started;
 	struct apf_stats st;
@@ -146,8 +149,10 @@ void apf_abort(struct vcpu *v, uint32_t token, bool unsafe);
 int apf_try_unretired(struct vcpu *v, uint64_t gpa);
 
 /* KVM's implementation (apf_kvm.c). Per vCPU: KVM_ENABLE_CAP 246; exitless
- * also the notify/complete eventfds (KVM_SET_APF_EVENTFD) and KVM's ring page.
- * 0 or -errno with why. */
+ * also the notify/complete eventfds (KVM_SET_APF_EVENTFD) and KVM's ring page,
+ * unless the policy never makes a fault async (KVM would, without asking):
+ * then exitful, where every fault is decided and stays sync. 0 or -errno with
+ * why. */
 int apf_kvm_attach(struct apf *a, char *why, size_t whylen);
 /* A native userfault exit KVM flagged APF at gpa: the policy decides; async
  * means ACCEPT on the vCPU's fd and the page to the I/O workers (READY once

@@ -29,7 +29,7 @@ int apf_kvm_attach(struct apf *a, char *why, size_t whylen)
 			         strerror(errno));
 			return -errno;
 		}
-		if (a->mode != APF_EXITLESS)
+		if (a->mode != APF_EXITLESS || !apf_policy_async(a))
 			continue;
 		struct kvm_apf_eventfd ef = {.fd = a->notify_efd, .complete_fd = av->complete_efd};
 		if (ioctl(fd, KVM_SET_APF_EVENTFD, &ef) < 0) {
@@ -57,6 +57,7 @@ int apf_kvm_attach(struct apf *a, char *why, size_t whylen)
 			    APF_RINGS_VERSION, APF_RING_ENTRIES, sizeof(struct apf_ring_entry));
 			return -EPROTO;
 		}
+		a->kvm_exitless = true;
 	}
 	return 0;
 }

@@ -120,6 +120,14 @@ static const char *probed(const struct exit_probe *p, enum exit_backend b)
 	return !p->probed[b] ? "not probed" : p->works[b] ? "works" : "unavailable";
 }
 
+static const char *apf_cap(const struct exit_probe *p, bool has)
+{
+	if (!p->works[EXIT_BACKEND_NATIVE])
+		return "not probed (no native exits)";
+	return has ? "available (--apf user|exitless with native exits: KVM's)"
+	           : "unavailable (--apf user|exitless with native exits: lazyvm's)";
+}
+
 int vmm_probe_exits(bool all, char *buf, size_t len)
 {
 	struct kvm_sys sys;
@@ -140,19 +148,11 @@ int vmm_probe_exits(bool all, char *buf, size_t len)
 	         "exit backend in use for --intake exit: %s\n"
 	         "async PF for userfault exits, exitful (KVM_CAP_ASYNC_PF_USERFAULT): %s\n"
 	         "async PF for userfault exits, exitless (KVM_CAP_ASYNC_PF_USERFAULT_EVENTFD): "
-	         "%s\n"
-	         "--apf user on native: %s; --apf exitless on native: %s\n",
+	         "%s\n",
 	         probed(&p, EXIT_BACKEND_NATIVE), p.why[EXIT_BACKEND_NATIVE],
 	         probed(&p, EXIT_BACKEND_SIGBUS), p.why[EXIT_BACKEND_SIGBUS],
 	         probed(&p, EXIT_BACKEND_KICK), p.why[EXIT_BACKEND_KICK], exit_backend_name(best),
-	         !p.works[EXIT_BACKEND_NATIVE] ? "not probed (no native exits)"
-	         : p.apf_exitful               ? "available"
-	                                       : "unavailable",
-	         !p.works[EXIT_BACKEND_NATIVE] ? "not probed (no native exits)"
-	         : p.apf_exitless              ? "available"
-	                                       : "unavailable",
-	         p.apf_exitful ? "KVM exitful" : "lazyvm, MSR filter",
-	         p.apf_exitless ? "KVM exitless" : "lazyvm, MSR filter");
+	         apf_cap(&p, p.apf_exitful), apf_cap(&p, p.apf_exitless));
 	kvm_sys_close(&sys);
 	return 0;
 }

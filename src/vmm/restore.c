@@ -407,6 +407,7 @@ int vmm_restore(const struct vmm_restore_config *cfg, struct vmm_outcome *out)
 	                           (cfg->apf == VMM_APF_USER || cfg->apf == VMM_APF_EXITLESS) &&
 	                           rs.apf_impl == APF_IMPL_LAZYVM,
 	                       .stall_ns = cfg->stall_ns};
+	out->apf_msr_filter = vc.capture_apf_msrs;
 	if ((r = vm_create(vm, &sys, &vc)) < 0) {
 		restore_fail(&rs, r, "creating the VM: %s", strerror(-r));
 		goto out_vm;
@@ -476,6 +477,15 @@ int vmm_restore(const struct vmm_restore_config *cfg, struct vmm_outcome *out)
 		out->apf_sync_ns = rs.apf.st.sync_ns;
 		out->apf_async_ns = rs.apf.st.async_ns;
 		out->apf_notify_signals = rs.apf.st.notify_signals;
+		out->apf_kvm_exits = rs.apf.st.kvm_apf_exits;
+		out->apf_kvm_accepted = rs.apf.st.kvm_accepted;
+		out->apf_kvm_accept_refused = rs.apf.st.kvm_accept_refused;
+		out->apf_kvm_ready = rs.apf.st.kvm_ready;
+		out->apf_kvm_ready_refused = rs.apf.st.kvm_ready_refused;
+		out->apf_kvm_ring_taken = rs.apf.st.kvm_ring_taken;
+		out->apf_kvm_ring_completed = rs.apf.st.kvm_ring_completed;
+		snprintf(out->apf_mode, sizeof(out->apf_mode), "%s", apf_mode_name(rs.apf.mode));
+		snprintf(out->apf_impl, sizeof(out->apf_impl), "%s", apf_impl_name(&rs.apf));
 		if (cfg->apf == VMM_APF_KERNEL && out->ok && out->guest_apf_not_present == 0)
 			snprintf(out->apf_note, sizeof(out->apf_note),
 			         "kernel async PF unavailable: KVM delivered none (this KVM blocks "

@@ -54,14 +54,20 @@ $(KERNEL_B)/current: kernel-modules
 kernel-modules: $(HW_CACHE)/kernel.abi
 	@KERNEL_ABI=$$(cat $(HW_CACHE)/kernel.abi) kernel/build $(KERNEL_B) >/dev/null
 
-$(HW_B)/userfault_test: kernel/tests/userfault_test.c include/lazyvm/compat.h
+$(HW_B)/userfault_test: kernel/tests/userfault_test.c kernel/tests/kvm_test.h include/lazyvm/compat.h
 	@mkdir -p $(@D)
 	$(call say,CC,$@)$(CC) -std=gnu11 -Wall -Wextra -Werror -O2 -static -Iinclude -o $@ $<
 
+$(HW_B)/apf_test: kernel/tests/apf_test.c kernel/tests/kvm_test.h include/lazyvm/compat.h
+	@mkdir -p $(@D)
+	$(call say,CC,$@)$(CC) -std=gnu11 -Wall -Wextra -Werror -O2 -static -pthread -Iinclude -o $@ $<
+
 $(HW_B)/initramfs-patched.cpio.gz: $(HW_B)/lazyvm tests/hw/init tests/hw/mkinitramfs \
-		$(HW_CACHE)/kernel.abi $(HW_CACHE)/busybox.dir $(KERNEL_B)/current $(HW_B)/userfault_test
+		$(HW_CACHE)/kernel.abi $(HW_CACHE)/busybox.dir $(KERNEL_B)/current $(HW_B)/userfault_test \
+		$(HW_B)/apf_test
 	$(call say,CPIO,$@)abi=$$(cat $(HW_CACHE)/kernel.abi); \
-	    HW_KVM_MODULES=$(KERNEL_B)/$$(cat $(KERNEL_B)/current) HW_EXTRA_BIN=$(HW_B)/userfault_test \
+	    HW_KVM_MODULES=$(KERNEL_B)/$$(cat $(KERNEL_B)/current) \
+	    HW_EXTRA_BIN="$(HW_B)/userfault_test $(HW_B)/apf_test" \
 	    tests/hw/mkinitramfs $@ $(HW_B)/root-patched $(HW_CACHE)/kernel-$$abi $$abi \
 	    $(HW_CACHE)/$$(cat $(HW_CACHE)/busybox.dir)/bin/busybox $(HW_B)/lazyvm tests/hw/init
 
@@ -75,7 +81,8 @@ hwtest: hwtest-build
 
 hwtest-clean:
 	rm -rf $(HW_B)/root $(HW_B)/logs $(HW_B)/lazyvm $(HW_B)/vmlinuz $(HW_B)/initramfs.cpio.gz \
-	    $(HW_B)/root-patched $(HW_B)/logs-patched $(HW_B)/initramfs-patched.cpio.gz $(HW_B)/userfault_test
+	    $(HW_B)/root-patched $(HW_B)/logs-patched $(HW_B)/initramfs-patched.cpio.gz $(HW_B)/userfault_test \
+	    $(HW_B)/apf_test
 
 .PHONY: hwtest hwtest-build hwtest-clean hw-fetch kernel-modules hwtest-patched hwtest-patched-build
 
