@@ -4,42 +4,63 @@
 # paging; tests/hw), where guest code runs ~1000x faster than on the PVM host,
 # kick exits and KVM's own async PF work. Boots the tier with HW_APPEND=hwbench
 # and turns its "bench |" lines into a Markdown table (medians of 3 reps).
+# --patched boots it with lazyvm's KVM (kernel/): native userfault exits and
+# KVM's async PF for userfaults join (exitful, exitless), plus short faults.
 # Compare modes by ratio within this host, never across hosts.
 set -euo pipefail
 B=${B:-build}
-log=$(mktemp)
-trap 'rm -f "$log"' EXIT
+cd "$(dirname "$0")/.."
 start=$(date +%s)
-HW_APPEND=hwbench make -s hwtest B="$B" >"$log" 2>&1 || { tail -30 "$log" >&2; echo "hw_bench: the hardware-model tier failed" >&2; exit 1; }
-# The raw serial lines of the boot that just ran.
-serial=$(ls -t "$B"/hw/logs/serial-*.log | head -n 1)
-cp "$serial" "$log"
-echo "## Async page faults on the hardware-model host (kvm-amd under QEMU TCG)"
+target=hwtest-build initrd=initramfs.cpio.gz kvm="stock KVM"
+if [ "${1:-}" = --patched ]; then
+    target=hwtest-patched-build initrd=initramfs-patched.cpio.gz kvm="lazyvm's patched KVM"
+fi
+# shellcheck source=bench/lib/hw_rows.sh
+. bench/lib/hw_rows.sh
+# bench | CASE | run_ms | faults | guest not-present | apf_impl | async_ms | sync_ms | sync | status
+hw_bench_rows hw_bench "$target" "$initrd" apf bench 10
+
+echo "## Async page faults on the hardware-model host, $kvm (kvm-amd under QEMU TCG)"
 echo
-echo "- Command: \`bench/hw_bench.sh\` (\`HW_APPEND=hwbench make hwtest\`)"
-grep -m1 'INFO uname -r' "$log" | sed 's/.*INFO /- Host: /' || true
-grep -m1 'bench | calibration' "$log" | sed 's/.*bench | /- /' || true
-echo "- 1 vCPU, 64 MiB, lazy restore, --fault-around 1, --source-latency 10ms; 3 reps; cells are medians"
+echo "- Command: \`bash bench/hw_bench.sh${1:+ $1}\` (\`make $target\`, then \`HW_APPEND=hwbench tests/hw/run\`)"
+grep -m1 'INFO uname -r' "$lines" | sed 's/.*INFO uname -r: /- Host: Linux /' || true
+grep -m1 'bench | calibration' "$lines" | sed 's/.*bench | /- /' || true
+echo "- 1 vCPU, 64 MiB, lazy restore, --fault-around 1, --source-latency 10ms (the short cases: 0, a 2048-page scan); 3 reps; cells are medians"
+echo "- APF by: who injected the async page faults (apf_impl in the restore's JSON); vCPU ms: the time lazyvm's vCPU threads spent on faults that went async / stayed sync"
 echo
-echo "| case | run_ms | faults | guest took (not-present) |"
-echo "|---|---:|---:|---:|"
-grep 'bench | ' "$log" | grep -v calibration | sed 's/.*bench | //' | awk -F' [|] ' '
-    { n[$1]++; run[$1, n[$1]] = $2; f[$1] = $3; g[$1] = $4; order[$1] = order[$1] ? order[$1] : ++k; names[k] = $1 }
+echo "| case | run_ms | faults | guest took (not-present) | APF by | vCPU ms async / sync | sync faults |"
+echo "|---|---:|---:|---:|---|---:|---:|"
+awk -F' [|] ' '
+    function median(c,   m, a, b, t, v) {
+        m = n[c]
+        for (a = 1; a <= m; a++) v[a] = run[c, a] + 0
+        for (a = 1; a <= m; a++) for (b = a + 1; b <= m; b++) if (v[b] < v[a]) { t = v[a]; v[a] = v[b]; v[b] = t }
+        return m % 2 ? v[(m + 1) / 2] : (v[m / 2] + v[m / 2 + 1]) / 2
+    }
+    {
+        c = $1
+        if (!(c in n)) names[++k] = c
+        n[c]++; run[c, n[c]] = $2; f[c] = $3; g[c] = $4; impl[c] = $5; am[c] = $6; sm[c] = $7; sy[c] = $8
+    }
     END {
         for (i = 1; i <= k; i++) {
-            c = names[i]; m = n[c]
-            for (a = 1; a <= m; a++) v[a] = run[c, a] + 0
-            for (a = 1; a <= m; a++) for (b = a + 1; b <= m; b++) if (v[b] < v[a]) { t = v[a]; v[a] = v[b]; v[b] = t }
-            med[c] = v[int((m + 1) / 2)]
-            printf "| %s | %.1f | %s | %s |\n", c, med[c], f[c], g[c]
+            c = names[i]; med[c] = median(c)
+            printf "| %s | %.1f | %s | %s | %s | %s / %s | %s |\n", c, med[c], f[c], g[c], impl[c] == "" ? "-" : impl[c], am[c], sm[c], sy[c]
         }
         off = med["both, apf off"]; cpu = med["cpu task alone"]; io = med["io task alone"]
         ideal = cpu > io ? cpu : io
         printf "\n"
-        split("both, apf kernel|both, apf user (kick)|both, apf exitless (kick)", ms, "|")
-        for (i = 1; i <= 3; i++) if (med[ms[i]] > 0)
-            printf "- %s: **%.0f%%** faster than off, **%.2fx** of the ideal overlap max(cpu, io) = %.0f ms\n", ms[i], (off / med[ms[i]] - 1) * 100, med[ms[i]] / ideal, ideal
-    }'
+        split("both, apf kernel|both, apf user (kick)|both, apf exitless (kick)|both, apf user (native)|both, apf exitless (native)", ms, "|")
+        for (i = 1; i <= 5; i++) if (med[ms[i]] > 0)
+            printf "- %s: **%.2fx** faster than off (%.0f%%), **%.2fx** of the ideal overlap max(cpu, io) = %.0f ms\n", ms[i], off / med[ms[i]], (off / med[ms[i]] - 1) * 100, med[ms[i]] / ideal, ideal
+        so = med["short: native, apf off"]; sh = med["short: native, apf user hybrid"]
+        if (so > 0 && sh > 0)
+            printf "- short faults, per-fault decision (hybrid) against async PF off: **%.3fx** the run time, guest took %s async page faults\n", sh / so, g["short: native, apf user hybrid"]
+        ef = med["short: native, every fault async, exitful"]; el = med["short: native, every fault async, exitless"]
+        if (ef > 0 && el > 0)
+            printf "- every short fault async: exitful %.1f ms, exitless %.1f ms for 2048 pages: **%.1f us** a fault exitful, **%.1f us** exitless, sync %.1f us\n", ef, el, ef * 1000 / 2048, el * 1000 / 2048, so * 1000 / 2048
+    }' "$rows"
 echo
 echo "Benchmark wall time: $(( $(date +%s) - start )) s"
 echo
+rm -rf "$logs"
