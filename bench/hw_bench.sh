@@ -18,7 +18,7 @@ fi
 # shellcheck source=bench/lib/hw_rows.sh
 . bench/lib/hw_rows.sh
 # bench | CASE | run_ms | faults | guest not-present | apf_impl | async_ms | sync_ms | sync | status
-hw_bench_rows hw_bench "$target" "$initrd" apf bench 10
+hw_bench_rows hw_bench "$target" "$initrd" apf bench 9
 
 echo "## Async page faults on the hardware-model host, $kvm (kvm-amd under QEMU TCG)"
 echo
