@@ -117,6 +117,11 @@ const struct exit_backend_ops exit_native_ops = {
     /* KVM's own accesses to guest memory still come as UFFD faults, which
      * one handler thread serves */
     .uffd_threads = 1,
+    /* the guest's core in first: its idle task and scheduler run there with
+     * interrupts on and cannot be parked, so a fault of theirs must never
+     * become async (patched tier: the bundled guest panicked "not in a task"
+     * at 2 vCPUs when KVM made one async) */
+    .needs_core = true,
     .probe = native_probe,
     .attach = native_attach,
     .on_exit = native_on_exit,
