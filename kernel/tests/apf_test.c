@@ -1063,6 +1063,8 @@ static void case_exitless(void)
 
 int main(void)
 {
+	double start = now_ms();
+
 	setvbuf(stdout, NULL, _IOLBF, 0);
 	signal(SIGALRM, on_alarm);
 	alarm(25);
@@ -1082,6 +1084,6 @@ int main(void)
 		return 1;
 	}
 	case_exitless();
-	printf("apf_test: PASS %d cases\n", passed);
+	printf("apf_test: PASS %d cases in %.0f ms\n", passed, now_ms() - start);
 	return 0;
 }
