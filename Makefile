@@ -35,7 +35,7 @@ say = @printf '  %-6s %s\n' $(1) $(2);
 endif
 
 LIB_SRCS  := $(wildcard src/core/*.c) $(wildcard src/fc/*.c) $(wildcard src/vmm/*.c) \
-             $(wildcard src/vmm/x86_64/*.c)
+             $(wildcard src/vmm/x86_64/*.c) $(wildcard src/vmm/dev/*.c)
 # The workload parser is the guest's and the host's both (lazyvm run checks the
 # string before it boots); its host object is build/guest/workload_parse.o, the
 # guest's build/guest/workload_parse.c.o.

@@ -39,7 +39,15 @@ struct vmm_run_config {
 	const char *migrate_to;
 	uint64_t migrate_after_ns;
 	uint64_t stall_ns; /* no message or console line this long: stop (0: never) */
+	/* A Linux guest instead of the bundled one (docs/LINUX.md): a bzImage,
+	 * an initramfs (NULL: none) and the kernel command line. */
+	const char *kernel_path;
+	const char *initrd_path;
+	const char *cmdline;
 };
+
+/* The command line `lazyvm run --kernel` gives Linux without --cmdline. */
+extern const char vmm_linux_default_cmdline[];
 
 enum vmm_load {
 	VMM_LOAD_EAGER, /* read the whole memory file, verify every page, then run */
@@ -157,6 +165,8 @@ int vmm_probe_exits(bool all, char *buf, size_t len);
 /* Both return 0 when the VM did what was asked (outcome->ok), else -errno
  * with outcome->error saying why. Neither exits the process. */
 int vmm_run(const struct vmm_run_config *cfg, struct vmm_outcome *out);
+/* vmm_run with cfg->kernel_path set (run_linux.c). */
+int vmm_run_linux(const struct vmm_run_config *cfg, struct vmm_outcome *out);
 int vmm_restore(const struct vmm_restore_config *cfg, struct vmm_outcome *out);
 /* 0 when the guest finished at the destination with every page in. */
 int vmm_migrate_in(const struct vmm_migrate_in_config *cfg, struct vmm_outcome *out);

@@ -14,6 +14,7 @@ extern const unsigned char lazyvm_guest_image_end[];
 
 static const char run_help[] =
     "Usage: lazyvm run [--mem SIZE] [--workload W] [OPTIONS]\n"
+    "       lazyvm run --kernel BZIMAGE [--initrd CPIO] [--cmdline STR] [OPTIONS]\n"
     "\n"
     "Boot the bundled guest kernel in lazyvm's KVM VMM and run workload W: tasks\n"
     "joined with '+', each with a prepare phase (before the snapshot point) and a\n"
@@ -45,6 +46,17 @@ static const char run_help[] =
     "                       destination has every page, then exits\n"
     "  --migrate-after DUR  with --migrate-to: migrate DUR (> 0) after the start\n"
     "                       instead, wherever the guest is\n"
+    "  --kernel BZIMAGE     boot this Linux bzImage (64-bit entry, boot protocol\n"
+    "                       2.12 or later) instead of the bundled guest: COM1 is the\n"
+    "                       console (stdout), a line with \"Kernel panic\" fails the\n"
+    "                       run, \"lazyvm: result pass\" / \"lazyvm: result fail: WHY\"\n"
+    "                       count as results, \"lazyvm: snapshot\" is the snapshot\n"
+    "                       point, the i8042 reset (reboot=k; reboot -f) ends the run.\n"
+    "                       --mem at most 3G; --workload, --seed, --timeslice, --apf\n"
+    "                       and --migrate-* do not apply (docs/LINUX.md)\n"
+    "  --initrd CPIO        the initramfs for --kernel\n"
+    "  --cmdline STR        the kernel command line for --kernel (default:\n"
+    "                       \"%s\")\n"
     "  --stall-timeout DUR  stop the VM with an error when the guest sends no message\n"
     "                       and no console line for DUR (default 120s; 0: never)\n"
     "  --json               print one JSON object at the end (console to stderr)\n"
@@ -109,6 +121,9 @@ int cmd_run(int argc, char **argv)
 	    {"migrate-to", required_argument, 0, 'M'},
 	    {"migrate-after", required_argument, 0, 'a'},
 	    {"stall-timeout", required_argument, 0, 'Z'},
+	    {"kernel", required_argument, 0, 'K'},
+	    {"initrd", required_argument, 0, 'I'},
+	    {"cmdline", required_argument, 0, 'C'},
 	    {"json", no_argument, 0, 'j'},
 	    {"help", no_argument, 0, 'h'},
 	    {0, 0, 0, 0},
@@ -128,7 +143,7 @@ int cmd_run(int argc, char **argv)
 	uint64_t t0 = lv_now_ns();
 	unsigned long long v;
 	unsigned u;
-	bool json = false;
+	bool json = false, guest_opts = false;
 	struct vmm_outcome o;
 	int c;
 
@@ -157,16 +172,19 @@ int cmd_run(int argc, char **argv)
 				return 2;
 			break;
 		case 'w':
+			guest_opts = true;
 			if (check_workload(optarg) < 0)
 				return 2;
 			cfg.workload = optarg;
 			break;
 		case 's':
+			guest_opts = true;
 			if (cli_uint(cmd, "--seed", optarg, 0, 0x7fffffff, &u) < 0)
 				return 2;
 			cfg.seed = u;
 			break;
 		case 't':
+			guest_opts = true;
 			if (cli_duration(cmd, "--timeslice", optarg, &v) < 0)
 				return 2;
 			if (v < 200000 || v > 1000000000) {
@@ -183,6 +201,7 @@ int cmd_run(int argc, char **argv)
 			cfg.snapshot_dir = optarg;
 			break;
 		case 'M':
+			guest_opts = true;
 			if (cli_hostport(cmd, "--migrate-to", optarg, false) < 0)
 				return 2;
 			cfg.migrate_to = optarg;
@@ -193,6 +212,7 @@ int cmd_run(int argc, char **argv)
 			cfg.stall_ns = v;
 			break;
 		case 'a':
+			guest_opts = true;
 			if (cli_duration(cmd, "--migrate-after", optarg, &v) < 0)
 				return 2;
 			if (v == 0) {
@@ -204,6 +224,7 @@ int cmd_run(int argc, char **argv)
 			cfg.migrate_after_ns = v;
 			break;
 		case 'P': {
+			guest_opts = true;
 			static const char *const onoff[] = {"off", "on"};
 			int k;
 			if (CLI_CHOICE(cmd, "--apf", optarg, onoff, &k) < 0)
@@ -211,8 +232,19 @@ int cmd_run(int argc, char **argv)
 			cfg.apf = k ? VMM_APF_USER : VMM_APF_OFF;
 			break;
 		}
+		case 'K':
+			if (cli_path(cmd, "--kernel", optarg) < 0)
+				return 2;
+			cfg.kernel_path = optarg;
+			break;
+		case 'I':
+			if (cli_path(cmd, "--initrd", optarg) < 0)
+				return 2;
+			cfg.initrd_path = optarg;
+			break;
+		case 'C': cfg.cmdline = optarg; break;
 		case 'j': json = true; break;
-		case 'h': fputs(run_help, stdout); return 0;
+		case 'h': printf(run_help, vmm_linux_default_cmdline); return 0;
 		default: return cli_bad_option(cmd, c, argv);
 		}
 	}
@@ -229,7 +261,25 @@ int cmd_run(int argc, char **argv)
 		fprintf(stderr, "lazyvm run: --migrate-after needs --migrate-to\n");
 		return 2;
 	}
-	if (check_mem(cfg.mem_size, cfg.workload) < 0)
+	if (!cfg.kernel_path && (cfg.initrd_path || cfg.cmdline)) {
+		fprintf(stderr, "lazyvm run: --initrd and --cmdline need --kernel\n");
+		return 2;
+	}
+	if (cfg.kernel_path && guest_opts) {
+		fprintf(stderr,
+		        "lazyvm run: --workload, --seed, --timeslice, --apf, --migrate-to and "
+		        "--migrate-after are the bundled guest's; not with --kernel\n");
+		return 2;
+	}
+	if (cfg.kernel_path && cfg.mem_size > (3ull << 30)) {
+		fprintf(stderr,
+		        "lazyvm run: --mem: a Linux guest takes at most 3G (RAM stops below "
+		        "the IOAPIC and LAPIC at 3 GiB)\n");
+		return 2;
+	}
+	if (cfg.kernel_path)
+		cfg.apf = VMM_APF_OFF;
+	else if (check_mem(cfg.mem_size, cfg.workload) < 0)
 		return 2;
 	cfg.console_to_stderr = json;
 	vmm_run(&cfg, &o);

@@ -131,6 +131,8 @@ int vmm_run(const struct vmm_run_config *cfg, struct vmm_outcome *out)
 	                       .stall_ns = cfg->stall_ns};
 	int r;
 
+	if (cfg->kernel_path)
+		return vmm_run_linux(cfg, out);
 	memset(out, 0, sizeof(*out));
 	if ((r = kvm_sys_open(&sys, out->error, sizeof(out->error))) < 0)
 		return r;

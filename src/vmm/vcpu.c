@@ -49,7 +49,7 @@ static void serial_out(struct vcpu *v, uint8_t c)
 }
 
 /* The snapshot point: park every other vCPU, save, stop. */
-static int snapshot_point(struct vcpu *v)
+int vcpu_snapshot_point(struct vcpu *v)
 {
 	struct vm *vm = v->vm;
 	char why[512];
@@ -160,7 +160,7 @@ static int handle_msg_locked(struct vcpu *v, uint32_t gpa)
 		vm->report.prepared = true;
 		vm->report.t_resume_ns = lv_now_ns();
 		return 0;
-	case GUEST_MSG_SNAPSHOT: vm->report.prepared = true; return snapshot_point(v);
+	case GUEST_MSG_SNAPSHOT: vm->report.prepared = true; return vcpu_snapshot_point(v);
 	case GUEST_MSG_RESULT:
 		if (msg.status == 0 && !compute_result_ok(v, &msg))
 			msg.status = 1;
@@ -194,31 +194,67 @@ static int handle_msg_locked(struct vcpu *v, uint32_t gpa)
 	}
 }
 
+/* The bundled guest's serial port: bytes to the console, line status
+ * "transmitter empty", everything else 0. */
+static int bundled_serial_io(void *ctx, struct vcpu *v, uint16_t port, bool out, uint8_t *data,
+                             unsigned size)
+{
+	(void)ctx;
+	if (size != 1) {
+		vm_fail(v->vm, "vCPU %u: %u-byte access to serial port 0x%x at RIP 0x%" PRIx64,
+		        v->index, size, port, vcpu_rip(v));
+		return -EPROTO;
+	}
+	if (out && port == GUEST_PORT_SERIAL)
+		serial_out(v, data[0]);
+	else if (!out)
+		data[0] = port == GUEST_PORT_SERIAL + 5 ? 0x60 : 0;
+	return 0;
+}
+
+/* The bundled guest's control port: a 32-bit write of a message's gpa. */
+static int bundled_ctrl_io(void *ctx, struct vcpu *v, uint16_t port, bool out, uint8_t *data,
+                           unsigned size)
+{
+	uint32_t gpa;
+
+	(void)ctx;
+	if (!out || size != 4 || port != GUEST_PORT_CTRL) {
+		vm_fail(v->vm,
+		        "vCPU %u: unhandled I/O: %s port 0x%x, size %u at RIP 0x%" PRIx64
+		        " (the control port takes 32-bit writes)",
+		        v->index, out ? "out to" : "in from", port, size, vcpu_rip(v));
+		return -EPROTO;
+	}
+	memcpy(&gpa, data, sizeof(gpa));
+	return handle_msg(v, gpa);
+}
+
+int vcpu_bundled_pio(struct vm *vm)
+{
+	int r;
+
+	pio_init(&vm->pio, true);
+	if ((r = pio_add(&vm->pio, GUEST_PORT_SERIAL, GUEST_PORT_SERIAL + 7, "serial",
+	                 bundled_serial_io, NULL)) < 0)
+		return r;
+	return pio_add(&vm->pio, GUEST_PORT_CTRL, GUEST_PORT_CTRL + 3, "control", bundled_ctrl_io,
+	               NULL);
+}
+
 static int handle_io(struct vcpu *v)
 {
 	struct kvm_run *run = v->run;
 	uint8_t *data = (uint8_t *)run + run->io.data_offset;
-	uint16_t port = run->io.port;
 	bool out = run->io.direction == KVM_EXIT_IO_OUT;
+	int r = pio_dispatch(&v->vm->pio, v, run->io.port, out, run->io.size, run->io.count, data);
 
-	if (port >= GUEST_PORT_SERIAL && port < GUEST_PORT_SERIAL + 8 && run->io.size == 1) {
-		for (uint32_t i = 0; i < run->io.count; i++) {
-			if (out && port == GUEST_PORT_SERIAL)
-				serial_out(v, data[i]);
-			else if (!out) /* line status: transmitter empty; all else 0 */
-				data[i] = port == GUEST_PORT_SERIAL + 5 ? 0x60 : 0;
-		}
-		return 0;
-	}
-	if (port == GUEST_PORT_CTRL && out && run->io.size == 4 && run->io.count == 1) {
-		uint32_t gpa;
-		memcpy(&gpa, data, sizeof(gpa));
-		return handle_msg(v, gpa);
-	}
-	vm_fail(v->vm, "vCPU %u: unhandled I/O: %s port 0x%x, size %u, count %u at RIP 0x%" PRIx64,
-	        v->index, out ? "out to" : "in from", port, run->io.size, run->io.count,
-	        vcpu_rip(v));
-	return -EPROTO;
+	if (r == -ENOENT)
+		vm_fail(v->vm,
+		        "vCPU %u: unhandled I/O: %s port 0x%x, size %u, count %u at RIP 0x%" PRIx64,
+		        v->index, out ? "out to" : "in from", run->io.port, run->io.size,
+		        run->io.count, vcpu_rip(v));
+	return r;
 }
 
 static const char *exit_name(uint32_t reason)

@@ -84,6 +84,19 @@ int vm_create(struct vm *vm, struct kvm_sys *sys, const struct vm_config *cfg)
 		lv_err("KVM_CREATE_IRQCHIP: %s", strerror(errno));
 		return r;
 	}
+	if (cfg->linux_guest) {
+		/* Linux checks that the PIT's IRQ 0 reaches the IOAPIC at boot
+		 * (check_timer) and calibrates against it; port 0x61 answered
+		 * in the kernel too. */
+		struct kvm_pit_config pit = {.flags = KVM_PIT_SPEAKER_DUMMY};
+		if (ioctl(vm->fd, KVM_CREATE_PIT2, &pit) < 0) {
+			r = -errno;
+			lv_err("KVM_CREATE_PIT2: %s", strerror(errno));
+			return r;
+		}
+	} else if ((r = vcpu_bundled_pio(vm)) < 0) {
+		return r;
+	}
 	if (cfg->capture_apf_msrs) {
 		char why[160];
 		if ((r = apf_capture_msrs(vm, why, sizeof(why))) < 0) {

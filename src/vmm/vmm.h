@@ -14,6 +14,7 @@
 #include <stdint.h>
 
 #include "lazyvm/guest_abi.h"
+#include "dev/pio.h"
 
 #define VMM_MAX_SLOTS 8
 #define VMM_MAX_VCPUS GUEST_MAX_VCPUS
@@ -115,6 +116,8 @@ struct vm_config {
 	bool migrate_timed;          /* at a time (run.c), not at the snapshot point */
 	uint64_t stall_ns;           /* stop the VM when the guest shows no progress
 	                              * (no message, no console line) this long; 0: never */
+	bool linux_guest;            /* a Linux kernel, not the bundled guest: a PIT, the
+	                              * hypervisor CPUID bit, the Linux devices (linux.h) */
 };
 
 struct vm {
@@ -132,6 +135,8 @@ struct vm {
 	bool migrated;          /* the VM has left for a migration destination */
 	char migrate_note[512]; /* why a migration did not happen, when the VM went on */
 	struct vm_report report;
+	struct pio_table pio;  /* every KVM_EXIT_IO goes through it (dev/pio.h) */
+	struct linux_devs *lx; /* a Linux guest's devices, NULL for the bundled guest */
 	pthread_mutex_t console_lock;
 	int kick_signal;
 	struct userfault *uf;        /* exit-based intake, NULL otherwise */
@@ -212,6 +217,13 @@ void vm_fail(struct vm *vm, const char *fmt, ...) __attribute__((format(printf, 
 
 /* Writes the page tables, GDT, boot info and image into guest memory. */
 int arch_load_guest(struct vm *vm, const void *image, size_t image_len);
+/* Long mode with flat segments (base 0, 4 GiB, DPL 0): CS 64-bit code, DS
+ * (and ES, FS, GS, SS) data; PE, ET, PG, PAE, LME, LMA and the bits given. */
+struct arch_long_mode {
+	uint16_t cs, ds, gdt_limit;
+	uint64_t gdt, cr3, cr0_more, cr4_more, efer_more;
+};
+int arch_vcpu_long_mode(struct vcpu *v, const struct arch_long_mode *lm);
 /* Long-mode registers of vCPU v at the guest entry. */
 int arch_vcpu_boot_regs(struct vcpu *v);
 /* KVM_SET_CPUID2 from KVM's supported set, with this vCPU's APIC ids. */

@@ -5,6 +5,10 @@
 #   make hwtest-patched        the same host with lazyvm's patched kvm.ko and
 #                              kvm-amd.ko (kernel/build), /init's "patched" run
 #   make hwtest-patched-build  only build those (modules, initramfs-patched)
+#   make hwtest-linux  the Linux guest suite (tests/hw/linux, docs/LINUX.md): the
+#                      tier's own vmlinuz boots as an L2 guest of lazyvm, in an L1
+#                      of its own with -smp 1
+#   make hwtest-linux-build    only build it (L2 initramfs, initramfs-linux)
 #
 # Everything lives under $(HW_B) (build/hw), never in $(B):
 #   $(HW_B)/lazyvm             the static lazyvm (make static, static.mk)
@@ -79,10 +83,47 @@ hwtest-patched: hwtest-patched-build
 hwtest: hwtest-build
 	tests/hw/run --kernel $(HW_B)/vmlinuz --initrd $(HW_B)/initramfs.cpio.gz --logs $(HW_B)/logs
 
+# ---- the Linux guest suite (tests/hw/linux) -----------------------------------
+$(HW_B)/lazyvm-work: tests/hw/linux/workload.c
+	@mkdir -p $(@D)
+	$(call say,CC,$@)$(CC) -std=gnu11 -Wall -Wextra -Werror -O2 -static -o $@ $<
+
+# /linux in the L1 initramfs: the L2 kernel (the tier's own), its initramfs, the cases
+$(HW_B)/linux/initrd.cpio.gz: $(HW_B)/lazyvm-work tests/hw/linux/init tests/hw/linux/mkinitrd \
+		$(HW_CACHE)/busybox.dir
+	@mkdir -p $(@D)
+	$(call say,CPIO,$@)tests/hw/linux/mkinitrd $@ $(HW_B)/root-l2 \
+	    $(HW_CACHE)/$$(cat $(HW_CACHE)/busybox.dir)/bin/busybox $(HW_B)/lazyvm-work tests/hw/linux/init
+
+$(HW_B)/linux/vmlinuz: $(HW_B)/vmlinuz
+	@mkdir -p $(@D)
+	$(call say,CP,$@)cp $< $@
+
+$(HW_B)/linux/cases.sh: tests/hw/linux/cases.sh
+	@mkdir -p $(@D)
+	$(call say,CP,$@)cp $< $@
+
+$(HW_B)/initramfs-linux.cpio.gz: $(HW_B)/lazyvm tests/hw/init tests/hw/mkinitramfs \
+		$(HW_CACHE)/kernel.abi $(HW_CACHE)/busybox.dir $(HW_B)/linux/initrd.cpio.gz \
+		$(HW_B)/linux/vmlinuz $(HW_B)/linux/cases.sh
+	$(call say,CPIO,$@)abi=$$(cat $(HW_CACHE)/kernel.abi); \
+	    HW_LINUX_DIR=$(HW_B)/linux \
+	    tests/hw/mkinitramfs $@ $(HW_B)/root-linux $(HW_CACHE)/kernel-$$abi $$abi \
+	    $(HW_CACHE)/$$(cat $(HW_CACHE)/busybox.dir)/bin/busybox $(HW_B)/lazyvm tests/hw/init
+
+hwtest-linux-build: $(HW_B)/vmlinuz $(HW_B)/initramfs-linux.cpio.gz
+
+# -smp 1: with an L1 of 2 CPUs most L2 Linux boots after the first hung (docs/LINUX.md)
+hwtest-linux: hwtest-linux-build
+	tests/hw/run --smp 1 --kernel $(HW_B)/vmlinuz --initrd $(HW_B)/initramfs-linux.cpio.gz \
+	    --append hwtest.suite=linux --logs $(HW_B)/logs-linux
+
 hwtest-clean:
 	rm -rf $(HW_B)/root $(HW_B)/logs $(HW_B)/lazyvm $(HW_B)/vmlinuz $(HW_B)/initramfs.cpio.gz \
 	    $(HW_B)/root-patched $(HW_B)/logs-patched $(HW_B)/initramfs-patched.cpio.gz $(HW_B)/userfault_test \
-	    $(HW_B)/apf_test
+	    $(HW_B)/apf_test $(HW_B)/lazyvm-work $(HW_B)/linux $(HW_B)/root-l2 $(HW_B)/root-linux \
+	    $(HW_B)/initramfs-linux.cpio.gz $(HW_B)/logs-linux
 
-.PHONY: hwtest hwtest-build hwtest-clean hw-fetch kernel-modules hwtest-patched hwtest-patched-build
+.PHONY: hwtest hwtest-build hwtest-clean hw-fetch kernel-modules hwtest-patched hwtest-patched-build \
+	hwtest-linux hwtest-linux-build
 

@@ -70,7 +70,7 @@ int arch_load_guest(struct vm *vm, const void *image, size_t image_len)
 	return 0;
 }
 
-static void set_seg(struct kvm_segment *s, uint16_t sel, uint8_t type, bool code)
+static void arch_flat_seg(struct kvm_segment *s, uint16_t sel, uint8_t type, bool code)
 {
 	*s = (struct kvm_segment){.base = 0,
 	                          .limit = 0xffffffff,
@@ -84,26 +84,41 @@ static void set_seg(struct kvm_segment *s, uint16_t sel, uint8_t type, bool code
 	                          .g = 1};
 }
 
-int arch_vcpu_boot_regs(struct vcpu *v)
+int arch_vcpu_long_mode(struct vcpu *v, const struct arch_long_mode *lm)
 {
 	struct kvm_sregs sregs;
-	struct kvm_regs regs;
 
 	if (ioctl(v->fd, KVM_GET_SREGS, &sregs) < 0)
 		return -errno;
-	set_seg(&sregs.cs, GUEST_CS_SELECTOR, 11, true);
-	set_seg(&sregs.ds, GUEST_DS_SELECTOR, 3, false);
+	arch_flat_seg(&sregs.cs, lm->cs, 11, true);
+	arch_flat_seg(&sregs.ds, lm->ds, 3, false);
 	sregs.es = sregs.fs = sregs.gs = sregs.ss = sregs.ds;
-	sregs.gdt.base = GUEST_GDT_GPA;
-	sregs.gdt.limit = 3 * 8 - 1;
+	sregs.gdt.base = lm->gdt;
+	sregs.gdt.limit = lm->gdt_limit;
 	sregs.idt.base = 0;
 	sregs.idt.limit = 0;
-	sregs.cr0 = CR0_PE | CR0_MP | CR0_ET | CR0_NE | CR0_WP | CR0_PG;
-	sregs.cr3 = GUEST_PML4_GPA;
-	sregs.cr4 = CR4_PAE | CR4_OSFXSR | CR4_OSXMMEXCPT;
-	sregs.efer = EFER_LME | EFER_LMA | EFER_NXE;
-	if (ioctl(v->fd, KVM_SET_SREGS, &sregs) < 0)
-		return -errno;
+	sregs.cr0 = CR0_PE | CR0_ET | CR0_PG | lm->cr0_more;
+	sregs.cr3 = lm->cr3;
+	sregs.cr4 = CR4_PAE | lm->cr4_more;
+	sregs.efer = EFER_LME | EFER_LMA | lm->efer_more;
+	return ioctl(v->fd, KVM_SET_SREGS, &sregs) < 0 ? -errno : 0;
+}
+
+int arch_vcpu_boot_regs(struct vcpu *v)
+{
+	const struct arch_long_mode lm = {.cs = GUEST_CS_SELECTOR,
+	                                  .ds = GUEST_DS_SELECTOR,
+	                                  .gdt = GUEST_GDT_GPA,
+	                                  .gdt_limit = 3 * 8 - 1,
+	                                  .cr3 = GUEST_PML4_GPA,
+	                                  .cr0_more = CR0_MP | CR0_NE | CR0_WP,
+	                                  .cr4_more = CR4_OSFXSR | CR4_OSXMMEXCPT,
+	                                  .efer_more = EFER_NXE};
+	struct kvm_regs regs;
+	int r;
+
+	if ((r = arch_vcpu_long_mode(v, &lm)) < 0)
+		return r;
 	memset(&regs, 0, sizeof(regs));
 	regs.rip = GUEST_IMAGE_GPA;
 	regs.rflags = 0x2;
@@ -137,6 +152,10 @@ int arch_vcpu_set_cpuid(struct vcpu *v)
 			e->ebx = (e->ebx & 0x00ffffffu) | (v->index << 24);
 		if (e->function == 0xb || e->function == 0x1f)
 			e->edx = v->index;
+		/* Linux looks for KVM's leaves (kvmclock, PV async PF, PV EOI)
+		 * only under the hypervisor bit. */
+		if (e->function == 1 && v->vm->cfg.linux_guest)
+			e->ecx |= 1u << 31;
 	}
 	/* KVM_SET_CPUID2 also makes the LAPIC timer's periodic mode work
 	 * (measured: without it periodic mode is dropped). */

@@ -1,0 +1,50 @@
+# The Linux guest suite, sourced by tests/hw/init (hwtest.suite=linux) in an
+# L1 of its own (tests/hw/run --smp 1, see docs/LINUX.md): Debian's own
+# vmlinuz, the tier's L1 kernel, boots as an L2 guest of `lazyvm run --kernel`
+# with a busybox initramfs (tests/hw/linux/init, workload.c).
+# Uses init's run_start, run_bounded, pass, fail, detail, info, $T, $LAZYVM.
+LK=/linux/vmlinuz
+LI=/linux/initrd.cpio.gz
+LCMD="console=ttyS0 quiet reboot=k panic=-1 nokaslr tsc=reliable no_timer_check pci=off i8042.noaux"
+info "L2 kernel $(wc -c <$LK) bytes, L2 initramfs $(wc -c <$LI) bytes; cmdline: $LCMD"
+
+# uptime in seconds, one decimal, since A
+since() { awk -v a="$1" -v b="$(cut -d' ' -f1 /proc/uptime)" 'BEGIN { printf "%.1f", b - a }'; }
+
+# linux_run NAME SECONDS ARGS...: lazyvm run --kernel ... ARGS, at most SECONDS
+linux_run() {
+    name=$1 secs=$2
+    shift 2
+    run_start "$name"
+    at=$(cut -d' ' -f1 /proc/uptime)
+    tmo_saved=$TMO
+    TMO=$secs
+    run_bounded $LAZYVM run --kernel $LK --initrd $LI --mem 256M --stall-timeout 40s "$@"
+    rc=$?
+    TMO=$tmo_saved
+    took=$(since "$at")
+    init_at=$(sed -n 's/.*lazyvm: init at \([0-9.]*\)s.*/\1/p' $T/out | head -n 1)
+    cpus=$(sed -n 's/.*lazyvm: init at [0-9.]*s, \([0-9]*\) CPU(s).*/\1/p' $T/out | head -n 1)
+}
+
+# ---- boot to /init and reset cleanly -----------------------------------------
+for nv in 1 2; do
+    linux_run linux-boot-${nv}vcpu 90 --vcpus $nv --cmdline "$LCMD lazyvm.work=boot"
+    if [ "$rc" -eq 0 ] && grep -q "lazyvm run: ok" $T/out && [ "$cpus" = "$nv" ]; then
+        pass "/init at ${init_at}s guest uptime with $cpus CPU(s), reset after ${took}s (lazyvm start to exit)"
+    else
+        fail "status $rc after ${took}s, /init at ${init_at:-never}, CPUs ${cpus:-?} (want $nv)" $T/out
+    fi
+done
+
+# a damaged bzImage is refused with what is wrong
+run_start linux-bad-bzimage
+head -c 4096 $LK >$T/bad-bzimage
+printf 'XXXX' | dd of=$T/bad-bzimage bs=1 seek=514 conv=notrunc 2>/dev/null
+run_bounded $LAZYVM run --kernel $T/bad-bzimage --initrd $LI --mem 256M
+rc=$?
+if [ "$rc" -eq 1 ] && grep -q 'no "HdrS" at offset 0x202' $T/out; then
+    pass "$(grep -m1 HdrS $T/out | cut -c1-150)"
+else
+    fail "status $rc, no 'no \"HdrS\"' message" $T/out
+fi
