@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
 
@@ -146,7 +147,7 @@ static int kbd_io(void *ctx, struct vcpu *v, uint16_t port, bool out, uint8_t *d
 	return take_action(d, v) != 0 ? -ECANCELED : 0;
 }
 
-int linux_devs_init(struct vm *vm, struct linux_devs *d)
+int linux_devs_create(struct vm *vm)
 {
 	static const struct {
 		uint16_t first, last;
@@ -159,9 +160,12 @@ int linux_devs_init(struct vm *vm, struct linux_devs *d)
 	    {0x3e8, 0x3ef, "COM3"},
 	    {0xcf8, 0xcff, "PCI configuration (no PCI: all ones)"},
 	};
+	struct linux_devs *d = calloc(1, sizeof(*d));
 	int r;
 
-	memset(d, 0, sizeof(*d));
+	if (!d)
+		return -ENOMEM;
+	vm->lx = d;
 	d->vm = vm;
 	pthread_mutex_init(&d->lock, NULL);
 	uart_init(&d->uart, uart_tx, set_irq4, d);
@@ -177,7 +181,6 @@ int linux_devs_init(struct vm *vm, struct linux_devs *d)
 		if ((r = pio_add(&vm->pio, absent[i].first, absent[i].last, absent[i].name, NULL,
 		                 NULL)) < 0)
 			return r;
-	vm->lx = d;
 	return 0;
 }
 
@@ -189,9 +192,13 @@ void linux_console_flush(struct linux_devs *d)
 	pthread_mutex_unlock(&d->lock);
 }
 
-void linux_devs_destroy(struct linux_devs *d)
+void linux_devs_free(struct vm *vm)
 {
-	if (d->vm && d->vm->lx == d)
-		d->vm->lx = NULL;
+	struct linux_devs *d = vm->lx;
+
+	if (!d)
+		return;
+	vm->lx = NULL;
 	pthread_mutex_destroy(&d->lock);
+	free(d);
 }

@@ -34,9 +34,11 @@ struct linux_devs {
 	char action_text[sizeof(((struct vm_report *)0)->error)];
 };
 
-/* Sets up vm->pio (not strict) and vm->lx = d. The VM exists (vm->fd). */
-int linux_devs_init(struct vm *vm, struct linux_devs *d);
-void linux_devs_destroy(struct linux_devs *d);
+/* vm_create with cfg.linux_guest: allocates vm->lx and fills vm->pio (not
+ * strict). The VM fd exists. 0 or -errno. */
+int linux_devs_create(struct vm *vm);
+/* vm_destroy: frees vm->lx (NULL is fine). */
+void linux_devs_free(struct vm *vm);
 /* Whatever is left of the console's last line, printed (at the VM's end). */
 void linux_console_flush(struct linux_devs *d);
 

@@ -77,7 +77,6 @@ int vmm_run_linux(const struct vmm_run_config *cfg, struct vmm_outcome *out)
 	                       .workload = ""};
 	struct file_map kern = {0}, initrd = {0};
 	struct linux_image img;
-	struct linux_devs devs;
 	struct kvm_sys sys;
 	struct vm *vm = NULL;
 	char why[400];
@@ -109,23 +108,19 @@ int vmm_run_linux(const struct vmm_run_config *cfg, struct vmm_outcome *out)
 		snprintf(out->error, sizeof(out->error), "creating the VM: %s", strerror(-r));
 		goto out_vm;
 	}
-	if ((r = linux_devs_init(vm, &devs)) < 0) {
-		snprintf(out->error, sizeof(out->error), "the Linux devices: %s", strerror(-r));
-		goto out_vm;
-	}
 	r = linux_boot_load(&vm->mem, kern.p, kern.len, initrd.p, initrd.len,
 	                    cfg->cmdline ? cfg->cmdline : vmm_linux_default_cmdline, why,
 	                    sizeof(why));
 	if (r < 0) {
 		snprintf(out->error, sizeof(out->error), "loading %s: %s", cfg->kernel_path, why);
-		goto out_devs;
+		goto out_vm;
 	}
 	void *mp = guest_mem_ptr(&vm->mem, LINUX_EBDA_GPA, 1024);
 	if (!mp || (r = mptable_write(mp, 1024, LINUX_EBDA_GPA, vm->nvcpus)) < 0) {
 		snprintf(out->error, sizeof(out->error), "writing the MP table: %s",
 		         strerror(mp ? -r : EFAULT));
 		r = r < 0 ? r : -EFAULT;
-		goto out_devs;
+		goto out_vm;
 	}
 	lv_info("Linux: boot protocol %u.%02u, kernel %zu bytes at 0x%llx (needs %u), initrd %zu "
 	        "bytes, %u vCPU(s), %llu MiB",
@@ -134,16 +129,13 @@ int vmm_run_linux(const struct vmm_run_config *cfg, struct vmm_outcome *out)
 	        (unsigned long long)(cfg->mem_size >> 20));
 	if ((r = linux_vcpu_boot_regs(&vm->vcpus[0], &img)) < 0) {
 		snprintf(out->error, sizeof(out->error), "vCPU 0 boot registers: %s", strerror(-r));
-		goto out_devs;
+		goto out_vm;
 	}
 	r = vm_run(vm);
-	linux_console_flush(&devs);
 	fill_vm_outcome(vm, r, out);
 	if (!out->ok && !out->error[0])
 		snprintf(out->error, sizeof(out->error), "the Linux guest stopped without a reset");
 	r = out->ok ? 0 : -EIO;
-out_devs:
-	linux_devs_destroy(&devs);
 out_vm:
 	vm_destroy(vm);
 	guest_mem_unmap(&vm->mem);

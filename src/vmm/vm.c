@@ -12,6 +12,7 @@
 #include "lazyvm/log.h"
 #include "lazyvm/units.h"
 #include "apf.h"
+#include "linux.h"
 #include "migrate.h"
 #include "vcpu.h"
 #include "vmm.h"
@@ -94,6 +95,10 @@ int vm_create(struct vm *vm, struct kvm_sys *sys, const struct vm_config *cfg)
 			lv_err("KVM_CREATE_PIT2: %s", strerror(errno));
 			return r;
 		}
+		if ((r = linux_devs_create(vm)) < 0) {
+			lv_err("the Linux guest's devices: %s", strerror(-r));
+			return r;
+		}
 	} else if ((r = vcpu_bundled_pio(vm)) < 0) {
 		return r;
 	}
@@ -147,6 +152,7 @@ void vm_destroy(struct vm *vm)
 	if (vm->fd >= 0)
 		close(vm->fd);
 	vm->fd = -1;
+	linux_devs_free(vm);
 	pthread_mutex_destroy(&vm->lock);
 	pthread_mutex_destroy(&vm->console_lock);
 	pthread_cond_destroy(&vm->cond);
@@ -334,6 +340,8 @@ int vm_run(struct vm *vm)
 			pthread_join(vm->vcpus[i].thread, NULL);
 		vm->vcpus[i].started = false;
 	}
+	if (vm->lx)
+		linux_console_flush(vm->lx);
 	if (vm->report.error[0])
 		return -EIO;
 	return vm->report.done || vm->snapshot_taken || vm->migrated ? 0 : -EIO;

@@ -8,6 +8,17 @@ LI=/linux/initrd.cpio.gz
 LCMD="console=ttyS0 quiet reboot=k panic=-1 nokaslr tsc=reliable no_timer_check pci=off i8042.noaux"
 info "L2 kernel $(wc -c <$LK) bytes, L2 initramfs $(wc -c <$LI) bytes; cmdline: $LCMD"
 
+# hwtest.linux=PATTERN (tests/hw/run --append): only the cases whose name
+# matches the shell pattern (e.g. 'linux-snapshot-1vcpu|linux-restore-lazy-1vcpu')
+sel=$(arg hwtest.linux)
+want() {
+    [ -z "$sel" ] && return 0
+    for p in $(echo "$sel" | tr '|' ' '); do
+        case $1 in $p) return 0 ;; esac
+    done
+    return 1
+}
+
 # uptime in seconds, one decimal, since A
 since() { awk -v a="$1" -v b="$(cut -d' ' -f1 /proc/uptime)" 'BEGIN { printf "%.1f", b - a }'; }
 
@@ -29,6 +40,7 @@ linux_run() {
 
 # ---- boot to /init and reset cleanly -----------------------------------------
 for nv in 1 2; do
+    want linux-boot-${nv}vcpu || continue
     linux_run linux-boot-${nv}vcpu 90 --vcpus $nv --cmdline "$LCMD lazyvm.work=boot"
     if [ "$rc" -eq 0 ] && grep -q "lazyvm run: ok" $T/out && [ "$cpus" = "$nv" ]; then
         pass "/init at ${init_at}s guest uptime with $cpus CPU(s), reset after ${took}s (lazyvm start to exit)"
@@ -38,13 +50,53 @@ for nv in 1 2; do
 done
 
 # a damaged bzImage is refused with what is wrong
-run_start linux-bad-bzimage
-head -c 4096 $LK >$T/bad-bzimage
-printf 'XXXX' | dd of=$T/bad-bzimage bs=1 seek=514 conv=notrunc 2>/dev/null
-run_bounded $LAZYVM run --kernel $T/bad-bzimage --initrd $LI --mem 256M
-rc=$?
-if [ "$rc" -eq 1 ] && grep -q 'no "HdrS" at offset 0x202' $T/out; then
-    pass "$(grep -m1 HdrS $T/out | cut -c1-150)"
-else
-    fail "status $rc, no 'no \"HdrS\"' message" $T/out
+if want linux-bad-bzimage; then
+    run_start linux-bad-bzimage
+    head -c 4096 $LK >$T/bad-bzimage
+    printf 'XXXX' | dd of=$T/bad-bzimage bs=1 seek=514 conv=notrunc 2>/dev/null
+    run_bounded $LAZYVM run --kernel $T/bad-bzimage --initrd $LI --mem 256M
+    rc=$?
+    if [ "$rc" -eq 1 ] && grep -q 'no "HdrS" at offset 0x202' $T/out; then
+        pass "$(grep -m1 HdrS $T/out | cut -c1-150)"
+    else
+        fail "status $rc, no 'no \"HdrS\"' message" $T/out
+    fi
 fi
+
+# ---- snapshot at the console line, restore in each load mode ------------------
+# lazyvm-work fills 64 MiB, prints "lazyvm: snapshot" (the VMM saves the VM
+# there and stops), and after the restore verifies every byte.
+FILL=64
+for nv in 1 2; do
+    snap=$T/linux-snap-$nv
+    want "linux-snapshot-${nv}vcpu" || continue
+    rm -rf $snap
+    linux_run linux-snapshot-${nv}vcpu 90 --vcpus $nv --snapshot-dir $snap \
+        --cmdline "$LCMD lazyvm.work=fill:$FILL"
+    if [ "$rc" -eq 0 ] && grep -q "snapshot written" $T/out && [ -f $snap/state ]; then
+        pass "$(grep -m1 'lazyvm: filled' $T/out | sed 's/.*lazyvm: //'); snapshot written after ${took}s"
+    else
+        fail "status $rc after ${took}s, no snapshot" $T/out
+        continue
+    fi
+    for mode in "eager" "mmap" "lazy" "lazy --intake exit"; do
+        tag=$(echo "$mode" | sed 's/ --intake /-/')
+        want linux-restore-$tag-${nv}vcpu || continue
+        run_start linux-restore-$tag-${nv}vcpu
+        at=$(cut -d' ' -f1 /proc/uptime)
+        tmo_saved=$TMO
+        TMO=60
+        # shellcheck disable=SC2086 # the mode's words
+        run_bounded $LAZYVM restore $snap --load $mode --stall-timeout 40s --json
+        rc=$?
+        TMO=$tmo_saved
+        took=$(since "$at")
+        first=$(json_num restore_ms $T/out)
+        if [ "$rc" -eq 0 ] && grep -q '"ok":true' $T/out && grep -q "lazyvm: verified $FILL MiB" $T/out &&
+            grep -q "lazyvm: result pass" $T/out; then
+            pass "$(grep -m1 'lazyvm: verified' $T/out | sed 's/.*lazyvm: //'); first instruction ${first:-?} ms, reset after ${took}s"
+        else
+            fail "status $rc after ${took}s" $T/out
+        fi
+    done
+done
