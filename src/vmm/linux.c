@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <time.h>
 
 #include "lazyvm/log.h"
 #include "lazyvm/units.h"
@@ -147,13 +148,28 @@ static int kbd_io(void *ctx, struct vcpu *v, uint16_t port, bool out, uint8_t *d
 	return take_action(d, v) != 0 ? -ECANCELED : 0;
 }
 
+static int rtc_io(void *ctx, struct vcpu *v, uint16_t port, bool out, uint8_t *data, unsigned size)
+{
+	struct linux_devs *d = ctx;
+
+	(void)v;
+	pthread_mutex_lock(&d->lock);
+	if (out)
+		rtc_write(&d->rtc, port, data[0]);
+	else
+		data[0] = rtc_read(&d->rtc, port, time(NULL));
+	pthread_mutex_unlock(&d->lock);
+	if (!out && size > 1)
+		memset(data + 1, 0xff, size - 1);
+	return 0;
+}
+
 int linux_devs_create(struct vm *vm)
 {
 	static const struct {
 		uint16_t first, last;
 		const char *name;
 	} absent[] = {
-	    {0x70, 0x71, "CMOS/RTC (kvmclock gives the time)"},
 	    {0x80, 0x80, "POST code"},
 	    {0x2e8, 0x2ef, "COM4"},
 	    {0x2f8, 0x2ff, "COM2"},
@@ -170,12 +186,15 @@ int linux_devs_create(struct vm *vm)
 	pthread_mutex_init(&d->lock, NULL);
 	uart_init(&d->uart, uart_tx, set_irq4, d);
 	i8042_init(&d->kbd);
+	rtc_init(&d->rtc);
 	pio_init(&vm->pio, false);
 	if ((r = pio_add(&vm->pio, LINUX_UART0_PORT, LINUX_UART0_PORT + 7, "COM1 16550", uart_io,
 	                 d)) < 0 ||
 	    (r = pio_add(&vm->pio, I8042_DATA_PORT, I8042_DATA_PORT, "i8042 data", kbd_io, d)) <
 	        0 ||
-	    (r = pio_add(&vm->pio, I8042_CMD_PORT, I8042_CMD_PORT, "i8042 command", kbd_io, d)) < 0)
+	    (r = pio_add(&vm->pio, I8042_CMD_PORT, I8042_CMD_PORT, "i8042 command", kbd_io, d)) <
+	        0 ||
+	    (r = pio_add(&vm->pio, RTC_INDEX_PORT, RTC_DATA_PORT, "CMOS RTC", rtc_io, d)) < 0)
 		return r;
 	for (unsigned i = 0; i < sizeof(absent) / sizeof(absent[0]); i++)
 		if ((r = pio_add(&vm->pio, absent[i].first, absent[i].last, absent[i].name, NULL,

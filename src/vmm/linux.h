@@ -13,6 +13,7 @@
 #include <pthread.h>
 
 #include "dev/i8042.h"
+#include "dev/rtc.h"
 #include "dev/uart.h"
 #include "vmm.h"
 
@@ -23,9 +24,10 @@ enum linux_action { LINUX_NONE, LINUX_FAIL, LINUX_SNAPSHOT, LINUX_RESET };
 
 struct linux_devs {
 	struct vm *vm;
-	pthread_mutex_t lock; /* the UART and the i8042 */
+	pthread_mutex_t lock; /* the UART, the i8042, the RTC */
 	struct uart uart;
 	struct i8042_state kbd;
+	struct rtc_state rtc;
 	char line[240];
 	size_t len;
 	/* what the last console line asks for, taken by the vCPU that wrote it

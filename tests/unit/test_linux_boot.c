@@ -5,6 +5,7 @@
 
 #include "../../src/vmm/dev/i8042.h"
 #include "../../src/vmm/dev/pio.h"
+#include "../../src/vmm/dev/rtc.h"
 #include "../../src/vmm/dev/uart.h"
 #include "../../src/vmm/x86_64/linux_boot.h"
 #include "../../src/vmm/x86_64/mptable.h"
@@ -340,6 +341,33 @@ static void test_i8042(void)
 	CHECK(i8042_write(&k, 0x64, 0xfe)); /* pulse reset: reboot=k */
 }
 
+static void test_rtc(void)
+{
+	struct rtc_state r;
+	time_t t = 1796223575; /* 2026-12-02 14:59:35 UTC, a Wednesday */
+
+	rtc_init(&r);
+	rtc_write(&r, 0x70, 0x8a);                 /* register A, NMI masked */
+	CHECK_EQ(rtc_read(&r, 0x71, t) & 0x80, 0); /* never "update in progress" */
+	rtc_write(&r, 0x70, 0x0b);
+	CHECK_EQ(rtc_read(&r, 0x71, t) & 0x06, 0x02); /* 24-hour, BCD */
+	rtc_write(&r, 0x70, 0x0d);
+	CHECK_EQ(rtc_read(&r, 0x71, t), 0x80); /* valid time */
+	const uint8_t want[][2] = {{0x00, 0x35}, {0x02, 0x59}, {0x04, 0x14}, {0x06, 0x04},
+	                           {0x07, 0x02}, {0x08, 0x12}, {0x09, 0x26}, {0x32, 0x20}};
+	for (size_t i = 0; i < sizeof(want) / sizeof(want[0]); i++) {
+		rtc_write(&r, 0x70, want[i][0]);
+		CHECK_EQ(rtc_read(&r, 0x71, t), want[i][1]);
+	}
+	/* NVRAM keeps what is written; D stays read-only */
+	rtc_write(&r, 0x70, 0x40);
+	rtc_write(&r, 0x71, 0x5a);
+	CHECK_EQ(rtc_read(&r, 0x71, t), 0x5a);
+	rtc_write(&r, 0x70, 0x0d);
+	rtc_write(&r, 0x71, 0);
+	CHECK_EQ(rtc_read(&r, 0x71, t), 0x80);
+}
+
 static int io_count;
 static int io_fn(void *ctx, struct vcpu *v, uint16_t port, bool out, uint8_t *data, unsigned size)
 {
@@ -378,4 +406,4 @@ static void test_port_table(void)
 
 TEST_MAIN(TEST(test_image_parse), TEST(test_bad_images_named), TEST(test_e820_from_memslots),
           TEST(test_zero_page), TEST(test_mptable), TEST(test_uart_probe_sequence),
-          TEST(test_uart_thre_interrupts), TEST(test_i8042), TEST(test_port_table))
+          TEST(test_uart_thre_interrupts), TEST(test_i8042), TEST(test_rtc), TEST(test_port_table))

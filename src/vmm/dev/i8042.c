@@ -6,6 +6,7 @@
 
 #define STR_OBF           0x01 /* output buffer full */
 #define STR_SYSFLAG       0x04 /* self test passed since power-on */
+#define STR_KEYLOCK       0x10 /* set: the keyboard is not locked */
 #define CMD_READ_CTR      0x20
 #define CMD_WRITE_CTR     0x60
 #define CMD_AUX_TEST      0xa9
@@ -32,7 +33,7 @@ static void put_out(struct i8042_state *s, uint8_t v)
 uint8_t i8042_read(struct i8042_state *s, uint16_t port)
 {
 	if (port == I8042_CMD_PORT) /* input buffer never full: writes are taken at once */
-		return (uint8_t)(STR_SYSFLAG | (s->has_out ? STR_OBF : 0));
+		return (uint8_t)(STR_SYSFLAG | STR_KEYLOCK | (s->has_out ? STR_OBF : 0));
 	s->has_out = 0;
 	return s->out;
 }

@@ -6,6 +6,8 @@
 LK=/linux/vmlinuz
 LI=/linux/initrd.cpio.gz
 LCMD="console=ttyS0 quiet reboot=k panic=-1 nokaslr tsc=reliable no_timer_check pci=off i8042.noaux"
+# hwtest.lverbose=1: the L2 kernel's messages on the console too (not quiet)
+[ "$(arg hwtest.lverbose)" = 1 ] && LCMD=$(echo "$LCMD" | sed 's/ quiet / /')
 info "L2 kernel $(wc -c <$LK) bytes, L2 initramfs $(wc -c <$LI) bytes; cmdline: $LCMD"
 
 # hwtest.linux=PATTERN (tests/hw/run --append): only the cases whose name
@@ -47,6 +49,7 @@ for nv in 1 2; do
     else
         fail "status $rc after ${took}s, /init at ${init_at:-never}, CPUs ${cpus:-?} (want $nv)" $T/out
     fi
+    [ "$(arg hwtest.lverbose)" = 1 ] && detail $T/out
 done
 
 # a damaged bzImage is refused with what is wrong
