@@ -30,12 +30,10 @@ echo "- APF by: who injected the async page faults (apf_impl in the restore's JS
 echo
 echo "| case | run_ms | faults | guest took (not-present) | APF by | vCPU ms async / sync | sync faults |"
 echo "|---|---:|---:|---:|---|---:|---:|"
-awk -F' [|] ' '
-    function median(c,   m, a, b, t, v) {
-        m = n[c]
-        for (a = 1; a <= m; a++) v[a] = run[c, a] + 0
-        for (a = 1; a <= m; a++) for (b = a + 1; b <= m; b++) if (v[b] < v[a]) { t = v[a]; v[a] = v[b]; v[b] = t }
-        return m % 2 ? v[(m + 1) / 2] : (v[m / 2] + v[m / 2 + 1]) / 2
+awk -F' [|] ' -f bench/lib/median.awk -f - "$rows" <<'AWK'
+    function median(c,   a, v) {
+        for (a = 1; a <= n[c]; a++) v[a] = run[c, a] + 0
+        return median_of(v, n[c])
     }
     {
         c = $1
@@ -59,7 +57,8 @@ awk -F' [|] ' '
         ef = med["short: native, every fault async, exitful"]; el = med["short: native, every fault async, exitless"]
         if (ef > 0 && el > 0)
             printf "- every short fault async: exitful %.1f ms, exitless %.1f ms for 2048 pages: **%.1f us** a fault exitful, **%.1f us** exitless, sync %.1f us\n", ef, el, ef * 1000 / 2048, el * 1000 / 2048, so * 1000 / 2048
-    }' "$rows"
+    }
+AWK
 echo
 echo "Benchmark wall time: $(( $(date +%s) - start )) s"
 echo
