@@ -21,6 +21,7 @@
 #include "lazyvm/source.h"
 #include "lazyvm/uffd.h"
 #include "lazyvm/units.h"
+#include "devices.h"
 #include "snapshot.h"
 #include "vcpu.h"
 #include "apf.h"
@@ -332,6 +333,8 @@ static int load_vm_state(struct restore *rs, struct vm *vm)
 			return restore_fail(rs, -errno, "KVM_SET_IRQCHIP %u: %s", chip,
 			                    strerror(errno));
 	}
+	if ((r = devices_load(vm, &rs->rd, why, sizeof(why))) < 0)
+		return restore_fail(rs, r, "snapshot: %s", why);
 	const struct kvm_clock_data *clock = snap_find(&rs->rd, SNAP_CLOCK, 0, &len);
 	if (clock && len == sizeof(*clock)) {
 		struct kvm_clock_data c = {.clock = clock->clock};
@@ -406,7 +409,10 @@ int vmm_restore(const struct vmm_restore_config *cfg, struct vmm_outcome *out)
 	                       .capture_apf_msrs =
 	                           (cfg->apf == VMM_APF_USER || cfg->apf == VMM_APF_EXITLESS) &&
 	                           rs.apf_impl == APF_IMPL_LAZYVM,
-	                       .stall_ns = cfg->stall_ns};
+	                       .stall_ns = cfg->stall_ns,
+	                       /* the snapshot's devices and CPUID, not this host's */
+	                       .pit = snap_find(&rs.rd, SNAP_DEVICE, SNAP_DEV_PIT, &(uint64_t){0}),
+	                       .cpuid_later = true};
 	out->apf_msr_filter = vc.capture_apf_msrs;
 	if ((r = vm_create(vm, &sys, &vc)) < 0) {
 		restore_fail(&rs, r, "creating the VM: %s", strerror(-r));

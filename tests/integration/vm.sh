@@ -228,7 +228,32 @@ expect "flipped byte in the state file" 1 "state file is corrupt: CRC-32C" "$LAZ
 reset_bad; python3 - "$bad/state" <<'PY'
 import struct, sys; p = sys.argv[1]; b = bytearray(open(p, 'rb').read()); b[8:12] = struct.pack('<I', 99); open(p, 'wb').write(b)
 PY
-expect "wrong format version" 1 "snapshot format version 99; this lazyvm reads version 1" "$LAZYVM" restore "$bad"
+expect "wrong format version" 1 "snapshot format 99, written by a newer lazyvm; this lazyvm reads format 2" "$LAZYVM" restore "$bad"
+# Format 1 (before CPUID, TSC frequency and devices): this file with its header
+# saying 1 and the trailer re-sealed, so only the version is wrong.
+reset_bad; python3 tests/tools/state_edit.py "$bad/state" version 1
+expect "format-1 snapshot refused by name" 1 "snapshot format 1, written by an older lazyvm; this lazyvm reads format 2: take the snapshot again" \
+    "$LAZYVM" restore "$bad"
+reset_bad; python3 tests/tools/state_edit.py "$bad/state" version 3
+expect "format-3 snapshot refused by name" 1 "snapshot format 3, written by a newer lazyvm; this lazyvm reads format 2" \
+    "$LAZYVM" restore "$bad" --load lazy
+# TSC_KHZ (22) of vCPU 0 at 1 MHz, below this host's rate: a KVM without TSC
+# scaling refuses it (a faster rate it accepts, catching the TSC up on entry)
+reset_bad; python3 tests/tools/state_edit.py "$bad/state" set-u32 22 0 0 1000
+tsc_control=$(python3 -c 'import fcntl, os; print(fcntl.ioctl(os.open("/dev/kvm", os.O_RDWR), 0xAE03, 60))')
+if [ "$tsc_control" = 0 ]; then
+    expect "a TSC rate KVM cannot run is refused, naming both rates" 1 \
+        "vCPU 0: the snapshot's TSC runs at 1000 kHz, this host's at [0-9]+ kHz, and KVM refused to scale it" \
+        "$LAZYVM" restore "$bad"
+else
+    expect "a TSC rate KVM scales to (KVM_CAP_TSC_CONTROL)" 0 "ok: 3 task" "$LAZYVM" restore "$bad"
+fi
+reset_bad; python3 tests/tools/state_edit.py "$bad/state" add-section 32 77 16
+expect "a device this lazyvm does not know is refused" 1 "the snapshot holds the state of device 77, which this lazyvm does not know" \
+    "$LAZYVM" restore "$bad"
+reset_bad; python3 tests/tools/state_edit.py "$bad/state" add-section 32 0 16
+expect "PIT state of the wrong size is refused" 1 "device pit: PIT state of 16 bytes" \
+    "$LAZYVM" restore "$bad"
 reset_bad; head -c 4096 "$snap/state" >"$bad/state"
 expect "truncated state file" 1 "truncated or damaged" "$LAZYVM" restore "$bad"
 reset_bad; head -c 8192 /dev/urandom >"$bad/state"
