@@ -418,6 +418,10 @@ int vmm_restore(const struct vmm_restore_config *cfg, struct vmm_outcome *out)
 		restore_fail(&rs, r, "creating the VM: %s", strerror(-r));
 		goto out_vm;
 	}
+	/* What KVM itself touches must be in before the state that makes it
+	 * touch them (restore_lazy.c). */
+	if (rs.have_uf && (r = restore_install_first(&rs, vm)) < 0)
+		goto out_vm;
 	if ((r = load_vm_state(&rs, vm)) < 0)
 		goto out_vm;
 	if ((r = restore_setup_apf(&rs, vm)) < 0)
@@ -443,10 +447,6 @@ int vmm_restore(const struct vmm_restore_config *cfg, struct vmm_outcome *out)
 	if (rs.have_uf) {
 		const char *name = exit_backend_name(rs.uf.ops->id);
 
-		/* sigbus cannot serve KVM's own accesses (event delivery): install the
-		 * guest's core first. Kick can: those fault in the vCPU's thread too. */
-		if (rs.uf.ops->needs_core && (r = restore_prefetch_core(&rs, vm)) < 0)
-			goto out_vm;
 		if ((r = exit_attach(&rs.uf, vm)) < 0) {
 			restore_fail(&rs, r, "the %s exit backend: %s", name, strerror(-r));
 			goto out_vm;

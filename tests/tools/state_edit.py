@@ -13,6 +13,8 @@ test can hand lazyvm a state that is well-formed but says something false.
                                         the u32 at OFFSET of section TYPE/INDEX
   state_edit.py STATE add-section TYPE INDEX LEN
                                         append a zero-filled section
+  state_edit.py STATE set-msr VCPU MSR VALUE
+                                        the MSR's value in vCPU VCPU's MSRS (15)
 """
 import struct
 import sys
@@ -78,6 +80,19 @@ def edit(path, buf, cmd, args):
         typ, idx, length = (int(a, 0) for a in args[:3])
         sec = struct.pack("<IIQ", typ, idx, length) + bytes((length + 7) // 8 * 8)
         buf[-8:-8] = sec
+    elif cmd == "set-msr":
+        vcpu, index, val = (int(a, 0) for a in args[:3])
+        for t, i, start, length in sections(buf):
+            if (t, i) == (15, vcpu):
+                for off in range(start, start + length, 16):
+                    if struct.unpack_from("<I", buf, off)[0] == index:
+                        struct.pack_into("<Q", buf, off + 8, val)
+                        break
+                else:
+                    sys.exit("vCPU %d has no MSR 0x%x" % (vcpu, index))
+                break
+        else:
+            sys.exit("no MSRS section for vCPU %d" % vcpu)
     else:
         return False
     seal(path, buf)

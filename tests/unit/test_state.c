@@ -9,6 +9,7 @@
 #include <sys/ioctl.h>
 
 #include "../../src/vmm/devices.h"
+#include "../../src/vmm/restore.h"
 #include "../../src/vmm/snapshot.h"
 #include "../../src/vmm/vmm.h"
 #include "test.h"
@@ -194,4 +195,43 @@ static void test_deadline_before_lapic_is_dropped(void)
 	free_vm(vm);
 }
 
-TEST_MAIN(TEST(test_vcpu_and_devices_round_trip), TEST(test_deadline_before_lapic_is_dropped))
+/* Where KVM writes for each PV MSR, as a restore installs it first. */
+static void test_pv_ranges(void)
+{
+	struct pv_range pr;
+
+	/* kvmclock: bit 0 enables, the rest is the address */
+	CHECK_EQ(restore_pv_ranges(0x4b564d01, 0x3fff2001, &pr), 1);
+	CHECK_EQ(pr.gpa, 0x3fff2000);
+	CHECK_EQ(pr.len, 32);
+	CHECK(!strcmp(pr.name, "kvmclock"));
+	CHECK_EQ(restore_pv_ranges(0x4b564d01, 0x3fff2000, &pr), 0); /* disabled */
+	CHECK_EQ(restore_pv_ranges(0x12, 0x5001, &pr), 1);
+	CHECK_EQ(pr.gpa, 0x5000);
+	/* wall clock: any address, no enable bit */
+	CHECK_EQ(restore_pv_ranges(0x4b564d00, 0x7008, &pr), 1);
+	CHECK_EQ(pr.gpa, 0x7008);
+	CHECK_EQ(restore_pv_ranges(0x4b564d00, 0, &pr), 0);
+	/* steal time and async PF: 64-byte areas, flags in the low 6 bits */
+	CHECK_EQ(restore_pv_ranges(0x4b564d03, 0x9043, &pr), 1);
+	CHECK_EQ(pr.gpa, 0x9040);
+	CHECK_EQ(pr.len, 64);
+	CHECK_EQ(restore_pv_ranges(MSR_KVM_ASYNC_PF_EN,
+	                           0x106100 | KVM_ASYNC_PF_ENABLED | KVM_ASYNC_PF_DELIVERY_AS_INT,
+	                           &pr),
+	         1);
+	CHECK_EQ(pr.gpa, 0x106100);
+	CHECK_EQ(
+	    restore_pv_ranges(MSR_KVM_ASYNC_PF_EN, 0x106100 | KVM_ASYNC_PF_DELIVERY_AS_INT, &pr),
+	    0);
+	/* PV EOI: a word */
+	CHECK_EQ(restore_pv_ranges(0x4b564d04, 0xa005, &pr), 1);
+	CHECK_EQ(pr.gpa, 0xa004);
+	CHECK_EQ(pr.len, 4);
+	/* not a PV MSR */
+	CHECK_EQ(restore_pv_ranges(MSR_KVM_ASYNC_PF_INT, 0xec, &pr), 0);
+	CHECK_EQ(restore_pv_ranges(0x10, 1, &pr), 0);
+}
+
+TEST_MAIN(TEST(test_vcpu_and_devices_round_trip), TEST(test_deadline_before_lapic_is_dropped),
+          TEST(test_pv_ranges))
