@@ -478,6 +478,9 @@ int vmm_restore(const struct vmm_restore_config *cfg, struct vmm_outcome *out)
 		out->apf_spurious = rs.apf.st.spurious;
 		out->apf_refused_unsafe = rs.apf.st.refused_unsafe;
 		out->apf_refused_state = rs.apf.st.refused_state;
+		out->apf_user_async = rs.apf.st.user_async;
+		out->apf_kernel_async = rs.apf.st.kernel_async;
+		out->apf_kernel_sync = rs.apf.st.kernel_sync;
 		out->apf_io_wakeups = rs.apf.st.io_wakeups;
 		out->apf_sync = rs.apf.st.sync_faults;
 		out->apf_sync_ns = rs.apf.st.sync_ns;

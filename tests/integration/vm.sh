@@ -107,6 +107,25 @@ if [ "$okv" = True ] && [ "$inj" -gt 0 ] && [ "$inj" = "$gnp" ] && [ "$grd" -ge 
 else
     not_ok "user APF, slow source: injected $inj, guest $gnp/$grd, ok $okv $(tail -3 "$T/err")"
 fi
+# By the CPL at the fault: the bundled guest runs in kernel mode and set
+# SEND_ALWAYS, so every injection is a kernel-mode one. Without SEND_ALWAYS
+# (its SNAP_APF edited, as a Linux guest sets it) every fault is served sync.
+cpl_run() { timeout 120 "$LAZYVM" restore "$1" --intake exit --fault-around 1 --json --apf user --policy async --source-latency 2ms 2>"$T/err" |
+    python3 -c "import json,sys; j=json.loads(sys.stdin.read().strip().splitlines()[-1]); print(j['apf_not_present'], j['apf_user_async'], j['apf_kernel_async'], j['apf_kernel_sync'], j['ok'])"; }
+read -r inj ua ka ks okv <<<"$(cpl_run "$apf")"
+if [ "$okv" = True ] && [ "$inj" -gt 0 ] && [ "$ka" = "$inj" ] && [ "$ua" = 0 ] && [ "$ks" = 0 ]; then
+    ok "CPL policy, guest with SEND_ALWAYS: $ka kernel-mode async faults, none kept sync; data verified"
+else
+    not_ok "CPL policy with SEND_ALWAYS: injected $inj, user $ua, kernel $ka, kernel sync $ks, ok $okv $(tail -3 "$T/err")"
+fi
+noall="$T/snap-apf-noall"; rm -rf "$noall"; cp -r "$apf" "$noall"
+for v in 0 1; do python3 tests/tools/state_edit.py "$noall/state" and-u32 20 "$v" 0 0xfffffffd; done
+read -r inj ua ka ks okv <<<"$(cpl_run "$noall")"
+if [ "$okv" = True ] && [ "$inj" = 0 ] && [ "$ks" -gt 0 ]; then
+    ok "CPL policy, guest without SEND_ALWAYS: no async fault in kernel mode, $ks served sync; data verified"
+else
+    not_ok "CPL policy without SEND_ALWAYS: injected $inj, user $ua, kernel $ka, kernel sync $ks, ok $okv $(tail -3 "$T/err")"
+fi
 read -r inj gnp grd spur okv note <<<"$(apf_run --apf exitless --policy async --source-latency 2ms)"
 if [ "$okv" = True ] && [ "$inj" -gt 0 ] && [ "$inj" = "$gnp" ] && [ "$grd" -ge "$gnp" ]; then
     ok "exitless APF (rings + eventfds + irqfd), 2 vCPUs: $inj not-present, the guest took $gnp and $grd ready; data verified"

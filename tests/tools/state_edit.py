@@ -11,6 +11,8 @@ test can hand lazyvm a state that is well-formed but says something false.
                                         what this lazyvm wrote, the trailer sealed)
   state_edit.py STATE set-u32 TYPE INDEX OFFSET VALUE
                                         the u32 at OFFSET of section TYPE/INDEX
+  state_edit.py STATE and-u32 TYPE INDEX OFFSET MASK
+                                        the same u32 ANDed with MASK
   state_edit.py STATE add-section TYPE INDEX LEN
                                         append a zero-filled section
   state_edit.py STATE set-msr VCPU MSR VALUE
@@ -66,12 +68,14 @@ def seal(path, buf):
 def edit(path, buf, cmd, args):
     if cmd == "version":
         struct.pack_into("<I", buf, 8, int(args[0], 0))
-    elif cmd == "set-u32":
+    elif cmd in ("set-u32", "and-u32"):
         typ, idx, off, val = (int(a, 0) for a in args[:4])
         for t, i, start, length in sections(buf):
             if (t, i) == (typ, idx):
                 if off + 4 > length:
                     sys.exit("offset beyond the section")
+                if cmd == "and-u32":
+                    val &= struct.unpack_from("<I", buf, start + off)[0]
                 struct.pack_into("<I", buf, start + off, val)
                 break
         else:
