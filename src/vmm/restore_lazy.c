@@ -303,7 +303,8 @@ int restore_run_watched(struct restore *rs, struct vm *vm)
  *     [0, core_end) when the boot info says where the core ends.
  * Each goes through the engine like any page (verified against the
  * checksums); everything else stays lazy. */
-static int install_range(struct restore *rs, struct vm *vm, uint64_t start, uint64_t end)
+static int install_range(struct restore *rs, struct vm *vm, uint64_t start, uint64_t end,
+                         const char *what)
 {
 	for (uint64_t gpa = start & ~4095ull; gpa < end; gpa += 4096) {
 		uint8_t *host = guest_mem_ptr(&vm->mem, gpa, 4096);
@@ -314,9 +315,8 @@ static int install_range(struct restore *rs, struct vm *vm, uint64_t start, uint
 			continue;
 		r = engine_resolve(rs->eng, 0, (uint64_t)(uintptr_t)host, &run);
 		if (r < 0)
-			return restore_fail(rs, r,
-			                    "installing guest page 0x%llx before the run: %s",
-			                    (unsigned long long)gpa,
+			return restore_fail(rs, r, "installing %s page 0x%llx before the run: %s",
+			                    what, (unsigned long long)gpa,
 			                    r == -EIO ? engine_error(rs->eng) : strerror(-r));
 		uf_bitmap_clear(&rs->uf.pages.bm,
 		                gpa / 4096 + (run.addr - (uint64_t)(uintptr_t)host) / 4096,
@@ -387,7 +387,7 @@ static int install_pv_pages(struct restore *rs, struct vm *vm)
 				continue; /* not RAM: KVM will refuse or fail it, not fault */
 			lv_info("vCPU %u: %s at 0x%llx installed before the run", v, pr.name,
 			        (unsigned long long)pr.gpa);
-			if ((r = install_range(rs, vm, pr.gpa, pr.gpa + pr.len)) < 0)
+			if ((r = install_range(rs, vm, pr.gpa, pr.gpa + pr.len, pr.name)) < 0)
 				return r;
 		}
 	}
@@ -402,14 +402,15 @@ int restore_install_first(struct restore *rs, struct vm *vm)
 
 	if (r < 0 || !rs->uf.ops->needs_core)
 		return r;
-	if ((r = install_range(rs, vm, GUEST_BOOT_INFO_GPA, GUEST_BOOT_INFO_GPA + 4096)) < 0)
+	if ((r = install_range(rs, vm, GUEST_BOOT_INFO_GPA, GUEST_BOOT_INFO_GPA + 4096,
+	                       "the guest's core")) < 0)
 		return r;
 	bi = guest_mem_ptr(&vm->mem, GUEST_BOOT_INFO_GPA, sizeof(*bi));
 	/* The guest says where its core ends; a value outside the image area is
 	 * ignored (guest-written, so untrusted) and the whole area is used. */
 	if (bi && bi->core_end > GUEST_IMAGE_GPA && bi->core_end <= end)
 		end = bi->core_end;
-	return install_range(rs, vm, 0, end);
+	return install_range(rs, vm, 0, end, "the guest's core");
 }
 
 /* The guest's async PF set-up (SNAP_APF) goes where the mode wants it: to the
