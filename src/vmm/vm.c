@@ -84,6 +84,14 @@ int vm_create(struct vm *vm, struct kvm_sys *sys, const struct vm_config *cfg)
 		lv_err("KVM_CREATE_IRQCHIP: %s", strerror(errno));
 		return r;
 	}
+	/* After the irqchip, which the PIT's interrupt goes to. The speaker
+	 * port stays with KVM (a dummy), as Firecracker does it. */
+	struct kvm_pit_config pit = {.flags = KVM_PIT_SPEAKER_DUMMY};
+	if (cfg->pit && ioctl(vm->fd, KVM_CREATE_PIT2, &pit) < 0) {
+		r = -errno;
+		lv_err("KVM_CREATE_PIT2: %s", strerror(errno));
+		return r;
+	}
 	if (cfg->capture_apf_msrs) {
 		char why[160];
 		if ((r = apf_capture_msrs(vm, why, sizeof(why))) < 0) {
@@ -110,7 +118,7 @@ int vm_create(struct vm *vm, struct kvm_sys *sys, const struct vm_config *cfg)
 			lv_err("mmap of vCPU %u's kvm_run: %s", i, strerror(errno));
 			return r;
 		}
-		r = arch_vcpu_set_cpuid(v);
+		r = cfg->cpuid_later ? 0 : arch_vcpu_set_cpuid(v);
 		if (r < 0) {
 			lv_err("KVM_SET_CPUID2 on vCPU %u: %s", i, strerror(-r));
 			return r;

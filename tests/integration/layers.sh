@@ -13,7 +13,7 @@ declare -A layer=(
     [apf.h]=2 [apf_internal.h]=2
     [exit.h]=3 [exit_backend.h]=3
     [vcpu.h]=4
-    [snapshot.h]=5 [restore.h]=5 [migrate.h]=5
+    [snapshot.h]=5 [restore.h]=5 [migrate.h]=5 [devices.h]=5
 )
 # vm.c is the VM's life (it starts the vCPU threads and a migration), above
 # the vCPU loop; what the layers below call of it is declared in vmm.h
