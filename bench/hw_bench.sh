@@ -25,17 +25,28 @@ echo
 echo "- Command: \`bash bench/hw_bench.sh${1:+ $1}\` (\`make $target\`, then \`HW_APPEND=hwbench tests/hw/run\`)"
 grep -m1 'INFO uname -r' "$lines" | sed 's/.*INFO uname -r: /- Host: Linux /' || true
 grep -m1 'bench | calibration' "$lines" | sed 's/.*bench | /- /' || true
-echo "- 1 vCPU, 64 MiB, lazy restore, --fault-around 1, --source-latency 10ms (the short cases: 0, a 2048-page scan); 3 reps; cells are medians"
+echo "- 1 vCPU, 64 MiB, lazy restore, --fault-around 1, --source-latency 10ms (the short cases: 0, a 2048-page scan); 3 reps interleaved; cells are medians (the other columns: the last rep)"
 echo "- APF by: who injected the async page faults (apf_impl in the restore's JSON); vCPU ms: the time lazyvm's vCPU threads spent on faults that went async / stayed sync"
 echo
 echo "| case | run_ms | faults | guest took (not-present) | APF by | vCPU ms async / sync | sync faults |"
 echo "|---|---:|---:|---:|---|---:|---:|"
-awk -F' [|] ' '
-    function median(c,   m, a, b, t, v) {
-        m = n[c]
-        for (a = 1; a <= m; a++) v[a] = run[c, a] + 0
-        for (a = 1; a <= m; a++) for (b = a + 1; b <= m; b++) if (v[b] < v[a]) { t = v[a]; v[a] = v[b]; v[b] = t }
-        return m % 2 ? v[(m + 1) / 2] : (v[m / 2] + v[m / 2 + 1]) / 2
+awk -F' [|] ' -f bench/lib/median.awk -f - "$rows" <<'AWK'
+    # ratio(c1, c0): the median over reps of c1's run_ms / c0's in the same rep
+    function ratio(c1, c0,   a, v) {
+        for (a = 1; a <= n[c1] && a <= n[c0]; a++) v[a] = run[c0, a] > 0 ? run[c1, a] / run[c0, a] : 0
+        return median_of(v, a - 1)
+    }
+    function spread(c1, c0,   a, lo, hi, r) {
+        for (a = 1; a <= n[c1] && a <= n[c0]; a++) {
+            r = run[c0, a] > 0 ? run[c1, a] / run[c0, a] : 0
+            if (a == 1 || r < lo) lo = r
+            if (a == 1 || r > hi) hi = r
+        }
+        return sprintf("%.2f-%.2f", lo, hi)
+    }
+    function median(c,   a, v) {
+        for (a = 1; a <= n[c]; a++) v[a] = run[c, a] + 0
+        return median_of(v, n[c])
     }
     {
         c = $1
@@ -55,11 +66,12 @@ awk -F' [|] ' '
             printf "- %s: **%.2fx** faster than off (%.0f%%), **%.2fx** of the ideal overlap max(cpu, io) = %.0f ms\n", ms[i], off / med[ms[i]], (off / med[ms[i]] - 1) * 100, med[ms[i]] / ideal, ideal
         so = med["short: native, apf off"]; sh = med["short: native, apf user hybrid"]
         if (so > 0 && sh > 0)
-            printf "- short faults, per-fault decision (hybrid) against async PF off: **%.3fx** the run time, guest took %s async page faults\n", sh / so, g["short: native, apf user hybrid"]
+            printf "- short faults, per-fault decision (hybrid) against async PF off: **%.3fx** the run time (per-rep ratios: median %.3fx, %s), policy sync %.3fx; guest took %s async page faults\n", sh / so, ratio("short: native, apf user hybrid", "short: native, apf off"), spread("short: native, apf user hybrid", "short: native, apf off"), ratio("short: native, apf user, policy sync", "short: native, apf off"), g["short: native, apf user hybrid"]
         ef = med["short: native, every fault async, exitful"]; el = med["short: native, every fault async, exitless"]
         if (ef > 0 && el > 0)
-            printf "- every short fault async: exitful %.1f ms, exitless %.1f ms for 2048 pages: **%.1f us** a fault exitful, **%.1f us** exitless, sync %.1f us\n", ef, el, ef * 1000 / 2048, el * 1000 / 2048, so * 1000 / 2048
-    }' "$rows"
+            printf "- every short fault async: exitful %.1f ms, exitless %.1f ms for 2048 pages (exitless/exitful per rep: median %.3fx, %s); in the last rep the vCPU thread spent %.1f us a fault exitful (exit + ACCEPT), 0 exitless, and %.1f us a sync fault (hybrid)\n", ef, el, ratio("short: native, every fault async, exitless", "short: native, every fault async, exitful"), spread("short: native, every fault async, exitless", "short: native, every fault async, exitful"), am["short: native, every fault async, exitful"] * 1000 / 2048, sm["short: native, apf user hybrid"] * 1000 / 2048
+    }
+AWK
 echo
 echo "Benchmark wall time: $(( $(date +%s) - start )) s"
 echo

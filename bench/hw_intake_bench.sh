@@ -24,12 +24,10 @@ echo "- \"faults through the intake\" counts the faults the named intake resolve
 echo
 echo "| intake | vCPUs | faults through the intake | run_ms | pages/s (16 MiB a vCPU / run phase) |"
 echo "|---|---:|---:|---:|---:|"
-awk -F' [|] ' '
-    function median(key,   m, a, b, t, v) {
-        m = n[key]
-        for (a = 1; a <= m; a++) v[a] = ms[key, a] + 0
-        for (a = 1; a <= m; a++) for (b = a + 1; b <= m; b++) if (v[b] < v[a]) { t = v[a]; v[a] = v[b]; v[b] = t }
-        return m % 2 ? v[(m + 1) / 2] : (v[m / 2] + v[m / 2 + 1]) / 2
+awk -F' [|] ' -f bench/lib/median.awk -f - "$rows" <<'AWK'
+    function median(key,   a, v) {
+        for (a = 1; a <= n[key]; a++) v[a] = ms[key, a] + 0
+        return median_of(v, n[key])
     }
     {
         key = $1 SUBSEP $2
@@ -47,9 +45,10 @@ awk -F' [|] ' '
         for (v = 1; v <= 2; v++) {
             nat = "native userfault exits" SUBSEP v; kick = "kick exits" SUBSEP v; uf = u SUBSEP v
             if (pps[uf] > 0 && pps[nat] > 0)
-                printf "- %d vCPU: native exits **%.2fx** the UFFD handler thread'"'"'s pages/s, kick **%.2fx**\n", v, pps[nat] / pps[uf], pps[kick] / pps[uf]
+                printf "- %d vCPU: native exits **%.2fx** the UFFD handler thread's pages/s, kick **%.2fx**\n", v, pps[nat] / pps[uf], pps[kick] / pps[uf]
         }
-    }' "$rows"
+    }
+AWK
 echo
 echo "Benchmark wall time: $(( $(date +%s) - start )) s"
 echo

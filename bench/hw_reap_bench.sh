@@ -28,12 +28,10 @@ grep 'bench-reap | \(snapshot\|recorded\|done\)' "$lines" | sed 's/.*bench-reap 
 echo
 echo "| case | restore_ms | run_ms | total_ms | demand faults | prefetched up front | prefetch_ms | background |"
 echo "|---|---:|---:|---:|---:|---:|---:|---:|"
-awk -F' [|] ' '
-    function median(c, col,   m, a, b, t, v) {
-        m = n[c]
-        for (a = 1; a <= m; a++) v[a] = x[c, a, col] + 0
-        for (a = 1; a <= m; a++) for (b = a + 1; b <= m; b++) if (v[b] < v[a]) { t = v[a]; v[a] = v[b]; v[b] = t }
-        return m % 2 ? v[(m + 1) / 2] : (v[m / 2] + v[m / 2 + 1]) / 2
+awk -F' [|] ' -f bench/lib/median.awk -f - "$rows" <<'AWK'
+    function median(c, col,   a, v) {
+        for (a = 1; a <= n[c]; a++) v[a] = x[c, a, col] + 0
+        return median_of(v, n[c])
     }
     {
         c = $1
@@ -66,7 +64,8 @@ awk -F' [|] ' '
             printf "- making the replayed 2 MiB pieces huge pages (MADV_COLLAPSE): replay total %.0f ms with, %.0f ms without (**%.2fx**); run phase %.0f vs %.0f ms\n", med[r1, 2], med[nc, 2], med[nc, 2] / med[r1, 2], med[r1, 3], med[nc, 3]
         if (med[r1, 6] > 0)
             printf "- the replay installs %.0f pages up front in %.0f ms (1 ms) / %.0f ms (200 us): %.0f us a page\n", med[r1, 6], med[r1, 8], med[r2, 8], med[r1, 8] * 1000 / med[r1, 6]
-    }' "$rows"
+    }
+AWK
 echo
 echo "Benchmark wall time: $(( $(date +%s) - start )) s (boot, the tier's tests and the experiment)"
 echo

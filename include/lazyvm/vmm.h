@@ -116,6 +116,10 @@ struct vmm_outcome {
 	/* async page faults: what the VMM did, and what the guest says it took */
 	uint64_t apf_not_present, apf_ready, apf_spurious, apf_sync;
 	uint64_t apf_refused_unsafe, apf_refused_state;
+	/* lazyvm's injection by the guest's CPL at the fault: async in user
+	 * mode, async in kernel mode (SEND_ALWAYS), sync for being in kernel
+	 * mode without SEND_ALWAYS */
+	uint64_t apf_user_async, apf_kernel_async, apf_kernel_sync;
 	uint64_t guest_apf_not_present, guest_apf_ready;
 	char apf_note[160];                  /* e.g. why kernel async PF is unavailable */
 	uint64_t ws_recorded, ws_prefetched; /* working-set pages written / installed */

@@ -39,6 +39,7 @@ void cli_report(const char *what, const char *load, uint64_t t0, const struct vm
 		    "\"results\":%u,\"results_failed\":%u,\"snapshot_written\":%s,"
 		    "\"exit_backend\":\"%s\",\"apf_not_present\":%llu,\"apf_ready\":%llu,"
 		    "\"apf_spurious\":%llu,\"apf_refused_unsafe\":%llu,\"apf_refused_state\":%llu,"
+		    "\"apf_user_async\":%llu,\"apf_kernel_async\":%llu,\"apf_kernel_sync\":%llu,"
 		    "\"guest_apf_not_present\":%llu,\"guest_apf_ready\":%llu,"
 		    "\"apf_io_wakeups\":%llu,\"apf_notify_signals\":%llu,\"apf_sync\":%llu,"
 		    "\"apf_sync_ms\":%.3f,\"apf_async_ms\":%.3f,\"ws_recorded\":%llu,"
@@ -52,7 +53,8 @@ void cli_report(const char *what, const char *load, uint64_t t0, const struct vm
 		    o->snapshot_written ? "true" : "false", o->exit_backend,
 		    (unsigned long long)o->apf_not_present, (unsigned long long)o->apf_ready,
 		    (unsigned long long)o->apf_spurious, (unsigned long long)o->apf_refused_unsafe,
-		    (unsigned long long)o->apf_refused_state,
+		    (unsigned long long)o->apf_refused_state, (unsigned long long)o->apf_user_async,
+		    (unsigned long long)o->apf_kernel_async, (unsigned long long)o->apf_kernel_sync,
 		    (unsigned long long)o->guest_apf_not_present,
 		    (unsigned long long)o->guest_apf_ready, (unsigned long long)o->apf_io_wakeups,
 		    (unsigned long long)o->apf_notify_signals, (unsigned long long)o->apf_sync,

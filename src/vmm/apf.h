@@ -62,6 +62,7 @@ struct apf_vcpu {
 	int complete_efd;             /* exitless: irqfd raising the guest's vector
 	                               * (lazyvm), KVM's complete eventfd (kvm) */
 	_Atomic bool reentered;       /* the vCPU re-entered the guest since its last injection */
+	unsigned fault_cpl;           /* of the fault being made async (its own thread only) */
 };
 
 struct apf_stats {
@@ -74,6 +75,10 @@ struct apf_stats {
 	 * from KVM's notify ring and pages given back on its complete ring */
 	_Atomic uint64_t kvm_apf_exits, kvm_accepted, kvm_accept_refused;
 	_Atomic uint64_t kvm_ready, kvm_ready_refused, kvm_ring_taken, kvm_ring_completed;
+	/* lazyvm's injection by the guest's CPL at the fault: made async in
+	 * user mode, in kernel mode (the guest asked for SEND_ALWAYS), and kept
+	 * synchronous because the guest was in kernel mode without it */
+	_Atomic uint64_t user_async, kernel_async, kernel_sync;
 };
 
 struct apf {
@@ -121,6 +126,14 @@ int apf_capture_msrs(struct vm *vm, char *why, size_t whylen);
 int apf_start(struct apf *a); /* the I/O workers (user mode) */
 void apf_stop(struct apf *a);
 void apf_destroy(struct apf *a); /* stops, detaches from the VM */
+
+/* Whether a fault at privilege level `cpl` (0-3) may be made async for a
+ * guest whose MSR_KVM_ASYNC_PF_EN is msr_en: at CPL 3 always, below only
+ * with KVM_ASYNC_PF_SEND_ALWAYS. A Linux guest (6.12) does not set it and
+ * panics on a "page not present" in kernel mode; the bundled guest sets it
+ * and parks kernel tasks too. The rest of the guest's state (IF, pending
+ * events) is checked apart. */
+bool apf_cpl_allows_async(uint64_t msr_en, unsigned cpl);
 
 /* Whether the policy makes slow faults async at all (sync, or hybrid with a
  * source faster than slow_ns: never). */

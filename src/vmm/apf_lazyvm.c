@@ -46,13 +46,30 @@ int apf_route_irqfds(struct apf *a)
 {
 	struct {
 		struct kvm_irq_routing hdr;
-		struct kvm_irq_routing_entry e[VMM_MAX_VCPUS];
+		struct kvm_irq_routing_entry e[16 * 2 + 8 + VMM_MAX_VCPUS];
 	} rt = {0};
 	unsigned n = 0;
 
 	if (a->mode != APF_EXITLESS || a->impl != APF_IMPL_LAZYVM)
 		return 0;
-	/* The guest uses neither PIC nor IOAPIC: the table holds only these. */
+	/* KVM_SET_GSI_ROUTING replaces the whole table: first KVM's default
+	 * irqchip routes (GSI 0-15 to a PIC pin and the IOAPIC pin of the same
+	 * number, 16-23 to the IOAPIC only), which a guest's devices interrupt
+	 * through (a Linux guest's UART, the PIT); the bundled guest uses
+	 * neither chip. */
+	for (unsigned gsi = 0; gsi < 24; gsi++) {
+		rt.e[n++] = (struct kvm_irq_routing_entry){
+		    .gsi = gsi,
+		    .type = KVM_IRQ_ROUTING_IRQCHIP,
+		    .u.irqchip = {.irqchip = KVM_IRQCHIP_IOAPIC, .pin = gsi}};
+		if (gsi < 16)
+			rt.e[n++] = (struct kvm_irq_routing_entry){
+			    .gsi = gsi,
+			    .type = KVM_IRQ_ROUTING_IRQCHIP,
+			    .u.irqchip = {.irqchip = gsi < 8 ? KVM_IRQCHIP_PIC_MASTER
+			                                     : KVM_IRQCHIP_PIC_SLAVE,
+			                  .pin = gsi % 8}};
+	}
 	for (unsigned i = 0; i < a->vm->nvcpus; i++) {
 		if (!a->vcpus[i].vector)
 			continue;
@@ -196,6 +213,11 @@ int apf_msr_exit(struct vcpu *v)
 	return 1;
 }
 
+bool apf_cpl_allows_async(uint64_t msr_en, unsigned cpl)
+{
+	return cpl == 3 || (msr_en & KVM_ASYNC_PF_SEND_ALWAYS);
+}
+
 /* Whether vCPU v may take an async page fault now; *regs gets its registers.
  * Policy first (cheap), then the guest's state. */
 static bool may_go_async(struct vcpu *v, struct apf *a, struct kvm_regs *regs,
@@ -212,17 +234,22 @@ static bool may_go_async(struct vcpu *v, struct apf *a, struct kvm_regs *regs,
 	if (ioctl(v->fd, KVM_GET_REGS, regs) < 0 || ioctl(v->fd, KVM_GET_SREGS, sregs) < 0 ||
 	    ioctl(v->fd, KVM_GET_VCPU_EVENTS, &ev) < 0)
 		return false;
+	/* The CPL is SS.DPL (what KVM itself reads, on VMX and SVM alike). */
+	av->fault_cpl = sregs->ss.dpl & 3;
+	if (!apf_cpl_allows_async(av->msr_en, av->fault_cpl)) {
+		atomic_fetch_add(&a->st.kernel_sync, 1);
+		return false;
+	}
 	/* Only where the guest can take it now: interrupts on, nothing being
-	 * delivered, and CPL 3 unless the guest asked for SEND_ALWAYS. */
+	 * delivered. */
 	if (!(regs->rflags & (1u << 9)) || ev.exception.pending || ev.exception.injected ||
-	    ev.interrupt.injected || ev.nmi.injected || ev.nmi.pending ||
-	    (!(av->msr_en & KVM_ASYNC_PF_SEND_ALWAYS) && (sregs->cs.selector & 3) != 3)) {
+	    ev.interrupt.injected || ev.nmi.injected || ev.nmi.pending) {
 		atomic_fetch_add(&a->st.refused_state, 1);
 		lv_debug("vCPU %u: no async PF now: rflags 0x%llx, exception %u/%u, interrupt %u, "
-		         "nmi %u/%u, cs 0x%x",
+		         "nmi %u/%u, CPL %u",
 		         v->index, (unsigned long long)regs->rflags, ev.exception.pending,
 		         ev.exception.injected, ev.interrupt.injected, ev.nmi.pending,
-		         ev.nmi.injected, sregs->cs.selector);
+		         ev.nmi.injected, av->fault_cpl);
 		return false;
 	}
 	/* The area must be in, and room for one more outstanding fault. */
@@ -269,6 +296,7 @@ int apf_commit(struct vcpu *v, uint64_t gpa, uint32_t token)
 		goto fail;
 	atomic_store(&av->reentered, false);
 	atomic_fetch_add(&a->st.not_present, 1);
+	atomic_fetch_add(av->fault_cpl == 3 ? &a->st.user_async : &a->st.kernel_async, 1);
 	atomic_fetch_add(&av->outstanding, 1);
 	if (a->mode == APF_EXITLESS) {
 		/* The fault goes on this vCPU's notify ring; the I/O task is woken

@@ -203,6 +203,21 @@ int linux_devs_create(struct vm *vm)
 	return 0;
 }
 
+void linux_uart_state(struct linux_devs *d, struct uart_state *st)
+{
+	pthread_mutex_lock(&d->lock);
+	*st = d->uart.s;
+	pthread_mutex_unlock(&d->lock);
+}
+
+int linux_uart_load(struct linux_devs *d, const struct uart_state *st)
+{
+	pthread_mutex_lock(&d->lock);
+	int r = uart_load(&d->uart, st);
+	pthread_mutex_unlock(&d->lock);
+	return r;
+}
+
 void linux_console_flush(struct linux_devs *d)
 {
 	pthread_mutex_lock(&d->lock);

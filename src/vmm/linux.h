@@ -41,6 +41,9 @@ struct linux_devs {
 int linux_devs_create(struct vm *vm);
 /* vm_destroy: frees vm->lx (NULL is fine). */
 void linux_devs_free(struct vm *vm);
+/* The UART's state for a snapshot (devices.c), and putting it back. */
+void linux_uart_state(struct linux_devs *d, struct uart_state *st);
+int linux_uart_load(struct linux_devs *d, const struct uart_state *st);
 /* Whatever is left of the console's last line, printed (at the VM's end). */
 void linux_console_flush(struct linux_devs *d);
 

@@ -21,6 +21,7 @@
 #include "lazyvm/source.h"
 #include "lazyvm/uffd.h"
 #include "lazyvm/units.h"
+#include "devices.h"
 #include "snapshot.h"
 #include "vcpu.h"
 #include "apf.h"
@@ -332,6 +333,8 @@ static int load_vm_state(struct restore *rs, struct vm *vm)
 			return restore_fail(rs, -errno, "KVM_SET_IRQCHIP %u: %s", chip,
 			                    strerror(errno));
 	}
+	if ((r = devices_load(vm, &rs->rd, why, sizeof(why))) < 0)
+		return restore_fail(rs, r, "snapshot: %s", why);
 	const struct kvm_clock_data *clock = snap_find(&rs->rd, SNAP_CLOCK, 0, &len);
 	if (clock && len == sizeof(*clock)) {
 		struct kvm_clock_data c = {.clock = clock->clock};
@@ -397,21 +400,30 @@ int vmm_restore(const struct vmm_restore_config *cfg, struct vmm_outcome *out)
 		goto out;
 	if (cfg->load == VMM_LOAD_LAZY && (r = restore_start_lazy(&rs, &vm->mem)) < 0)
 		goto out;
-	struct vm_config vc = {.mem_size = want.size,
-	                       .nslots = want.nslots,
-	                       .nvcpus = rs.rd.hdr.nr_vcpus,
-	                       .workload = "",
-	                       .quiet_console = cfg->console_to_stderr,
-	                       /* not where KVM owns them (apf_kvm.c) */
-	                       .capture_apf_msrs =
-	                           (cfg->apf == VMM_APF_USER || cfg->apf == VMM_APF_EXITLESS) &&
-	                           rs.apf_impl == APF_IMPL_LAZYVM,
-	                       .stall_ns = cfg->stall_ns};
+	struct vm_config vc = {
+	    .mem_size = want.size,
+	    .nslots = want.nslots,
+	    .nvcpus = rs.rd.hdr.nr_vcpus,
+	    .workload = "",
+	    .quiet_console = cfg->console_to_stderr,
+	    /* not where KVM owns them (apf_kvm.c) */
+	    .capture_apf_msrs = (cfg->apf == VMM_APF_USER || cfg->apf == VMM_APF_EXITLESS) &&
+	                        rs.apf_impl == APF_IMPL_LAZYVM,
+	    .stall_ns = cfg->stall_ns,
+	    /* the snapshot's devices and CPUID, not this host's */
+	    .pit = snap_find(&rs.rd, SNAP_DEVICE, SNAP_DEV_PIT, &(uint64_t){0}),
+	    .cpuid_later = true,
+	    /* a Linux guest's snapshot holds its UART */
+	    .linux_guest = snap_find(&rs.rd, SNAP_DEVICE, SNAP_DEV_UART0, &(uint64_t){0}) != NULL};
 	out->apf_msr_filter = vc.capture_apf_msrs;
 	if ((r = vm_create(vm, &sys, &vc)) < 0) {
 		restore_fail(&rs, r, "creating the VM: %s", strerror(-r));
 		goto out_vm;
 	}
+	/* What KVM itself touches must be in before the state that makes it
+	 * touch them (restore_lazy.c). */
+	if (rs.have_uf && (r = restore_install_first(&rs, vm)) < 0)
+		goto out_vm;
 	if ((r = load_vm_state(&rs, vm)) < 0)
 		goto out_vm;
 	if ((r = restore_setup_apf(&rs, vm)) < 0)
@@ -437,10 +449,6 @@ int vmm_restore(const struct vmm_restore_config *cfg, struct vmm_outcome *out)
 	if (rs.have_uf) {
 		const char *name = exit_backend_name(rs.uf.ops->id);
 
-		/* sigbus cannot serve KVM's own accesses (event delivery): install the
-		 * guest's core first. Kick can: those fault in the vCPU's thread too. */
-		if (rs.uf.ops->needs_core && (r = restore_prefetch_core(&rs, vm)) < 0)
-			goto out_vm;
 		if ((r = exit_attach(&rs.uf, vm)) < 0) {
 			restore_fail(&rs, r, "the %s exit backend: %s", name, strerror(-r));
 			goto out_vm;
@@ -472,6 +480,9 @@ int vmm_restore(const struct vmm_restore_config *cfg, struct vmm_outcome *out)
 		out->apf_spurious = rs.apf.st.spurious;
 		out->apf_refused_unsafe = rs.apf.st.refused_unsafe;
 		out->apf_refused_state = rs.apf.st.refused_state;
+		out->apf_user_async = rs.apf.st.user_async;
+		out->apf_kernel_async = rs.apf.st.kernel_async;
+		out->apf_kernel_sync = rs.apf.st.kernel_sync;
 		out->apf_io_wakeups = rs.apf.st.io_wakeups;
 		out->apf_sync = rs.apf.st.sync_faults;
 		out->apf_sync_ns = rs.apf.st.sync_ns;

@@ -56,8 +56,19 @@ int restore_open_source(struct restore *rs, uint64_t mem_size);
 int restore_start_lazy(struct restore *rs, struct guest_mem *m);
 /* vm_run, with a watcher that stops the VM if the engine fails. */
 int restore_run_watched(struct restore *rs, struct vm *vm);
-/* sigbus exits: install the guest's core (IDT, GDT, stacks...) first. */
-int restore_prefetch_core(struct restore *rs, struct vm *vm);
+/* Userfault exits: installs the pages KVM itself writes for the guest's PV
+ * MSRs (kvmclock, wall clock, steal time, async PF area, PV EOI), and with a
+ * backend that needs it the bundled guest's core, before the vCPU state is
+ * loaded (writing the wall clock MSR writes guest memory). */
+int restore_install_first(struct restore *rs, struct vm *vm);
+/* The guest memory KVM writes for PV MSR `index` holding `data`: 1 with
+ * *out filled, 0 when the MSR is not one of those or is not enabled. */
+struct pv_range {
+	uint64_t gpa;
+	uint32_t len;
+	const char *name;
+};
+int restore_pv_ranges(uint32_t index, uint64_t data, struct pv_range *out);
 /* The guest's async PF state where --apf wants it; starts the APF workers. */
 int restore_setup_apf(struct restore *rs, struct vm *vm);
 /* Working sets (REAP): write the one recorded; replay one (a bad or stale

@@ -283,17 +283,30 @@ int restore_run_watched(struct restore *rs, struct vm *vm)
 	return r;
 }
 
-/* The sigbus exit backend serves what the guest's instructions touch, but not
- * what KVM itself touches around them: delivering an interrupt or exception
- * reads the IDT and GDT and pushes a frame on the stack, and when one of those
- * pages is missing KVM escalates to a triple fault instead of exiting
- * (measured: SHUTDOWN at the first instruction of a restore). So the guest's
- * core (page tables, boot info and the kernel image with its stacks, IDT and
- * GDT: [0, GUEST_IMAGE_GPA + GUEST_IMAGE_MAX) by the guest ABI) is installed
- * before the first entry; everything else stays lazy. */
-static int prefetch_range(struct restore *rs, struct vm *vm, uint64_t start, uint64_t end)
+/* With userfault exits some of the guest's pages must be in before the first
+ * KVM_RUN, because KVM itself touches them, outside any exit lazyvm could
+ * serve:
+ *   - the pages KVM writes for the guest's PV MSRs: the kvmclock page at
+ *     each entry after a clock update, the wall clock when its MSR is
+ *     written (by the restore itself), steal time, the async PF area (the
+ *     "page ready all" that enabling async PF sends), the PV EOI word at
+ *     interrupt injection. Missing, KVM's write fails (sigbus: EFAULT, the
+ *     guest's clock is never set up) or sleeps on the userfaultfd where no
+ *     intake sees it. Found from the snapshot's MSRs (bit 0 enables, the
+ *     address is in the rest) and the async PF MSR the VMM held (SNAP_APF).
+ *   - for backends that say so (needs_core), the bundled guest's core: the
+ *     sigbus backend cannot serve what KVM touches to deliver an event (the
+ *     IDT, GDT, the stack it pushes a frame on: with one missing KVM
+ *     escalates to a triple fault, measured), and under the native backend a
+ *     fault of the guest's idle task or scheduler must never become async.
+ *     By the guest ABI that is [0, GUEST_IMAGE_GPA + GUEST_IMAGE_MAX), or
+ *     [0, core_end) when the boot info says where the core ends.
+ * Each goes through the engine like any page (verified against the
+ * checksums); everything else stays lazy. */
+static int install_range(struct restore *rs, struct vm *vm, uint64_t start, uint64_t end,
+                         const char *what)
 {
-	for (uint64_t gpa = start; gpa < end; gpa += 4096) {
+	for (uint64_t gpa = start & ~4095ull; gpa < end; gpa += 4096) {
 		uint8_t *host = guest_mem_ptr(&vm->mem, gpa, 4096);
 		struct engine_run run;
 		int r;
@@ -302,8 +315,8 @@ static int prefetch_range(struct restore *rs, struct vm *vm, uint64_t start, uin
 			continue;
 		r = engine_resolve(rs->eng, 0, (uint64_t)(uintptr_t)host, &run);
 		if (r < 0)
-			return restore_fail(rs, r, "installing the guest's core page 0x%llx: %s",
-			                    (unsigned long long)gpa,
+			return restore_fail(rs, r, "installing %s page 0x%llx before the run: %s",
+			                    what, (unsigned long long)gpa,
 			                    r == -EIO ? engine_error(rs->eng) : strerror(-r));
 		uf_bitmap_clear(&rs->uf.pages.bm,
 		                gpa / 4096 + (run.addr - (uint64_t)(uintptr_t)host) / 4096,
@@ -312,20 +325,92 @@ static int prefetch_range(struct restore *rs, struct vm *vm, uint64_t start, uin
 	return 0;
 }
 
-int restore_prefetch_core(struct restore *rs, struct vm *vm)
+/* KVM's PV MSRs (Documentation/virt/kvm/x86/msr.rst) */
+#define MSR_KVM_WALL_CLOCK      0x11u
+#define MSR_KVM_SYSTEM_TIME     0x12u
+#define MSR_KVM_WALL_CLOCK_NEW  0x4b564d00u
+#define MSR_KVM_SYSTEM_TIME_NEW 0x4b564d01u
+#define MSR_KVM_STEAL_TIME      0x4b564d03u
+#define MSR_KVM_PV_EOI_EN       0x4b564d04u
+
+static const struct pv_msr {
+	uint32_t index;
+	bool enable_bit; /* bit 0 enables; else any non-zero value is an address */
+	uint64_t gpa_mask;
+	uint32_t len; /* of what KVM writes there */
+	const char *name;
+} pv_msrs[] = {
+    {MSR_KVM_SYSTEM_TIME_NEW, true, ~1ull, 32, "kvmclock"},
+    {MSR_KVM_SYSTEM_TIME, true, ~1ull, 32, "kvmclock (old MSR)"},
+    {MSR_KVM_WALL_CLOCK_NEW, false, ~0ull, 12, "wall clock"},
+    {MSR_KVM_WALL_CLOCK, false, ~0ull, 12, "wall clock (old MSR)"},
+    {MSR_KVM_STEAL_TIME, true, ~0x3full, 64, "steal time"},
+    {MSR_KVM_ASYNC_PF_EN, true, KVM_ASYNC_PF_GPA_MASK, 64, "async PF area"},
+    {MSR_KVM_PV_EOI_EN, true, ~1ull, 4, "PV EOI"},
+};
+
+int restore_pv_ranges(uint32_t index, uint64_t data, struct pv_range *out)
+{
+	for (unsigned i = 0; i < sizeof(pv_msrs) / sizeof(pv_msrs[0]); i++) {
+		const struct pv_msr *p = &pv_msrs[i];
+
+		if (p->index != index)
+			continue;
+		if (p->enable_bit ? !(data & 1) : !data)
+			return 0;
+		out->gpa = data & p->gpa_mask;
+		out->len = p->len;
+		out->name = p->name;
+		return 1;
+	}
+	return 0;
+}
+
+static int install_pv_pages(struct restore *rs, struct vm *vm)
+{
+	for (unsigned v = 0; v < vm->nvcpus; v++) {
+		uint64_t len, alen, n;
+		const struct snap_msr *m = snap_find(&rs->rd, SNAP_MSRS, v, &len);
+		const struct snap_apf *sa = snap_find(&rs->rd, SNAP_APF, v, &alen);
+		struct pv_range pr;
+		int r;
+
+		n = m ? len / sizeof(*m) : 0;
+		for (uint64_t i = 0; i <= n; i++) {
+			bool is_apf = i == n; /* last: the one the VMM held */
+
+			if (is_apf ? !sa || alen != sizeof(*sa) ||
+			                 !restore_pv_ranges(MSR_KVM_ASYNC_PF_EN, sa->msr_en, &pr)
+			           : !restore_pv_ranges(m[i].index, m[i].data, &pr))
+				continue;
+			if (!guest_mem_ptr(&vm->mem, pr.gpa, pr.len))
+				continue; /* not RAM: KVM will refuse or fail it, not fault */
+			lv_info("vCPU %u: %s at 0x%llx installed before the run", v, pr.name,
+			        (unsigned long long)pr.gpa);
+			if ((r = install_range(rs, vm, pr.gpa, pr.gpa + pr.len, pr.name)) < 0)
+				return r;
+		}
+	}
+	return 0;
+}
+
+int restore_install_first(struct restore *rs, struct vm *vm)
 {
 	const struct guest_boot_info *bi;
 	uint64_t end = GUEST_IMAGE_GPA + GUEST_IMAGE_MAX;
-	int r = prefetch_range(rs, vm, GUEST_BOOT_INFO_GPA, GUEST_BOOT_INFO_GPA + 4096);
+	int r = install_pv_pages(rs, vm);
 
-	if (r < 0)
+	if (r < 0 || !rs->uf.ops->needs_core)
+		return r;
+	if ((r = install_range(rs, vm, GUEST_BOOT_INFO_GPA, GUEST_BOOT_INFO_GPA + 4096,
+	                       "the guest's core")) < 0)
 		return r;
 	bi = guest_mem_ptr(&vm->mem, GUEST_BOOT_INFO_GPA, sizeof(*bi));
 	/* The guest says where its core ends; a value outside the image area is
 	 * ignored (guest-written, so untrusted) and the whole area is used. */
 	if (bi && bi->core_end > GUEST_IMAGE_GPA && bi->core_end <= end)
 		end = bi->core_end;
-	return prefetch_range(rs, vm, 0, end);
+	return install_range(rs, vm, 0, end, "the guest's core");
 }
 
 /* The guest's async PF set-up (SNAP_APF) goes where the mode wants it: to the

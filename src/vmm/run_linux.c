@@ -74,6 +74,9 @@ int vmm_run_linux(const struct vmm_run_config *cfg, struct vmm_outcome *out)
 	                       .quiet_console = cfg->console_to_stderr,
 	                       .stall_ns = cfg->stall_ns,
 	                       .linux_guest = true,
+	                       /* Linux checks the PIT's IRQ 0 at boot and
+	                        * calibrates against it */
+	                       .pit = true,
 	                       .workload = ""};
 	struct file_map kern = {0}, initrd = {0};
 	struct linux_image img;

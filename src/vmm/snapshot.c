@@ -16,6 +16,7 @@
 #include "lazyvm/fdio.h"
 #include "lazyvm/source.h"
 #include "apf.h"
+#include "devices.h"
 #include "vcpu.h"
 #include "vmm.h"
 
@@ -79,9 +80,16 @@ int snap_reader_init(struct snap_reader *r, const uint8_t *buf, size_t len, char
 		snprintf(why, whylen, "state file is not a lazyvm snapshot (bad magic)");
 		return -EINVAL;
 	}
+	/* Before the trailer: a newer format may seal itself differently. */
 	if (r->hdr.format_version != SNAP_FORMAT_VERSION) {
-		snprintf(why, whylen, "snapshot format version %u; this lazyvm reads version %u",
-		         r->hdr.format_version, SNAP_FORMAT_VERSION);
+		uint32_t v = r->hdr.format_version;
+
+		snprintf(why, whylen, "snapshot format %u, %s; this lazyvm reads format %u%s", v,
+		         v == 0                    ? "which no lazyvm writes"
+		         : v < SNAP_FORMAT_VERSION ? "written by an older lazyvm"
+		                                   : "written by a newer lazyvm",
+		         SNAP_FORMAT_VERSION,
+		         v && v < SNAP_FORMAT_VERSION ? ": take the snapshot again" : "");
 		return -EINVAL;
 	}
 	memcpy(&t, buf + len - sizeof(t), sizeof(t));
@@ -139,6 +147,18 @@ const void *snap_find(const struct snap_reader *r, uint32_t type, uint32_t index
 	}
 	*len = 0;
 	return NULL;
+}
+
+const void *snap_next(const struct snap_reader *r, size_t *off, struct snap_section *s)
+{
+	if (*off < sizeof(r->hdr))
+		*off = sizeof(r->hdr);
+	if (*off >= r->len)
+		return NULL;
+	/* snap_reader_init checked that the sections tile the file */
+	memcpy(s, r->buf + *off, sizeof(*s));
+	*off += sizeof(*s) + ((s->len + 7) & ~7ull);
+	return r->buf + *off - ((s->len + 7) & ~7ull);
 }
 
 /* Creates `path` from n buffers, fsynced. 0 or -errno with why filled. */
@@ -286,6 +306,10 @@ int snapshot_build(struct vm *vm, struct snap_image *img, char *why, size_t whyl
 		struct snap_apf sa = {.msr_en = vm->apf->vcpus[i].msr_en,
 		                      .vector = vm->apf->vcpus[i].vector};
 		snap_put(w, SNAP_APF, i, &sa, sizeof(sa));
+	}
+	if ((r = devices_save(vm, w)) < 0) {
+		snprintf(why, whylen, "saving the devices' state: %s", strerror(-r));
+		return r;
 	}
 	for (uint32_t chip = 0; chip < 3; chip++) {
 		struct kvm_irqchip ic = {.chip_id = chip};

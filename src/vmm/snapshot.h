@@ -12,8 +12,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define SNAP_MAGIC          "LAZYVMSN"
-#define SNAP_FORMAT_VERSION 1u
+#define SNAP_MAGIC "LAZYVMSN"
+/* 2: per-vCPU CPUID and TSC frequency, device sections (the PIT); a
+ * format-1 snapshot is refused by name (docs/SNAPSHOT.md) */
+#define SNAP_FORMAT_VERSION 2u
 #define SNAP_TRAILER_MAGIC  0x444e455au /* "ZEND" */
 #define SNAP_PAGE_SIZE      4096u
 #define SNAP_STATE_MAX      (64u << 20)
@@ -51,8 +53,11 @@ enum snap_section_type {
 	SNAP_MP_STATE = 18,  /* struct kvm_mp_state */
 	SNAP_DEBUGREGS = 19, /* struct kvm_debugregs */
 	SNAP_APF = 20,       /* struct snap_apf: the guest's async PF MSRs as the VMM holds them */
+	SNAP_CPUID = 21,     /* struct kvm_cpuid_entry2[]: what the VMM gave KVM_SET_CPUID2 */
+	SNAP_TSC_KHZ = 22,   /* struct snap_tsc: KVM_GET_TSC_KHZ */
 	SNAP_IRQCHIP = 30,   /* struct kvm_irqchip, index = chip id (PIC master, slave, IOAPIC) */
 	SNAP_CLOCK = 31,     /* struct kvm_clock_data */
+	SNAP_DEVICE = 32,    /* a device's state, index = enum snap_device_id (devices.h) */
 	SNAP_CSUM_CHUNKS = 40, /* u32 CRC-32C of each 4 KiB chunk of the checksums file */
 	SNAP_ZERO_PAGES = 41,  /* optional: u64 bitmap, bit i set = page i is all zeros (the
 	                        * restore never reads it; written by migration) */
@@ -73,6 +78,17 @@ struct snap_msr {
 struct snap_apf {
 	uint64_t msr_en; /* MSR_KVM_ASYNC_PF_EN */
 	uint64_t vector; /* MSR_KVM_ASYNC_PF_INT */
+};
+
+struct snap_tsc {
+	uint32_t khz;
+	uint32_t reserved;
+};
+
+/* SNAP_DEVICE's index: which device. Ids are never reused. */
+enum snap_device_id {
+	SNAP_DEV_PIT = 0,   /* struct kvm_pit_state2 (KVM_GET_PIT2) */
+	SNAP_DEV_UART0 = 1, /* the 16550 at 0x3f8 (src/vmm/dev/uart.c) */
 };
 
 struct snap_trailer {
@@ -120,5 +136,9 @@ int snap_reader_init(struct snap_reader *r, const uint8_t *buf, size_t len, char
 
 /* Finds a section: NULL when absent; *len gets its length. */
 const void *snap_find(const struct snap_reader *r, uint32_t type, uint32_t index, uint64_t *len);
+
+/* Walks the sections in file order: *off starts at 0; returns the next
+ * section's data (its header in *s), NULL after the last. */
+const void *snap_next(const struct snap_reader *r, size_t *off, struct snap_section *s);
 
 #endif

@@ -85,16 +85,15 @@ int vm_create(struct vm *vm, struct kvm_sys *sys, const struct vm_config *cfg)
 		lv_err("KVM_CREATE_IRQCHIP: %s", strerror(errno));
 		return r;
 	}
+	/* After the irqchip, which the PIT's interrupt goes to. The speaker
+	 * port stays with KVM (a dummy), as Firecracker does it. */
+	struct kvm_pit_config pit = {.flags = KVM_PIT_SPEAKER_DUMMY};
+	if (cfg->pit && ioctl(vm->fd, KVM_CREATE_PIT2, &pit) < 0) {
+		r = -errno;
+		lv_err("KVM_CREATE_PIT2: %s", strerror(errno));
+		return r;
+	}
 	if (cfg->linux_guest) {
-		/* Linux checks that the PIT's IRQ 0 reaches the IOAPIC at boot
-		 * (check_timer) and calibrates against it; port 0x61 answered
-		 * in the kernel too. */
-		struct kvm_pit_config pit = {.flags = KVM_PIT_SPEAKER_DUMMY};
-		if (ioctl(vm->fd, KVM_CREATE_PIT2, &pit) < 0) {
-			r = -errno;
-			lv_err("KVM_CREATE_PIT2: %s", strerror(errno));
-			return r;
-		}
 		if ((r = linux_devs_create(vm)) < 0) {
 			lv_err("the Linux guest's devices: %s", strerror(-r));
 			return r;
@@ -128,7 +127,7 @@ int vm_create(struct vm *vm, struct kvm_sys *sys, const struct vm_config *cfg)
 			lv_err("mmap of vCPU %u's kvm_run: %s", i, strerror(errno));
 			return r;
 		}
-		r = arch_vcpu_set_cpuid(v);
+		r = cfg->cpuid_later ? 0 : arch_vcpu_set_cpuid(v);
 		if (r < 0) {
 			lv_err("KVM_SET_CPUID2 on vCPU %u: %s", i, strerror(-r));
 			return r;

@@ -116,8 +116,12 @@ struct vm_config {
 	bool migrate_timed;          /* at a time (run.c), not at the snapshot point */
 	uint64_t stall_ns;           /* stop the VM when the guest shows no progress
 	                              * (no message, no console line) this long; 0: never */
-	bool linux_guest;            /* a Linux kernel, not the bundled guest: a PIT, the
-	                              * hypervisor CPUID bit, the Linux devices (linux.h) */
+	bool pit;                    /* KVM's in-kernel i8254 (KVM_CREATE_PIT2); a snapshot
+	                              * carries its state (devices.c) */
+	bool cpuid_later;            /* no KVM_SET_CPUID2 here: a restore sets the
+	                              * snapshot's own (arch_vcpu_load) */
+	bool linux_guest;            /* a Linux kernel, not the bundled guest: the hypervisor
+	                              * CPUID bit, the Linux devices (linux.h); with pit */
 };
 
 struct vm {

@@ -16,8 +16,9 @@
 #   $(HW_B)/vmlinuz            the kernel that boots
 #   $(HW_B)/initramfs.cpio.gz  busybox, modules, lazyvm, tests/hw/init
 #   $(HW_B)/logs/              serial console of each boot
-# HW_KERNEL=6.12.111 picks a kernel version (default: the cached one, or the
-# newest 6.12 that apt-cache lists when the cache is first filled).
+# HW_KERNEL=6.12.111 picks a kernel version (default: kernel/BASE, the patch
+# series' base; `newest` is the newest 6.12 apt-cache lists). The patched
+# tier builds only on kernel/BASE's version.
 
 ifeq ($(.DEFAULT_GOAL),)
 .DEFAULT_GOAL := all

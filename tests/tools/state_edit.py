@@ -6,6 +6,17 @@ test can hand lazyvm a state that is well-formed but says something false.
   state_edit.py STATE first-data-page MEMORY
                                         print the first page of MEMORY that is
                                         not all zeros and not marked zero
+  state_edit.py STATE version N         make the header say format version N
+                                        (an honest old-format file: the rest is
+                                        what this lazyvm wrote, the trailer sealed)
+  state_edit.py STATE set-u32 TYPE INDEX OFFSET VALUE
+                                        the u32 at OFFSET of section TYPE/INDEX
+  state_edit.py STATE and-u32 TYPE INDEX OFFSET MASK
+                                        the same u32 ANDed with MASK
+  state_edit.py STATE add-section TYPE INDEX LEN
+                                        append a zero-filled section
+  state_edit.py STATE set-msr VCPU MSR VALUE
+                                        the MSR's value in vCPU VCPU's MSRS (15)
 """
 import struct
 import sys
@@ -48,9 +59,55 @@ def zero_map(buf):
     sys.exit("state file has no ZERO_PAGES section")
 
 
+def seal(path, buf):
+    body = bytes(buf[:-8])
+    buf[-8:] = struct.pack("<II", 0x444E455A, crc32c(body))
+    open(path, "wb").write(buf)
+
+
+def edit(path, buf, cmd, args):
+    if cmd == "version":
+        struct.pack_into("<I", buf, 8, int(args[0], 0))
+    elif cmd in ("set-u32", "and-u32"):
+        typ, idx, off, val = (int(a, 0) for a in args[:4])
+        for t, i, start, length in sections(buf):
+            if (t, i) == (typ, idx):
+                if off + 4 > length:
+                    sys.exit("offset beyond the section")
+                if cmd == "and-u32":
+                    val &= struct.unpack_from("<I", buf, start + off)[0]
+                struct.pack_into("<I", buf, start + off, val)
+                break
+        else:
+            sys.exit("no section %d/%d" % (typ, idx))
+    elif cmd == "add-section":
+        typ, idx, length = (int(a, 0) for a in args[:3])
+        sec = struct.pack("<IIQ", typ, idx, length) + bytes((length + 7) // 8 * 8)
+        buf[-8:-8] = sec
+    elif cmd == "set-msr":
+        vcpu, index, val = (int(a, 0) for a in args[:3])
+        for t, i, start, length in sections(buf):
+            if (t, i) == (15, vcpu):
+                for off in range(start, start + length, 16):
+                    if struct.unpack_from("<I", buf, off)[0] == index:
+                        struct.pack_into("<Q", buf, off + 8, val)
+                        break
+                else:
+                    sys.exit("vCPU %d has no MSR 0x%x" % (vcpu, index))
+                break
+        else:
+            sys.exit("no MSRS section for vCPU %d" % vcpu)
+    else:
+        return False
+    seal(path, buf)
+    return True
+
+
 def main():
     path, cmd, arg = sys.argv[1:4]
     buf = bytearray(open(path, "rb").read())
+    if edit(path, buf, cmd, sys.argv[3:]):
+        return
     start, length = zero_map(buf)
     if cmd == "first-data-page":
         with open(arg, "rb") as mem:
@@ -69,9 +126,7 @@ def main():
         if page // 8 >= length:
             sys.exit("page beyond the map")
         buf[start + page // 8] |= 1 << (page % 8)
-        body = bytes(buf[:-8])
-        buf[-8:] = struct.pack("<II", 0x444E455A, crc32c(body))
-        open(path, "wb").write(buf)
+        seal(path, buf)
         return
     sys.exit("unknown command " + cmd)
 
