@@ -103,3 +103,21 @@ for nv in 1 2; do
         fi
     done
 done
+
+# ---- a damaged Linux snapshot is refused before the guest runs ---------------
+snap=$T/linux-snap-1
+if want linux-damaged-snapshot && [ -f $snap/state ]; then
+    bad=$T/linux-bad
+    rm -rf $bad
+    cp -r $snap $bad
+    # one byte of the state file (past the header): its CRC-32C fails
+    printf '\377' | dd of=$bad/state bs=1 seek=200 conv=notrunc 2>/dev/null
+    expect linux-damaged-state 1 "state file is corrupt: CRC-32C" $LAZYVM restore $bad --load lazy
+    rm -rf $bad
+    cp -r $snap $bad
+    # one byte of guest memory at 64 MiB: its page checksum fails
+    printf '\377' | dd of=$bad/memory bs=1 seek=$((64 << 20)) conv=notrunc 2>/dev/null
+    expect linux-damaged-memory 1 "page 16384 \(offset 0x4000000\) fails its checksum" \
+        $LAZYVM restore $bad --load eager
+    rm -rf $bad
+fi
