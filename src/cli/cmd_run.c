@@ -52,8 +52,10 @@ static const char run_help[] =
     "                       run, \"lazyvm: result pass\" / \"lazyvm: result fail: WHY\"\n"
     "                       count as results, \"lazyvm: snapshot\" is the snapshot\n"
     "                       point, the i8042 reset (reboot=k; reboot -f) ends the run.\n"
-    "                       --mem at most 3G; --workload, --seed, --timeslice, --apf\n"
-    "                       and --migrate-* do not apply (docs/LINUX.md)\n"
+    "                       --mem at most 3G; --workload, --seed, --timeslice and\n"
+    "                       --migrate-* do not apply; --apf defaults to off (KVM holds\n"
+    "                       the PV async PF MSRs), --apf on lets lazyvm hold them for a\n"
+    "                       restore with --apf user|exitless (docs/LINUX.md)\n"
     "  --initrd CPIO        the initramfs for --kernel\n"
     "  --cmdline STR        the kernel command line for --kernel (default:\n"
     "                       \"%s\")\n"
@@ -143,7 +145,7 @@ int cmd_run(int argc, char **argv)
 	uint64_t t0 = lv_now_ns();
 	unsigned long long v;
 	unsigned u;
-	bool json = false, guest_opts = false;
+	bool json = false, guest_opts = false, apf_given = false;
 	struct vmm_outcome o;
 	int c;
 
@@ -224,7 +226,7 @@ int cmd_run(int argc, char **argv)
 			cfg.migrate_after_ns = v;
 			break;
 		case 'P': {
-			guest_opts = true;
+			apf_given = true;
 			static const char *const onoff[] = {"off", "on"};
 			int k;
 			if (CLI_CHOICE(cmd, "--apf", optarg, onoff, &k) < 0)
@@ -266,9 +268,8 @@ int cmd_run(int argc, char **argv)
 		return 2;
 	}
 	if (cfg.kernel_path && guest_opts) {
-		fprintf(stderr,
-		        "lazyvm run: --workload, --seed, --timeslice, --apf, --migrate-to and "
-		        "--migrate-after are the bundled guest's; not with --kernel\n");
+		fprintf(stderr, "lazyvm run: --workload, --seed, --timeslice, --migrate-to and "
+		                "--migrate-after are the bundled guest's; not with --kernel\n");
 		return 2;
 	}
 	if (cfg.kernel_path && cfg.mem_size > (3ull << 30)) {
@@ -277,8 +278,8 @@ int cmd_run(int argc, char **argv)
 		        "the IOAPIC and LAPIC at 3 GiB)\n");
 		return 2;
 	}
-	if (cfg.kernel_path)
-		cfg.apf = VMM_APF_OFF;
+	if (cfg.kernel_path && !apf_given)
+		cfg.apf = VMM_APF_OFF; /* Linux: KVM holds the PV async PF MSRs */
 	else if (check_mem(cfg.mem_size, cfg.workload) < 0)
 		return 2;
 	cfg.console_to_stderr = json;

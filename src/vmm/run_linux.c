@@ -12,6 +12,7 @@
 #include "lazyvm/fdio.h"
 #include "lazyvm/log.h"
 #include "lazyvm/units.h"
+#include "apf.h"
 #include "linux.h"
 #include "vcpu.h"
 #include "vmm.h"
@@ -77,6 +78,7 @@ int vmm_run_linux(const struct vmm_run_config *cfg, struct vmm_outcome *out)
 	                       /* Linux checks the PIT's IRQ 0 at boot and
 	                        * calibrates against it */
 	                       .pit = true,
+	                       .capture_apf_msrs = cfg->apf != VMM_APF_OFF,
 	                       .workload = ""};
 	struct file_map kern = {0}, initrd = {0};
 	struct linux_image img;
@@ -111,19 +113,33 @@ int vmm_run_linux(const struct vmm_run_config *cfg, struct vmm_outcome *out)
 		snprintf(out->error, sizeof(out->error), "creating the VM: %s", strerror(-r));
 		goto out_vm;
 	}
+	/* --apf on: lazyvm holds the guest's PV async PF MSRs from boot, so the
+	 * snapshot carries them for a restore with --apf user|exitless|kernel;
+	 * otherwise KVM holds them and a restore cannot turn KVM's off. */
+	struct apf apf;
+	bool have_apf = false;
+	if (cfg->apf != VMM_APF_OFF) {
+		if ((r = apf_init(&apf, vm, NULL, APF_OFF, APF_IMPL_LAZYVM, APF_POLICY_SYNC, 0, why,
+		                  sizeof(why))) < 0) {
+			snprintf(out->error, sizeof(out->error), "async page faults: %s", why);
+			goto out_apf;
+		}
+		vm->apf = &apf;
+		have_apf = true;
+	}
 	r = linux_boot_load(&vm->mem, kern.p, kern.len, initrd.p, initrd.len,
 	                    cfg->cmdline ? cfg->cmdline : vmm_linux_default_cmdline, why,
 	                    sizeof(why));
 	if (r < 0) {
 		snprintf(out->error, sizeof(out->error), "loading %s: %s", cfg->kernel_path, why);
-		goto out_vm;
+		goto out_apf;
 	}
 	void *mp = guest_mem_ptr(&vm->mem, LINUX_EBDA_GPA, 1024);
 	if (!mp || (r = mptable_write(mp, 1024, LINUX_EBDA_GPA, vm->nvcpus)) < 0) {
 		snprintf(out->error, sizeof(out->error), "writing the MP table: %s",
 		         strerror(mp ? -r : EFAULT));
 		r = r < 0 ? r : -EFAULT;
-		goto out_vm;
+		goto out_apf;
 	}
 	lv_info("Linux: boot protocol %u.%02u, kernel %zu bytes at 0x%llx (needs %u), initrd %zu "
 	        "bytes, %u vCPU(s), %llu MiB",
@@ -132,13 +148,16 @@ int vmm_run_linux(const struct vmm_run_config *cfg, struct vmm_outcome *out)
 	        (unsigned long long)(cfg->mem_size >> 20));
 	if ((r = linux_vcpu_boot_regs(&vm->vcpus[0], &img)) < 0) {
 		snprintf(out->error, sizeof(out->error), "vCPU 0 boot registers: %s", strerror(-r));
-		goto out_vm;
+		goto out_apf;
 	}
 	r = vm_run(vm);
 	fill_vm_outcome(vm, r, out);
 	if (!out->ok && !out->error[0])
 		snprintf(out->error, sizeof(out->error), "the Linux guest stopped without a reset");
 	r = out->ok ? 0 : -EIO;
+out_apf:
+	if (have_apf)
+		apf_destroy(&apf);
 out_vm:
 	vm_destroy(vm);
 	guest_mem_unmap(&vm->mem);

@@ -62,6 +62,37 @@ static void say(const char *fmt, ...)
 	tcdrain(1);
 }
 
+/* The guest's count of "page ready" interrupts: the HYP line of
+ * /proc/interrupts, summed over CPUs (-1 when there is none). */
+static long long hyp_interrupts(void)
+{
+	char line[512];
+	long long sum = -1;
+	FILE *f = fopen("/proc/interrupts", "r");
+
+	if (!f)
+		return -1;
+	while (fgets(line, sizeof(line), f)) {
+		char *p = line;
+		while (*p == ' ')
+			p++;
+		if (strncmp(p, "HYP:", 4) != 0)
+			continue;
+		p += 4;
+		sum = 0;
+		for (;;) {
+			char *end;
+			long long v = strtoll(p, &end, 10);
+			if (end == p)
+				break;
+			sum += v;
+			p = end;
+		}
+	}
+	fclose(f);
+	return sum;
+}
+
 static uint64_t *fill(size_t mib)
 {
 	size_t words = mib << 17;
@@ -131,6 +162,7 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	p = fill(mib);
+	long long hyp0 = hyp_interrupts();
 	say("lazyvm: snapshot");
 	/* here on: the restored guest (or the same one, without a snapshot) */
 	uint64_t t0 = now_ns();
@@ -147,6 +179,8 @@ int main(int argc, char **argv)
 			rc = 1, say("lazyvm: result fail: the CPU-bound process did not finish");
 		say("lazyvm: rfc both done %.1f ms", (double)(now_ns() - t0) / 1e6);
 	}
+	say("lazyvm: apf: %lld page-ready interrupts (HYP) since the snapshot line",
+	    hyp_interrupts() - hyp0);
 	if (rc == 0)
 		say("lazyvm: result pass");
 	return rc;
