@@ -31,6 +31,12 @@ usage "run --mem lots" "--mem: 'lots' is not a size" run --mem lots
 usage "run --mem without a value" "--mem needs a value" run --mem
 usage "run --json=yes" "--json takes no value \\(got '--json=yes'\\)" run --json=yes
 usage "run --vcpus 9" "--vcpus: '9' is not a whole number from 1 to 8" run --vcpus 9
+usage "run --initrd without --kernel" "--initrd and --cmdline need --kernel" run --initrd /etc/hostname
+usage "run --kernel with --workload" "are the bundled guest's; not with --kernel" run --kernel /etc/hostname --workload scan:4M
+usage "run --kernel --mem 4G" "a Linux guest takes at most 3G" run --kernel /etc/hostname --mem 4G
+expect "run --kernel: too short for a bzImage" 1 "3 bytes is too short for a bzImage" "$LAZYVM" run --kernel /etc/hostname
+expect "run --kernel: not a bzImage" 1 "no \"HdrS\" at offset 0x202" "$LAZYVM" run --kernel "$LAZYVM"
+expect "run --kernel: a directory" 1 "is a directory" "$LAZYVM" run --kernel /etc
 usage "run --vcpus +2" "--vcpus: '\\+2' is not a whole number" run --vcpus +2
 usage "run --mem-slots 0" "--mem-slots: '0' is not a whole number from 1 to 8" run --mem-slots 0
 usage "run --seed -1" "--seed: '-1' is not a whole number" run --seed -1
