@@ -26,6 +26,7 @@ static const char *describe_status(int st, char *buf, size_t len)
 		snprintf(buf, len, "wait status 0x%x", st);
 	return buf;
 }
+
 void lazyvm_argv(const struct variant *v, const char **argv)
 {
 	unsigned n = 0;

@@ -103,6 +103,7 @@ static void command_line(int argc, char **argv, char *buf, size_t len)
 		pos += (size_t)n;
 	}
 }
+
 void fmt_mib(uint64_t bytes, char *buf, size_t len)
 {
 	if (bytes % MIB == 0)
