@@ -79,6 +79,12 @@ $(B)/tests/%: $(B)/tests/unit/%.o $(B)/tests/test_main.o $(B)/liblazyvm.a
 	@mkdir -p $(@D)
 	$(call say,LINK,$@)$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
+# fault_bench is main (bench/fault_bench.c) and its parts (bench/fault/*.c).
+FAULT_BENCH_OBJS := $(patsubst %.c,$(B)/%.o,bench/fault_bench.c $(wildcard bench/fault/*.c))
+$(B)/bench/fault_bench: $(FAULT_BENCH_OBJS) $(B)/liblazyvm.a
+	@mkdir -p $(@D)
+	$(call say,LINK,$@)$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
 $(B)/bench/%: $(B)/bench/%.o $(B)/liblazyvm.a
 	@mkdir -p $(@D)
 	$(call say,LINK,$@)$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)

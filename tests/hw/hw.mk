@@ -63,9 +63,15 @@ $(HW_B)/userfault_test: kernel/tests/userfault_test.c kernel/tests/kvm_test.h in
 	@mkdir -p $(@D)
 	$(call say,CC,$@)$(CC) -std=gnu11 -Wall -Wextra -Werror -O2 -static -Iinclude -o $@ $<
 
-$(HW_B)/apf_test: kernel/tests/apf_test.c kernel/tests/kvm_test.h include/lazyvm/compat.h
+# One static binary: main and the vCPU driving, the guest and its VM, the
+# exitful and the exitless cases (kernel/tests/apf_test.h says which is where).
+APF_TEST_SRCS := kernel/tests/apf_test.c kernel/tests/apf_guest.c kernel/tests/apf_exitful.c \
+                 kernel/tests/apf_exitless.c
+$(HW_B)/apf_test: $(APF_TEST_SRCS) kernel/tests/apf_test.h kernel/tests/kvm_test.h \
+		include/lazyvm/compat.h
 	@mkdir -p $(@D)
-	$(call say,CC,$@)$(CC) -std=gnu11 -Wall -Wextra -Werror -O2 -static -pthread -Iinclude -o $@ $<
+	$(call say,CC,$@)$(CC) -std=gnu11 -Wall -Wextra -Werror -O2 -static -pthread -Iinclude -o $@ \
+	    $(APF_TEST_SRCS)
 
 $(HW_B)/initramfs-patched.cpio.gz: $(HW_B)/lazyvm tests/hw/init tests/hw/mkinitramfs \
 		$(HW_CACHE)/kernel.abi $(HW_CACHE)/busybox.dir $(KERNEL_B)/current $(HW_B)/userfault_test \
