@@ -497,7 +497,10 @@ int vmm_restore(const struct vmm_restore_config *cfg, struct vmm_outcome *out)
 		out->apf_kvm_ring_completed = rs.apf.st.kvm_ring_completed;
 		snprintf(out->apf_mode, sizeof(out->apf_mode), "%s", apf_mode_name(rs.apf.mode));
 		snprintf(out->apf_impl, sizeof(out->apf_impl), "%s", apf_impl_name(&rs.apf));
-		if (cfg->apf == VMM_APF_KERNEL && out->ok && out->guest_apf_not_present == 0)
+		/* only the bundled guest reports what it took; a Linux guest's
+		 * count is in its /proc/interrupts (HYP), not here */
+		if (cfg->apf == VMM_APF_KERNEL && out->ok && !vc.linux_guest &&
+		    out->guest_apf_not_present == 0)
 			snprintf(out->apf_note, sizeof(out->apf_note),
 			         "kernel async PF unavailable: KVM delivered none (this KVM blocks "
 			         "on the "
