@@ -413,9 +413,45 @@ int restore_install_first(struct restore *rs, struct vm *vm)
 	return install_range(rs, vm, 0, end, "the guest's core");
 }
 
-/* The guest's async PF set-up (SNAP_APF) goes where the mode wants it: to the
- * VMM (user: it injects; off: it keeps KVM out and injects nothing) or to KVM
- * (kernel: KVM's own async PF). */
+/* A guest whose async PF MSRs KVM held when the snapshot was taken (a Linux
+ * booted without `run --apf on`) has no SNAP_APF section: its set-up is in
+ * its MSR section, and arch_vcpu_load gave it back to KVM. 1 when vCPU v has
+ * it enabled there, with *sa filled. */
+static int apf_from_kvm_msrs(const struct restore *rs, unsigned v, struct snap_apf *sa)
+{
+	uint64_t len;
+	const struct snap_msr *m = snap_find(&rs->rd, SNAP_MSRS, v, &len);
+
+	*sa = (struct snap_apf){0};
+	for (uint64_t i = 0; m && i < len / sizeof(*m); i++) {
+		if (m[i].index == MSR_KVM_ASYNC_PF_EN)
+			sa->msr_en = m[i].data;
+		else if (m[i].index == MSR_KVM_ASYNC_PF_INT)
+			sa->vector = m[i].data;
+	}
+	return (sa->msr_en & KVM_ASYNC_PF_ENABLED) != 0;
+}
+
+/* Turns KVM's own async PF off for a vCPU whose MSRs it got from the
+ * snapshot: the VMM holds them from here on (or nobody does, with --apf
+ * off). The guest still believes it enabled; it just gets no async PF from
+ * KVM. */
+static int kvm_apf_off(struct restore *rs, struct vm *vm, unsigned v)
+{
+	struct {
+		struct kvm_msrs hdr;
+		struct kvm_msr_entry e[1];
+	} m = {.hdr.nmsrs = 1, .e = {{.index = MSR_KVM_ASYNC_PF_EN, .data = 0}}};
+
+	if (ioctl(vm->vcpus[v].fd, KVM_SET_MSRS, &m) != 1)
+		return restore_fail(rs, -EINVAL, "vCPU %u: KVM refused to turn its async PF off",
+		                    v);
+	return 0;
+}
+
+/* The guest's async PF set-up (SNAP_APF, or KVM's MSRs) goes where the mode
+ * wants it: to the VMM (user: it injects; off: it keeps KVM out and injects
+ * nothing) or to KVM (kernel: KVM's own async PF). */
 int restore_setup_apf(struct restore *rs, struct vm *vm)
 {
 	static const enum apf_mode modes[] = {[VMM_APF_OFF] = APF_OFF,
@@ -429,16 +465,28 @@ int restore_setup_apf(struct restore *rs, struct vm *vm)
 	uint64_t len;
 	int r;
 
-	/* Off: the guest's async PF MSRs stay out of KVM (it never writes them
-	 * again after boot), so nothing needs intercepting; the MSR filter costs
-	 * milliseconds of start-up (measured), which a plain restore should not. */
-	if (rs->cfg->apf == VMM_APF_OFF)
+	/* Off: nothing needs intercepting (a guest writes its async PF MSRs at
+	 * boot, not again), and the MSR filter costs milliseconds of start-up
+	 * (measured), which a plain restore should not. */
+	bool kvm_held = !snap_find(&rs->rd, SNAP_APF, 0, &len);
+	struct snap_apf held[VMM_MAX_VCPUS];
+	unsigned nheld = 0;
+
+	if (kvm_held)
+		for (unsigned i = 0; i < vm->nvcpus; i++)
+			nheld += apf_from_kvm_msrs(rs, i, &held[i]);
+	/* Off means off: KVM would otherwise run its own async PF for a guest
+	 * whose MSRs it held (measured with Linux: 4155 "page ready" with off) */
+	if (rs->cfg->apf == VMM_APF_OFF) {
+		for (unsigned i = 0; kvm_held && i < vm->nvcpus; i++)
+			if ((held[i].msr_en & KVM_ASYNC_PF_ENABLED) &&
+			    (r = kvm_apf_off(rs, vm, i)) < 0)
+				return r;
 		return 0;
-	if (!snap_find(&rs->rd, SNAP_APF, 0, &len)) {
-		if (rs->cfg->apf != VMM_APF_OFF)
-			snprintf(
-			    rs->out->apf_note, sizeof(rs->out->apf_note),
-			    "the snapshot's guest never enabled async page faults (run --apf off)");
+	}
+	if (kvm_held && !nheld) {
+		snprintf(rs->out->apf_note, sizeof(rs->out->apf_note),
+		         "the snapshot's guest never enabled async page faults (run --apf off)");
 		return 0;
 	}
 	r = apf_init(&rs->apf, vm, rs->have_uf ? &rs->uf.pages : NULL, modes[rs->cfg->apf],
@@ -448,9 +496,10 @@ int restore_setup_apf(struct restore *rs, struct vm *vm)
 		return restore_fail(rs, r, "async page faults: %s", why);
 	rs->have_apf = true;
 	for (unsigned i = 0; i < vm->nvcpus; i++) {
-		const struct snap_apf *sa = snap_find(&rs->rd, SNAP_APF, i, &len);
+		const struct snap_apf *sa =
+		    kvm_held ? &held[i] : snap_find(&rs->rd, SNAP_APF, i, &len);
 
-		if (!sa || len != sizeof(*sa))
+		if (!sa || (!kvm_held && len != sizeof(*sa)))
 			return restore_fail(rs, -EINVAL,
 			                    "snapshot: vCPU %u's async PF state is missing", i);
 		/* KVM's async PF, its own or for userfaults: KVM owns the MSRs */
@@ -464,7 +513,9 @@ int restore_setup_apf(struct restore *rs, struct vm *vm)
 			if (ioctl(vm->vcpus[i].fd, KVM_SET_MSRS, &m) != 2)
 				return restore_fail(rs, -EINVAL,
 				                    "vCPU %u: KVM refused the async PF MSRs", i);
-		}
+		} else if (kvm_held && (sa->msr_en & KVM_ASYNC_PF_ENABLED) &&
+		           (r = kvm_apf_off(rs, vm, i)) < 0)
+			return r; /* lazyvm injects from here on, not KVM */
 		if (rs->cfg->apf != VMM_APF_KERNEL) {
 			rs->apf.vcpus[i].msr_en = sa->msr_en;
 			rs->apf.vcpus[i].vector = (uint8_t)sa->vector;

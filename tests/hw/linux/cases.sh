@@ -104,6 +104,34 @@ for nv in 1 2; do
     done
 done
 
+# ---- a snapshot whose async PF MSRs KVM held ---------------------------------
+# linux-snap-1 was taken without `run --apf on`: the guest enabled PV async PF
+# with KVM, and the snapshot's MSR section carries it. --apf off must turn
+# KVM's off (before: 4155 "page ready" reached the guest with off), and
+# --apf user must take the MSRs over from KVM (before: the guest's ACK write
+# hit an MSR filter with nobody behind it and the restore failed).
+snap=$T/linux-snap-1
+for apf in off user; do
+    want linux-kvm-held-apf-$apf && [ -f $snap/state ] || continue
+    intake=""
+    [ $apf = user ] && intake="--intake exit"
+    run_start linux-kvm-held-apf-$apf
+    tmo_saved=$TMO
+    TMO=60
+    # shellcheck disable=SC2086 # the intake's words
+    run_bounded $LAZYVM restore $snap --load lazy $intake --apf $apf --stall-timeout 40s --json
+    rc=$?
+    TMO=$tmo_saved
+    hyp=$(sed -n 's/.*lazyvm: apf: \([0-9-]*\) page-ready.*/\1/p' $T/out | head -n 1)
+    line="the guest took ${hyp:-?} page-ready interrupts; lazyvm injected $(json_num apf_not_present $T/out), served sync at CPL 0 $(json_num apf_kernel_sync $T/out)"
+    if [ "$rc" -eq 0 ] && grep -q '"ok":true' $T/out && grep -q "lazyvm: verified $FILL MiB" $T/out &&
+        grep -q "lazyvm: result pass" $T/out && { [ $apf != off ] || [ "${hyp:-1}" -eq 0 ]; }; then
+        pass "$line"
+    else
+        fail "status $rc: $line: $(json_str error $T/out)" $T/out
+    fi
+done
+
 # ---- a damaged Linux snapshot is refused before the guest runs ---------------
 snap=$T/linux-snap-1
 if want linux-damaged-snapshot && [ -f $snap/state ]; then
