@@ -104,9 +104,14 @@ $(HW_B)/linux/cases.sh: tests/hw/linux/cases.sh
 	@mkdir -p $(@D)
 	$(call say,CP,$@)cp $< $@
 
+# the Linux benchmarks (bench/hw_linux_bench.sh: hwbench=linux)
+$(HW_B)/linux/bench.sh: tests/hw/linux/bench.sh
+	@mkdir -p $(@D)
+	$(call say,CP,$@)cp $< $@
+
 $(HW_B)/initramfs-linux.cpio.gz: $(HW_B)/lazyvm tests/hw/init tests/hw/mkinitramfs \
 		$(HW_CACHE)/kernel.abi $(HW_CACHE)/busybox.dir $(HW_B)/linux/initrd.cpio.gz \
-		$(HW_B)/linux/vmlinuz $(HW_B)/linux/cases.sh
+		$(HW_B)/linux/vmlinuz $(HW_B)/linux/cases.sh $(HW_B)/linux/bench.sh
 	$(call say,CPIO,$@)abi=$$(cat $(HW_CACHE)/kernel.abi); \
 	    HW_LINUX_DIR=$(HW_B)/linux \
 	    tests/hw/mkinitramfs $@ $(HW_B)/root-linux $(HW_CACHE)/kernel-$$abi $$abi \
