@@ -23,7 +23,7 @@ target=hwtest-linux-build initrd=initramfs-linux.cpio.gz
 hw_run_args="--smp 1 --append hwtest.suite=linux --append hwtest.linux=none"
 for a in ${HWBENCH_LINUX_APPEND:-}; do hw_run_args="$hw_run_args --append $a"; done
 # bench-linux | CASE | restore_ms | total_ms | guest A | guest B | guest C | faults | guest HYP | apf_impl | status
-HW_TEST_TIMEOUT=${HW_TEST_TIMEOUT:-1800} hw_bench_rows hw_linux_bench "$target" "$initrd" linux bench-linux 11
+HW_TEST_TIMEOUT=${HW_TEST_TIMEOUT:-1800} hw_bench_rows hw_linux_bench "$target" "$initrd" linux bench-linux 10
 
 note() { grep "bench-linux-note | $1" "$lines" | sed 's/.*bench-linux-note | /- /' || true; }
 echo "## A Linux guest on the hardware-model host (kvm-amd under QEMU TCG)"
