@@ -11,13 +11,19 @@
 #   2. the RFC's experiment with Linux processes (a CPU-bound and a
 #      memory-bound process on one vCPU, every page a fault of 10 ms): async
 #      page faults off, KVM's own, lazyvm's user and exitless
-# HWBENCH_LINUX_APPEND="hwbench.reps=1 hwbench.mems=256" etc. for a shorter try.
+# --patched: the same on lazyvm's patched KVM (native exits, KVM's async PF
+# for userfaults). HWBENCH_LINUX_APPEND="hwbench.reps=1 hwbench.mems=256" etc. for a shorter try.
 # Compare modes by ratio within this host, never across hosts.
 set -euo pipefail
 B=${B:-build}
 cd "$(dirname "$0")/.."
 start=$(date +%s)
-target=hwtest-linux-build initrd=initramfs-linux.cpio.gz
+target=hwtest-linux-build initrd=initramfs-linux.cpio.gz kvm="stock KVM"
+# --patched: the Linux L1 with lazyvm's KVM (kernel/): --intake exit is native
+# userfault exits there, --apf user|exitless KVM's async PF for userfaults
+if [ "${1:-}" = --patched ]; then
+    target=hwtest-linux-patched-build initrd=initramfs-linux-patched.cpio.gz kvm="lazyvm's patched KVM"
+fi
 # shellcheck source=bench/lib/hw_rows.sh
 . bench/lib/hw_rows.sh
 hw_run_args="--smp 1 --append hwtest.suite=linux --append hwtest.linux=none"
@@ -26,9 +32,9 @@ for a in ${HWBENCH_LINUX_APPEND:-}; do hw_run_args="$hw_run_args --append $a"; d
 HW_TEST_TIMEOUT=${HW_TEST_TIMEOUT:-1800} hw_bench_rows hw_linux_bench "$target" "$initrd" linux bench-linux 10
 
 note() { grep "bench-linux-note | $1" "$lines" | sed 's/.*bench-linux-note | /- /' || true; }
-echo "## A Linux guest on the hardware-model host (kvm-amd under QEMU TCG)"
+echo "## A Linux guest on the hardware-model host, $kvm (kvm-amd under QEMU TCG)"
 echo
-echo "- Command: \`bash bench/hw_linux_bench.sh\` (\`make $target\`, then \`tests/hw/run --smp 1 --append 'hwtest.suite=linux hwtest.linux=none hwbench=linux'\`)"
+echo "- Command: \`bash bench/hw_linux_bench.sh${1:+ $1}\` (\`make $target\`, then \`tests/hw/run --smp 1 --append 'hwtest.suite=linux hwtest.linux=none hwbench=linux'\`)"
 grep -m1 'INFO uname -r' "$lines" | sed 's/.*INFO uname -r: /- L1 host: Linux /; s/$/; the L2 guest: the same vmlinuz/' || true
 note reps
 echo "- 1 vCPU, the L1 at -smp 1; cells are medians of the reps (faults, HYP, APF by: the last rep)"
@@ -78,7 +84,7 @@ echo "### The RFC's experiment with Linux processes"
 echo
 note "snapshot rfc"
 note "retrying"
-echo "- \`lazyvm-work rfc\` after the restore: a CPU-bound process (200M xorshift steps) and a memory-bound one (verifying its pages) at once on 1 vCPU; lazy restores with \`--fault-around 1 --source-latency\` as in the snapshot line above; user/exitless with \`--intake exit --policy hybrid\` (stock KVM: the probe's exit backend); the eager row has no faults"
+echo "- \`lazyvm-work rfc\` after the restore: a CPU-bound process (200M xorshift steps) and a memory-bound one (verifying its pages) at once on 1 vCPU; lazy restores with \`--fault-around 1 --source-latency\` as in the snapshot line above; user/exitless with \`--intake exit --policy hybrid\` (the probe's exit backend: kick on stock KVM, native on the patched one; APF by says whose async PF ran); the eager row has no faults"
 echo "- HYP: the guest's own \"page ready\" interrupts after the snapshot line (its /proc/interrupts HYP line), the evidence that it took async page faults"
 echo
 echo "| case | cpu-bound ms | memory-bound ms | both done ms | to the reset ms | faults | guest HYP | APF by |"
