@@ -13,7 +13,8 @@
 BL=$T/bench-linux
 mkdir -p $BL
 # hwbench.reps=N (default 3), hwbench.mems="256 512 1024" (MiB), hwbench.rfc=MIB
-# (default 1), hwbench.latency=DUR (default 10ms): smaller runs for a try
+# (default 1), hwbench.latency=DUR (default 10ms): smaller runs for a try;
+# hwbench.mems=none: only the RFC experiment
 reps=$(arg hwbench.reps)
 mems=$(arg hwbench.mems | tr , ' ')
 rfcmib=$(arg hwbench.rfc)
@@ -31,7 +32,7 @@ lbsnap() {
     tmo=$TMO
     TMO=180
     run_bounded $LAZYVM run --kernel $LK --initrd $LI --mem ${lbm}M --stall-timeout 40s \
-        --snapshot-dir $BL/$lbn --cmdline "$LCMD lazyvm.work=$lbw" "$@"
+        --snapshot-dir $BL/$lbn --cmdline "$LCMD${lbextra:+ $lbextra} lazyvm.work=$lbw" "$@"
     lrc=$?
     TMO=$tmo
     if [ "$lrc" -ne 0 ] || [ ! -f $BL/$lbn/state ]; then
@@ -40,7 +41,7 @@ lbsnap() {
         lrc=1
         return
     fi
-    info "bench-linux-note | snapshot $lbn: ${lbm} MiB guest, lazyvm.work=$lbw $*, written after $(awk -v a="$at" -v b="$(cut -d' ' -f1 /proc/uptime)" 'BEGIN { printf "%.1f", b - a }') s; memory file $(stat -c %s $BL/$lbn/memory) bytes; $(grep -m1 'lazyvm: filled' $T/out | sed 's/.*lazyvm: //')"
+    info "bench-linux-note | snapshot $lbn: ${lbm} MiB guest, lazyvm.work=$lbw${lbextra:+ $lbextra} $*, written after $(awk -v a="$at" -v b="$(cut -d' ' -f1 /proc/uptime)" 'BEGIN { printf "%.1f", b - a }') s; memory file $(stat -c %s $BL/$lbn/memory) bytes; $(grep -m1 'lazyvm: filled' $T/out | sed 's/.*lazyvm: //')"
 }
 
 # guest_ms PATTERN: the number after PATTERN in the guest's console lines
@@ -80,6 +81,7 @@ info "bench-linux-note | reps $reps, memory sizes $mems MiB (fill and verify $FI
 # One snapshot a size (the tier's /tmp holds one memory file at a time), its
 # reps interleaved. Eager needs the whole guest in anonymous memory besides
 # the memory file in tmpfs: a size it cannot fit is said, not run.
+[ "$mems" = none ] && mems=
 for m in $mems; do
     lbsnap mem$m $m fill:$FILLB
     [ "$lrc" = 0 ] || continue
@@ -104,13 +106,20 @@ done
 # memory-bound one (verifying $rfcmib MiB) on one vCPU, every page its own
 # fault of $lat. The snapshot is taken with --apf on where this lazyvm has it
 # (lazyvm holds the guest's PV async PF MSRs, so a restore can give them to
-# its own injection), else without (KVM holds them).
+# its own injection), else without (KVM holds them: then KVM's own async PF
+# runs on every restore of it, whatever --apf says). The baseline without
+# any async PF: a second snapshot whose guest never enabled it (no-kvmapf).
 lbsnap rfc 256 rfc:$rfcmib --apf on
 if [ "$lrc" != 0 ]; then
     info "bench-linux-note | retrying the rfc snapshot without --apf on"
     lbsnap rfc 256 rfc:$rfcmib
 fi
-if [ "$lrc" = 0 ]; then
+rfcok=$lrc
+lbextra=no-kvmapf
+lbsnap rfc-noapf 256 rfc:$rfcmib
+lbextra=
+noapf=$lrc
+if [ "$rfcok" = 0 ]; then
     L="--load lazy --fault-around 1 --source-latency $lat"
     i=0
     while [ $i -lt "$reps" ]; do
@@ -118,6 +127,8 @@ if [ "$lrc" = 0 ]; then
         # no faults at all: the CPU-bound process next to a verification of
         # resident memory (what the workload offers closest to "alone")
         lbcase "rfc, eager (no faults)" rfc --load eager --apf off
+        # shellcheck disable=SC2086 # L's words
+        [ "$noapf" = 0 ] && lbcase "rfc, guest no-kvmapf, apf off" rfc-noapf $L --apf off
         # shellcheck disable=SC2086 # L's words
         {
             lbcase "rfc, apf off" rfc $L --apf off
@@ -127,7 +138,7 @@ if [ "$lrc" = 0 ]; then
         }
     done
     grep -E 'apf|exit backend' $T/out | head -n 4 | detail
-    rm -rf $BL/rfc
+    rm -rf $BL/rfc $BL/rfc-noapf
 fi
 info "bench-linux-note | done in $(awk -v a="$bt0" -v b="$(cut -d' ' -f1 /proc/uptime)" 'BEGIN { printf "%.1f", b - a }') s"
 rm -rf $BL
