@@ -12,7 +12,8 @@
 #      memory-bound process on one vCPU, every page a fault of 10 ms): async
 #      page faults off, KVM's own, lazyvm's user and exitless
 # --patched: the same on lazyvm's patched KVM (native exits, KVM's async PF
-# for userfaults). HWBENCH_LINUX_APPEND="hwbench.reps=1 hwbench.mems=256" etc. for a shorter try.
+# for userfaults). --lines FILE: only the tables, from a kept boot's lines.
+# HWBENCH_LINUX_APPEND="hwbench.reps=1 hwbench.mems=256" etc. for a shorter try.
 # Compare modes by ratio within this host, never across hosts.
 set -euo pipefail
 B=${B:-build}
@@ -21,20 +22,41 @@ start=$(date +%s)
 target=hwtest-linux-build initrd=initramfs-linux.cpio.gz kvm="stock KVM"
 # --patched: the Linux L1 with lazyvm's KVM (kernel/): --intake exit is native
 # userfault exits there, --apf user|exitless KVM's async PF for userfaults
-if [ "${1:-}" = --patched ]; then
+patched= from=
+while [ $# -gt 0 ]; do
+    case $1 in
+    --patched) patched=--patched; shift ;;
+    --lines) from=${2:?--lines wants the lines file of a run}; shift 2 ;;
+    *) echo "usage: bench/hw_linux_bench.sh [--patched] [--lines FILE]" >&2; exit 2 ;;
+    esac
+done
+if [ -n "$patched" ]; then
     target=hwtest-linux-patched-build initrd=initramfs-linux-patched.cpio.gz kvm="lazyvm's patched KVM"
 fi
-# shellcheck source=bench/lib/hw_rows.sh
-. bench/lib/hw_rows.sh
-hw_run_args="--smp 1 --append hwtest.suite=linux --append hwtest.linux=none"
-for a in ${HWBENCH_LINUX_APPEND:-}; do hw_run_args="$hw_run_args --append $a"; done
 # bench-linux | CASE | restore_ms | total_ms | guest A | guest B | guest C | faults | guest HYP | apf_impl | status
-HW_TEST_TIMEOUT=${HW_TEST_TIMEOUT:-1800} hw_bench_rows hw_linux_bench "$target" "$initrd" linux bench-linux 10
+if [ -n "$from" ]; then
+    # --lines FILE: the tables of a boot already made (the "lines" file
+    # hw_bench_rows keeps with the logs of a run with failed restores):
+    # the restores that failed are listed, not tabulated
+    lines=$from
+    [ -f "$lines" ] || { echo "hw_linux_bench: no lines file $lines" >&2; exit 2; }
+    logs=$(mktemp -d /tmp/lazyvm-hw_linux_bench.XXXXXX)
+    rows=$logs/rows
+    grep "bench-linux | " "$lines" | sed "s/.*bench-linux | //" | awk -F' [|] ' 'NF == 10 && $10 == "ok"' >"$rows"
+    failed=$(grep "bench-linux | " "$lines" | sed "s/.*bench-linux | //" | awk -F' [|] ' 'NF == 10 && $10 != "ok"')
+else
+    # shellcheck source=bench/lib/hw_rows.sh
+    . bench/lib/hw_rows.sh
+    hw_run_args="--smp 1 --append hwtest.suite=linux --append hwtest.linux=none"
+    for a in ${HWBENCH_LINUX_APPEND:-}; do hw_run_args="$hw_run_args --append $a"; done
+    failed=
+    HW_TEST_TIMEOUT=${HW_TEST_TIMEOUT:-1800} hw_bench_rows hw_linux_bench "$target" "$initrd" linux bench-linux 10
+fi
 
 note() { grep "bench-linux-note | $1" "$lines" | sed 's/.*bench-linux-note | /- /' || true; }
 echo "## A Linux guest on the hardware-model host, $kvm (kvm-amd under QEMU TCG)"
 echo
-echo "- Command: \`bash bench/hw_linux_bench.sh${1:+ $1}\` (\`make $target\`, then \`tests/hw/run --smp 1 --append 'hwtest.suite=linux hwtest.linux=none hwbench=linux'\`)"
+echo "- Command: \`bash bench/hw_linux_bench.sh${patched:+ $patched}\` (\`make $target\`, then \`tests/hw/run --smp 1 --append 'hwtest.suite=linux hwtest.linux=none hwbench=linux'\`)"
 grep -m1 'INFO uname -r' "$lines" | sed 's/.*INFO uname -r: /- L1 host: Linux /; s/$/; the L2 guest: the same vmlinuz/' || true
 note reps
 echo "- 1 vCPU, the L1 at -smp 1; cells are medians of the reps (faults, HYP, APF by: the last rep)"
@@ -137,6 +159,12 @@ awk -F' [|] ' -f bench/lib/median.awk -f - "$rows" <<'AWK'
             printf "- the best any overlap can do here: max(cpu %.0f ms (eager), io = both - cpu = %.0f ms) = %.0f ms, **%.2fx** faster than %s (%+.0f%%)\n", cpu, io, ideal, both / ideal, off, (both / ideal - 1) * 100
     }
 AWK
+if [ -n "$failed" ]; then
+    echo
+    echo "Restores that failed (not in the tables):"
+    echo
+    echo "$failed" | awk -F' [|] ' '{ printf "- %s: %s\n", $1, $10 }' | sort | uniq -c | sed 's/^ *\([0-9]*\) - /- (x\1) /'
+fi
 echo
 note done
 echo

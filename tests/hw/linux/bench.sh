@@ -126,7 +126,7 @@ if [ "$rfcok" = 0 ]; then
         i=$((i + 1))
         # no faults at all: the CPU-bound process next to a verification of
         # resident memory (what the workload offers closest to "alone")
-        lbcase "rfc, eager (no faults)" rfc --load eager --apf off
+        lbcase "rfc, eager (no faults)" rfc --load eager
         # shellcheck disable=SC2086 # L's words
         [ "$noapf" = 0 ] && lbcase "rfc, guest no-kvmapf, apf off" rfc-noapf $L --apf off
         # shellcheck disable=SC2086 # L's words
