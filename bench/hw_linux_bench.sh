@@ -53,7 +53,7 @@ else
     HW_TEST_TIMEOUT=${HW_TEST_TIMEOUT:-1800} hw_bench_rows hw_linux_bench "$target" "$initrd" linux bench-linux 10
 fi
 
-note() { grep "bench-linux-note | $1" "$lines" | sed 's/.*bench-linux-note | /- /' || true; }
+note() { grep -E "bench-linux-note [|] ($1)" "$lines" | sed 's/.*bench-linux-note | /- /' || true; }
 echo "## A Linux guest on the hardware-model host, $kvm (kvm-amd under QEMU TCG)"
 echo
 echo "- Command: \`bash bench/hw_linux_bench.sh${patched:+ $patched}\` (\`make $target\`, then \`tests/hw/run --smp 1 --append 'hwtest.suite=linux hwtest.linux=none hwbench=linux'\`)"
@@ -104,8 +104,7 @@ AWK
 echo
 echo "### The RFC's experiment with Linux processes"
 echo
-note "snapshot rfc"
-note "retrying"
+note "snapshot rfc|retrying"
 echo "- \`lazyvm-work rfc\` after the restore: a CPU-bound process (200M xorshift steps) and a memory-bound one (verifying its pages) at once on 1 vCPU; lazy restores with \`--fault-around 1 --source-latency\` as in the snapshot line above; user/exitless with \`--intake exit --policy hybrid\` (the probe's exit backend: kick on stock KVM, native on the patched one; APF by says whose async PF ran); the eager row has no faults"
 echo "- HYP: the guest's own \"page ready\" interrupts after the snapshot line (its /proc/interrupts HYP line), the evidence that it took async page faults"
 echo
@@ -168,6 +167,6 @@ fi
 echo
 note done
 echo
-echo "Benchmark wall time: $(( $(date +%s) - start )) s"
+[ -n "$from" ] || echo "Benchmark wall time: $(( $(date +%s) - start )) s"
 echo
 rm -rf "$logs"
