@@ -61,6 +61,8 @@ grep -m1 'INFO uname -r' "$lines" | sed 's/.*INFO uname -r: /- L1 host: Linux /;
 note reps
 echo "- 1 vCPU, the L1 at -smp 1; cells are medians of the reps (faults, HYP, APF by: the last rep)"
 echo
+# (not indented: the heredoc ends at a bare AWK)
+if grep -q "^mem " "$rows"; then
 echo "### Restore vs guest memory size"
 echo
 note "snapshot mem"
@@ -102,6 +104,7 @@ awk -F' [|] ' -f bench/lib/median.awk -f - "$rows" <<'AWK'
     }
 AWK
 echo
+fi
 echo "### The RFC's experiment with Linux processes"
 echo
 note "snapshot rfc|retrying"
