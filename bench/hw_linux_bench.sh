@@ -22,7 +22,7 @@ start=$(date +%s)
 target=hwtest-linux-build initrd=initramfs-linux.cpio.gz kvm="stock KVM"
 # --patched: the Linux L1 with lazyvm's KVM (kernel/): --intake exit is native
 # userfault exits there, --apf user|exitless KVM's async PF for userfaults
-patched= from=
+patched='' from=''
 while [ $# -gt 0 ]; do
     case $1 in
     --patched) patched=--patched; shift ;;
@@ -168,7 +168,7 @@ if [ -n "$failed" ]; then
     echo "$failed" | awk -F' [|] ' '{ printf "- %s: %s\n", $1, $10 }' | sort | uniq -c | sed 's/^ *\([0-9]*\) - /- (x\1) /'
 fi
 echo
-note done
+note 'done'
 echo
 [ -n "$from" ] || echo "Benchmark wall time: $(( $(date +%s) - start )) s"
 echo
