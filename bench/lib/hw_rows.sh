@@ -8,13 +8,16 @@
 # last one the status), in $lines every HWTEST line of the boot and in $logs
 # the directory holding them. Exits naming what failed: the build, the boot, a
 # restore whose status is not "ok", or no lines at all. Environment: B, HW_TEST_TIMEOUT (default 300 here).
+# hw_run_args (optional, split into words): more tests/hw/run arguments, e.g.
+# "--smp 1 --append hwtest.suite=linux" (bench/hw_linux_bench.sh).
 hw_bench_rows() {
     local name=$1 target=$2 initrd=$3 experiment=$4 tag=$5 fields=$6 out serial bad
     logs=$(mktemp -d "/tmp/lazyvm-$name.XXXXXX")
     out=$logs/run.out
     make -s "$target" B="$B" >"$out" 2>&1 || { tail -30 "$out" >&2; echo "$name: building the tier ($target) failed" >&2; exit 1; }
+    # shellcheck disable=SC2086 # hw_run_args is split on purpose
     if ! HW_APPEND=hwbench=$experiment HW_TEST_TIMEOUT=${HW_TEST_TIMEOUT:-300} tests/hw/run \
-        --kernel "$B"/hw/vmlinuz --initrd "$B/hw/$initrd" --logs "$logs" >>"$out" 2>&1; then
+        --kernel "$B"/hw/vmlinuz --initrd "$B/hw/$initrd" --logs "$logs" ${hw_run_args:-} >>"$out" 2>&1; then
         grep -E '^(FAIL|hwtest:)' "$out" >&2 || true
         echo "$name: the hardware-model tier failed (serial logs and output kept in $logs)" >&2
         exit 1

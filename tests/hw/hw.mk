@@ -110,15 +110,34 @@ $(HW_B)/linux/cases.sh: tests/hw/linux/cases.sh
 	@mkdir -p $(@D)
 	$(call say,CP,$@)cp $< $@
 
+# the Linux benchmarks (bench/hw_linux_bench.sh: hwbench=linux)
+$(HW_B)/linux/bench.sh: tests/hw/linux/bench.sh
+	@mkdir -p $(@D)
+	$(call say,CP,$@)cp $< $@
+
 $(HW_B)/initramfs-linux.cpio.gz: $(HW_B)/lazyvm tests/hw/init tests/hw/mkinitramfs \
 		$(HW_CACHE)/kernel.abi $(HW_CACHE)/busybox.dir $(HW_B)/linux/initrd.cpio.gz \
-		$(HW_B)/linux/vmlinuz $(HW_B)/linux/cases.sh
+		$(HW_B)/linux/vmlinuz $(HW_B)/linux/cases.sh $(HW_B)/linux/bench.sh
 	$(call say,CPIO,$@)abi=$$(cat $(HW_CACHE)/kernel.abi); \
 	    HW_LINUX_DIR=$(HW_B)/linux \
 	    tests/hw/mkinitramfs $@ $(HW_B)/root-linux $(HW_CACHE)/kernel-$$abi $$abi \
 	    $(HW_CACHE)/$$(cat $(HW_CACHE)/busybox.dir)/bin/busybox $(HW_B)/lazyvm tests/hw/init
 
 hwtest-linux-build: $(HW_B)/vmlinuz $(HW_B)/initramfs-linux.cpio.gz
+
+# The Linux L1 with lazyvm's patched KVM (bench/hw_linux_bench.sh --patched):
+# the Linux pieces of initramfs-linux and the modules and tests of initramfs-patched
+$(HW_B)/initramfs-linux-patched.cpio.gz: $(HW_B)/lazyvm tests/hw/init tests/hw/mkinitramfs \
+		$(HW_CACHE)/kernel.abi $(HW_CACHE)/busybox.dir $(HW_B)/linux/initrd.cpio.gz \
+		$(HW_B)/linux/vmlinuz $(HW_B)/linux/cases.sh $(HW_B)/linux/bench.sh $(KERNEL_B)/current \
+		$(HW_B)/userfault_test $(HW_B)/apf_test
+	$(call say,CPIO,$@)abi=$$(cat $(HW_CACHE)/kernel.abi); \
+	    HW_LINUX_DIR=$(HW_B)/linux HW_KVM_MODULES=$(KERNEL_B)/$$(cat $(KERNEL_B)/current) \
+	    HW_EXTRA_BIN="$(HW_B)/userfault_test $(HW_B)/apf_test" \
+	    tests/hw/mkinitramfs $@ $(HW_B)/root-linux-patched $(HW_CACHE)/kernel-$$abi $$abi \
+	    $(HW_CACHE)/$$(cat $(HW_CACHE)/busybox.dir)/bin/busybox $(HW_B)/lazyvm tests/hw/init
+
+hwtest-linux-patched-build: $(HW_B)/vmlinuz $(HW_B)/initramfs-linux-patched.cpio.gz
 
 # -smp 1: with an L1 of 2 CPUs most L2 Linux boots after the first hung (docs/LINUX.md)
 hwtest-linux: hwtest-linux-build
@@ -129,8 +148,9 @@ hwtest-clean:
 	rm -rf $(HW_B)/root $(HW_B)/logs $(HW_B)/lazyvm $(HW_B)/vmlinuz $(HW_B)/initramfs.cpio.gz \
 	    $(HW_B)/root-patched $(HW_B)/logs-patched $(HW_B)/initramfs-patched.cpio.gz $(HW_B)/userfault_test \
 	    $(HW_B)/apf_test $(HW_B)/lazyvm-work $(HW_B)/linux $(HW_B)/root-l2 $(HW_B)/root-linux \
-	    $(HW_B)/initramfs-linux.cpio.gz $(HW_B)/logs-linux
+	    $(HW_B)/initramfs-linux.cpio.gz $(HW_B)/logs-linux $(HW_B)/root-linux-patched \
+	    $(HW_B)/initramfs-linux-patched.cpio.gz
 
 .PHONY: hwtest hwtest-build hwtest-clean hw-fetch kernel-modules hwtest-patched hwtest-patched-build \
-	hwtest-linux hwtest-linux-build
+	hwtest-linux hwtest-linux-build hwtest-linux-patched-build
 
