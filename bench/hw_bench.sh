@@ -31,23 +31,6 @@ echo
 echo "| case | run_ms | faults | guest took (not-present) | APF by | vCPU ms async / sync | sync faults |"
 echo "|---|---:|---:|---:|---|---:|---:|"
 awk -F' [|] ' -f bench/lib/median.awk -f - "$rows" <<'AWK'
-    # ratio(c1, c0): the median over reps of c1's run_ms / c0's in the same rep
-    function ratio(c1, c0,   a, v) {
-        for (a = 1; a <= n[c1] && a <= n[c0]; a++) v[a] = run[c0, a] > 0 ? run[c1, a] / run[c0, a] : 0
-        return median_of(v, a - 1)
-    }
-    function spread(c1, c0,   a, lo, hi, r) {
-        for (a = 1; a <= n[c1] && a <= n[c0]; a++) {
-            r = run[c0, a] > 0 ? run[c1, a] / run[c0, a] : 0
-            if (a == 1 || r < lo) lo = r
-            if (a == 1 || r > hi) hi = r
-        }
-        return sprintf("%.2f-%.2f", lo, hi)
-    }
-    function median(c,   a, v) {
-        for (a = 1; a <= n[c]; a++) v[a] = run[c, a] + 0
-        return median_of(v, n[c])
-    }
     {
         c = $1
         if (!(c in n)) names[++k] = c
@@ -55,7 +38,7 @@ awk -F' [|] ' -f bench/lib/median.awk -f - "$rows" <<'AWK'
     }
     END {
         for (i = 1; i <= k; i++) {
-            c = names[i]; med[c] = median(c)
+            c = names[i]; med[c] = median_at(run, c)
             printf "| %s | %.1f | %s | %s | %s | %s / %s | %s |\n", c, med[c], f[c], g[c], impl[c] == "" ? "-" : impl[c], am[c], sm[c], sy[c]
         }
         off = med["both, apf off"]; cpu = med["cpu task alone"]; io = med["io task alone"]
@@ -66,10 +49,10 @@ awk -F' [|] ' -f bench/lib/median.awk -f - "$rows" <<'AWK'
             printf "- %s: **%.2fx** faster than off (%.0f%%), **%.2fx** of the ideal overlap max(cpu, io) = %.0f ms\n", ms[i], off / med[ms[i]], (off / med[ms[i]] - 1) * 100, med[ms[i]] / ideal, ideal
         so = med["short: native, apf off"]; sh = med["short: native, apf user hybrid"]
         if (so > 0 && sh > 0)
-            printf "- short faults, per-fault decision (hybrid) against async PF off: **%.3fx** the run time (per-rep ratios: median %.3fx, %s), policy sync %.3fx; guest took %s async page faults\n", sh / so, ratio("short: native, apf user hybrid", "short: native, apf off"), spread("short: native, apf user hybrid", "short: native, apf off"), ratio("short: native, apf user, policy sync", "short: native, apf off"), g["short: native, apf user hybrid"]
+            printf "- short faults, per-fault decision (hybrid) against async PF off: **%.3fx** the run time (per-rep ratios: median %.3fx, %s), policy sync %.3fx; guest took %s async page faults\n", sh / so, rep_ratio(run, "short: native, apf user hybrid", "short: native, apf off"), rep_spread(run, "short: native, apf user hybrid", "short: native, apf off"), rep_ratio(run, "short: native, apf user, policy sync", "short: native, apf off"), g["short: native, apf user hybrid"]
         ef = med["short: native, every fault async, exitful"]; el = med["short: native, every fault async, exitless"]
         if (ef > 0 && el > 0)
-            printf "- every short fault async: exitful %.1f ms, exitless %.1f ms for 2048 pages (exitless/exitful per rep: median %.3fx, %s); in the last rep the vCPU thread spent %.1f us a fault exitful (exit + ACCEPT), 0 exitless, and %.1f us a sync fault (hybrid)\n", ef, el, ratio("short: native, every fault async, exitless", "short: native, every fault async, exitful"), spread("short: native, every fault async, exitless", "short: native, every fault async, exitful"), am["short: native, every fault async, exitful"] * 1000 / 2048, sm["short: native, apf user hybrid"] * 1000 / 2048
+            printf "- every short fault async: exitful %.1f ms, exitless %.1f ms for 2048 pages (exitless/exitful per rep: median %.3fx, %s); in the last rep the vCPU thread spent %.1f us a fault exitful (exit + ACCEPT), 0 exitless, and %.1f us a sync fault (hybrid)\n", ef, el, rep_ratio(run, "short: native, every fault async, exitless", "short: native, every fault async, exitful"), rep_spread(run, "short: native, every fault async, exitless", "short: native, every fault async, exitful"), am["short: native, every fault async, exitful"] * 1000 / 2048, sm["short: native, apf user hybrid"] * 1000 / 2048
     }
 AWK
 echo

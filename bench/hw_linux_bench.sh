@@ -71,15 +71,6 @@ echo
 echo "| case | first instruction ms | guest verified ms | to the reset ms | faults |"
 echo "|---|---:|---:|---:|---:|"
 awk -F' [|] ' -f bench/lib/median.awk -f - "$rows" <<'AWK'
-    function med(arr, c,   a, v) {
-        for (a = 1; a <= n[c]; a++) v[a] = arr[c, a] + 0
-        return median_of(v, n[c])
-    }
-    # per-rep ratio of c1's column to c0's, median over reps
-    function ratio(arr, c1, c0,   a, v) {
-        for (a = 1; a <= n[c1] && a <= n[c0]; a++) v[a] = arr[c0, a] > 0 ? arr[c1, a] / arr[c0, a] : 0
-        return median_of(v, a - 1)
-    }
     $1 ~ /^mem / {
         c = $1
         if (!(c in n)) names[++k] = c
@@ -88,7 +79,7 @@ awk -F' [|] ' -f bench/lib/median.awk -f - "$rows" <<'AWK'
     END {
         for (i = 1; i <= k; i++) {
             c = names[i]
-            printf "| %s | %.1f | %.1f | %.1f | %s |\n", c, med(R, c), med(V, c), med(T, c), f[c]
+            printf "| %s | %.1f | %.1f | %.1f | %s |\n", c, median_at(R, c), median_at(V, c), median_at(T, c), f[c]
         }
         printf "\n"
         for (i = 1; i <= k; i++) {
@@ -98,7 +89,7 @@ awk -F' [|] ' -f bench/lib/median.awk -f - "$rows" <<'AWK'
             for (j = 1; j <= 2; j++) {
                 o = m (j == 1 ? ", eager" : ", mmap")
                 if (!(o in n)) continue
-                printf "- %s: %s to the first instruction **%.0fx** lazy's (per-rep median), to the reset %.2fx\n", m, o == m ", eager" ? "eager" : "mmap", ratio(R, o, c), ratio(T, o, c)
+                printf "- %s: %s to the first instruction **%.0fx** lazy's (per-rep median), to the reset %.2fx\n", m, o == m ", eager" ? "eager" : "mmap", rep_ratio(R, o, c), rep_ratio(T, o, c)
             }
         }
     }
@@ -114,22 +105,6 @@ echo
 echo "| case | cpu-bound ms | memory-bound ms | both done ms | to the reset ms | faults | guest HYP | APF by |"
 echo "|---|---:|---:|---:|---:|---:|---:|---|"
 awk -F' [|] ' -f bench/lib/median.awk -f - "$rows" <<'AWK'
-    function med(arr, c,   a, v) {
-        for (a = 1; a <= n[c]; a++) v[a] = arr[c, a] + 0
-        return median_of(v, n[c])
-    }
-    function ratio(arr, c1, c0,   a, v) {
-        for (a = 1; a <= n[c1] && a <= n[c0]; a++) v[a] = arr[c0, a] > 0 ? arr[c1, a] / arr[c0, a] : 0
-        return median_of(v, a - 1)
-    }
-    function spread(arr, c1, c0,   a, lo, hi, r) {
-        for (a = 1; a <= n[c1] && a <= n[c0]; a++) {
-            r = arr[c1, a] > 0 ? arr[c0, a] / arr[c1, a] : 0
-            if (a == 1 || r < lo) lo = r
-            if (a == 1 || r > hi) hi = r
-        }
-        return sprintf("%.2f-%.2f", lo, hi)
-    }
     $1 ~ /^rfc/ {
         c = $1
         if (!(c in n)) names[++k] = c
@@ -139,7 +114,7 @@ awk -F' [|] ' -f bench/lib/median.awk -f - "$rows" <<'AWK'
     END {
         for (i = 1; i <= k; i++) {
             c = names[i]
-            printf "| %s | %.1f | %.1f | %.1f | %.1f | %s | %s | %s |\n", c, med(C, c), med(M, c), med(G, c), med(T, c), f[c], h[c], impl[c] == "" ? "-" : impl[c]
+            printf "| %s | %.1f | %.1f | %.1f | %.1f | %s | %s | %s |\n", c, median_at(C, c), median_at(M, c), median_at(G, c), median_at(T, c), f[c], h[c], impl[c] == "" ? "-" : impl[c]
         }
         printf "\n"
         # against the true baseline (a guest that never enabled async PF)
@@ -150,11 +125,11 @@ awk -F' [|] ' -f bench/lib/median.awk -f - "$rows" <<'AWK'
             off = base[b]
             if (!(off in n)) continue
             for (i = 1; i <= 4; i++) if (ms[i] in n && ms[i] != off)
-                printf "- %s: both done **%.2fx** faster than %s (%+.0f%%; per rep: median %.2fx, %s)\n", ms[i], 1 / ratio(G, ms[i], off), off, (1 / ratio(G, ms[i], off) - 1) * 100, 1 / ratio(G, ms[i], off), spread(G, ms[i], off)
+                printf "- %s: both done **%.2fx** faster than %s (%+.0f%%; per rep: median %.2fx, %s)\n", ms[i], 1 / rep_ratio(G, ms[i], off), off, (1 / rep_ratio(G, ms[i], off) - 1) * 100, 1 / rep_ratio(G, ms[i], off), rep_spread(G, off, ms[i])
         }
         off = ("rfc, guest no-kvmapf, apf off" in n) ? "rfc, guest no-kvmapf, apf off" : "rfc, apf off"
         if (!(off in n)) exit
-        cpu = med(C, "rfc, eager (no faults)"); both = med(G, off)
+        cpu = median_at(C, "rfc, eager (no faults)"); both = median_at(G, off)
         io = both - cpu
         ideal = cpu > io ? cpu : io
         if (cpu > 0)
