@@ -98,8 +98,8 @@ echo
 fi
 echo "### The RFC's experiment with Linux processes"
 echo
-note "snapshot rfc|retrying"
-echo "- \`lazyvm-work rfc\` after the restore: a CPU-bound process (200M xorshift steps) and a memory-bound one (verifying its pages) at once on 1 vCPU; lazy restores with \`--fault-around 1 --source-latency\` as in the snapshot line above; user/exitless with \`--intake exit --policy hybrid\` (the probe's exit backend: kick on stock KVM, native on the patched one; APF by says whose async PF ran); the eager row has no faults"
+note "snapshot rfc|retrying|calibration"
+echo "- \`lazyvm-work rfc\` after the restore: a CPU-bound process (xorshift steps, as many as the calibration line says: its time with no faults matched to the I/O of --apf off) and a memory-bound one (verifying its pages) at once on 1 vCPU; lazy restores with \`--fault-around 1 --source-latency\` as in the snapshot line above; user/exitless with \`--intake exit --policy hybrid\` (the probe's exit backend: kick on stock KVM, native on the patched one; APF by says whose async PF ran); the eager row has no faults"
 echo "- HYP: the guest's own \"page ready\" interrupts after the snapshot line (its /proc/interrupts HYP line), the evidence that it took async page faults"
 echo
 echo "| case | cpu-bound ms | memory-bound ms | both done ms | to the reset ms | faults | guest HYP | APF by |"

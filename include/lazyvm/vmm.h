@@ -131,6 +131,7 @@ struct vmm_outcome {
 	 * exitless, native", "KVM's own" (--apf kernel); "" with --apf off */
 	char apf_mode[12], apf_impl[32];
 	bool apf_msr_filter; /* the PV async PF MSRs exit to lazyvm (its implementation) */
+	bool hlt_in_guest;   /* HLT does not exit (KVM_X86_DISABLE_EXITS_HLT): see exit.h */
 	/* KVM's async PF for userfaults: exits flagged APF, ACCEPTs done and
 	 * refused, READYs done and refused, exitless faults from KVM's notify
 	 * ring and pages given back on its complete ring */

@@ -66,6 +66,7 @@ void cli_report(const char *what, const char *load, uint64_t t0, const struct vm
 		print_json_string(o->apf_mode);
 		printf(",\"apf_impl\":");
 		print_json_string(o->apf_impl);
+		printf(",\"hlt_in_guest\":%s", o->hlt_in_guest ? "true" : "false");
 		printf(",\"apf_msr_filter\":%s,\"apf_async\":%llu,\"apf_kvm_exits\":%llu,\"apf_kvm_"
 		       "accepted\":%llu,"
 		       "\"apf_kvm_accept_refused\":%llu,\"apf_kvm_ready\":%llu,"

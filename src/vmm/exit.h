@@ -80,6 +80,13 @@ struct exit_backend_ops {
 	unsigned uffd_threads;  /* engine threads serving the UFFD (KVM's own accesses) */
 	bool wants_uffd;        /* reads the UFFD itself: userfault.uffd is a dup of it */
 	bool needs_core;        /* the guest's core installed before it runs */
+	/* It sees a vCPU's fault only when KVM takes it in the vCPU's own thread
+	 * (kick). With lazyvm's async PF KVM must then not run its own: where
+	 * lazyvm holds the guest's PV async PF MSRs, KVM "halts" the vCPU and
+	 * faults the page from a worker whenever the guest has interrupts on,
+	 * i.e. for every user-mode fault (kvm_can_do_async_pf). Unless HLT does
+	 * not exit (vm_config.hlt_in_guest). */
+	bool sees_vcpu_thread_faults;
 	/* 1 works here, 0 not, with what was seen in why */
 	int (*probe)(struct kvm_sys *sys, struct exit_probe *p, char *why, size_t whylen);
 	/* After vm_create, before the vCPUs run: 0 or -errno (logged). */

@@ -245,6 +245,7 @@ const struct exit_backend_ops exit_kick_ops = {
     .costly = true,
     .uffd_features = UFFD_FEATURE_THREAD_ID,
     .wants_uffd = true,
+    .sees_vcpu_thread_faults = true,
     .probe = kick_probe,
     .attach = kick_attach,
     .vcpu_started = kick_vcpu_started,

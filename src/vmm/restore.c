@@ -410,6 +410,12 @@ int vmm_restore(const struct vmm_restore_config *cfg, struct vmm_outcome *out)
 	    .capture_apf_msrs = (cfg->apf == VMM_APF_USER || cfg->apf == VMM_APF_EXITLESS) &&
 	                        rs.apf_impl == APF_IMPL_LAZYVM,
 	    .stall_ns = cfg->stall_ns,
+	    /* lazyvm's async PF through an intake that sees only faults KVM
+	     * takes in the vCPU's thread: KVM's artificial halt must not take
+	     * them first (exit.h) */
+	    .hlt_in_guest = (cfg->apf == VMM_APF_USER || cfg->apf == VMM_APF_EXITLESS) &&
+	                    rs.apf_impl == APF_IMPL_LAZYVM && rs.have_uf &&
+	                    rs.uf.ops->sees_vcpu_thread_faults,
 	    /* the snapshot's devices and CPUID, not this host's */
 	    .pit = snap_find(&rs.rd, SNAP_DEVICE, SNAP_DEV_PIT, &(uint64_t){0}),
 	    .cpuid_later = true,
@@ -420,6 +426,12 @@ int vmm_restore(const struct vmm_restore_config *cfg, struct vmm_outcome *out)
 		restore_fail(&rs, r, "creating the VM: %s", strerror(-r));
 		goto out_vm;
 	}
+	out->hlt_in_guest = vm->hlt_in_guest;
+	if (vc.hlt_in_guest && !vm->hlt_in_guest)
+		snprintf(out->apf_note, sizeof(out->apf_note),
+		         "KVM cannot leave HLT to the guest: its own async PF takes the faults "
+		         "made with interrupts on before the %s intake sees them",
+		         exit_backend_name(rs.uf.ops->id));
 	/* What KVM itself touches must be in before the state that makes it
 	 * touch them (restore_lazy.c). */
 	if (rs.have_uf && (r = restore_install_first(&rs, vm)) < 0)

@@ -256,6 +256,17 @@ static int fill_for_vmm(struct vm *vm, unsigned who, uint64_t gpa, uint64_t len)
 	return 0;
 }
 
+/* The stall watch's count of the guest's own pages (vmm.h): installs for a
+ * fault or around one, not those of a background prefetch or a replay. */
+static uint64_t pages_demanded(void *ctx)
+{
+	struct restore *rs = ctx;
+	struct metrics m;
+
+	engine_metrics(rs->eng, &m);
+	return m.pages_copied + m.pages_zeroed - m.pages_background - m.pages_prefetched;
+}
+
 int restore_run_watched(struct restore *rs, struct vm *vm)
 {
 	struct watch w = {.rs = rs, .vm = vm, .stop_efd = -1};
@@ -267,6 +278,7 @@ int restore_run_watched(struct restore *rs, struct vm *vm)
 		return vm_run(vm);
 	vm->mem_fill = fill_for_vmm;
 	vm->mem_fill_ctx = rs;
+	vm->pages_demanded = pages_demanded;
 	w.stop_efd = eventfd(0, EFD_CLOEXEC);
 	if (w.stop_efd < 0)
 		return restore_fail(rs, -errno, "eventfd: %s", strerror(errno));

@@ -112,6 +112,9 @@ struct vm_config {
 	const char *snapshot_dir;    /* take a snapshot at the snapshot point, then stop */
 	bool quiet_console;          /* don't echo the guest's console */
 	bool capture_apf_msrs;       /* guest APF MSR accesses exit to the VMM (apf.h) */
+	bool hlt_in_guest;           /* KVM_X86_DISABLE_EXITS_HLT if KVM offers it: KVM then
+	                              * runs no async PF of its own for a guest whose PV
+	                              * async PF it does not hold (exit.h) */
 	struct migrate_out *migrate; /* migrate instead of writing a snapshot (migrate.h) */
 	bool migrate_timed;          /* at a time (run.c), not at the snapshot point */
 	uint64_t stall_ns;           /* stop the VM when the guest shows no progress
@@ -139,6 +142,7 @@ struct vm {
 	bool migrated;          /* the VM has left for a migration destination */
 	char migrate_note[512]; /* why a migration did not happen, when the VM went on */
 	struct vm_report report;
+	bool hlt_in_guest;     /* cfg.hlt_in_guest was granted */
 	struct pio_table pio;  /* every KVM_EXIT_IO goes through it (dev/pio.h) */
 	struct linux_devs *lx; /* a Linux guest's devices, NULL for the bundled guest */
 	pthread_mutex_t console_lock;
@@ -151,7 +155,12 @@ struct vm {
 	pthread_rwlock_t mem_gate;
 	bool mem_revoked;
 	_Atomic uint64_t progress_ns; /* the guest's last message or console line */
-	_Atomic bool stalled;         /* stopped for a stall: every vCPU reports its state */
+	/* Set by a lazy restore: pages installed so far because the guest touched
+	 * them. A guest whose memory is still coming in makes progress without a
+	 * word (a Linux process verifying its pages at 1 ms a fault): the stall
+	 * watch counts each new page as progress (bounded by the guest's size). */
+	uint64_t (*pages_demanded)(void *ctx);
+	_Atomic bool stalled; /* stopped for a stall: every vCPU reports its state */
 	/* Set by a lazy restore: brings [gpa, gpa + len) in before the VMM touches
 	 * it (see vm_mem_get). 0, or -errno once the pages cannot come. */
 	int (*mem_fill)(struct vm *vm, unsigned who, uint64_t gpa, uint64_t len);

@@ -14,4 +14,6 @@ if ! make -s hwtest-build; then
     exit 1
 fi
 echo "hw: built in $(awk -v a="$start" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }')s (kernel $(cat "$HW_B/cache/kernel.abi"))"
-tests/hw/run --kernel "$HW_B/vmlinuz" --initrd "$HW_B/initramfs.cpio.gz" --logs "$HW_B/logs"
+# 72 s of tests alone (2026-12-03, since the kick host's async PF cases
+# inject ~2100 each); a shared machine has run it 1.3x slower: 150 s
+tests/hw/run --kernel "$HW_B/vmlinuz" --initrd "$HW_B/initramfs.cpio.gz" --logs "$HW_B/logs" --test-timeout 150

@@ -1,5 +1,5 @@
 #!/bin/bash
-# test-timeout: 420
+# test-timeout: 600
 # The Linux guest suite of the hardware-model tier (tests/hw/linux,
 # docs/LINUX.md): Debian's own vmlinuz boots as an L2 guest of `lazyvm run
 # --kernel`, in an L1 of its own with -smp 1. Builds the pieces, boots, and
@@ -14,4 +14,4 @@ if ! make -s hwtest-linux-build; then
 fi
 echo "hw_linux: built in $(awk -v a="$start" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }')s (kernel $(cat "$HW_B/cache/kernel.abi"))"
 tests/hw/run --smp 1 --kernel "$HW_B/vmlinuz" --initrd "$HW_B/initramfs-linux.cpio.gz" \
-    --append hwtest.suite=linux --logs "$HW_B/logs-linux" --test-timeout 300
+    --append hwtest.suite=linux --logs "$HW_B/logs-linux" --test-timeout 480

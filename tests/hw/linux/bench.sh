@@ -14,11 +14,13 @@ BL=$T/bench-linux
 mkdir -p $BL
 # hwbench.reps=N (default 3), hwbench.mems="256 512 1024" (MiB), hwbench.rfc=MIB
 # (default 1), hwbench.latency=DUR (default 10ms): smaller runs for a try;
-# hwbench.mems=none: only the RFC experiment
+# hwbench.mems=none: only the RFC experiment; hwbench.msteps=N: the RFC's
+# CPU-bound process N million steps (default: calibrated, see below)
 reps=$(arg hwbench.reps)
 mems=$(arg hwbench.mems | tr , ' ')
 rfcmib=$(arg hwbench.rfc)
 lat=$(arg hwbench.latency)
+msteps=$(arg hwbench.msteps)
 : "${reps:=3}" "${mems:=256 512 1024}" "${rfcmib:=1}" "${lat:=10ms}"
 FILLB=16 # MiB the mem cases fill and verify after the restore
 
@@ -109,18 +111,39 @@ done
 # its own injection), else without (KVM holds them: then KVM's own async PF
 # runs on every restore of it, whatever --apf says). The baseline without
 # any async PF: a second snapshot whose guest never enabled it (no-kvmapf).
-lbsnap rfc 256 rfc:$rfcmib --apf on
+L="--load lazy --fault-around 1 --source-latency $lat"
+# The CPU-bound process is given the length of the I/O it is to cover, or the
+# most async PF could win is small and the experiment says nothing (BENCHMARKS
+# 16's first runs: 0.5 s of CPU against 7 s of faults, a 1.07x ceiling). The
+# calibration: a snapshot with 200M steps, one eager restore (the CPU-bound
+# process's time with no faults) and one lazy --apf off (nothing async: its
+# "both done" less the CPU time is the I/O), then msteps = 200 * io / cpu.
+if [ -z "$msteps" ]; then
+    msteps=200
+    lbsnap rfc-cal 256 rfc:$rfcmib:200
+    if [ "$lrc" = 0 ]; then
+        lbcase "calibration, eager" rfc-cal --load eager
+        ccpu=$(guest_ms "rfc cpu-bound")
+        # shellcheck disable=SC2086 # L's words
+        lbcase "calibration, apf off" rfc-cal $L --apf off
+        cboth=$(guest_ms "rfc both done")
+        msteps=$(awk -v c="$ccpu" -v b="$cboth" 'BEGIN {
+            if (c > 0 && b > c) { n = int(200 * (b - c) / c + 0.5); print (n < 1 ? 1 : n) } else print 200 }')
+        info "bench-linux-note | calibration: 200M steps took ${ccpu:-?} ms with no faults, both done ${cboth:-?} ms at $lat a fault with nothing async: the CPU-bound process gets ${msteps}M steps"
+        rm -rf $BL/rfc-cal
+    fi
+fi
+lbsnap rfc 256 rfc:$rfcmib:$msteps --apf on
 if [ "$lrc" != 0 ]; then
     info "bench-linux-note | retrying the rfc snapshot without --apf on"
-    lbsnap rfc 256 rfc:$rfcmib
+    lbsnap rfc 256 rfc:$rfcmib:$msteps
 fi
 rfcok=$lrc
 lbextra=no-kvmapf
-lbsnap rfc-noapf 256 rfc:$rfcmib
+lbsnap rfc-noapf 256 rfc:$rfcmib:$msteps
 lbextra=
 noapf=$lrc
 if [ "$rfcok" = 0 ]; then
-    L="--load lazy --fault-around 1 --source-latency $lat"
     i=0
     while [ $i -lt "$reps" ]; do
         i=$((i + 1))

@@ -3,15 +3,19 @@
  *   lazyvm-work fill MIB    fill MIB MiB with a pattern, print "lazyvm: snapshot"
  *                           and wait until it has left the UART (the VMM takes
  *                           the snapshot at that line), then verify every byte
- *   lazyvm-work rfc MIB     the same fill, then after the snapshot line the RFC's
- *                           experiment: one CPU-bound process (a fixed count of
- *                           steps) and one memory-bound process (the
- *                           verification), each timed, run at the same time
+ *   lazyvm-work rfc MIB [MSTEPS]
+ *                           the same fill, then after the snapshot line the RFC's
+ *                           experiment: one CPU-bound process (MSTEPS million
+ *                           steps, 200 by default: ~0.5 s on the tier) and one
+ *                           memory-bound process (the verification), each
+ *                           timed, run at the same time. A benchmark gives the
+ *                           CPU-bound one the length of the I/O it is to cover.
  *
  * Ends with "lazyvm: result pass" or "lazyvm: result fail: WHY" on the
  * console, which the VMM counts. Exit status 0 on pass. */
 #include <errno.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <inttypes.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -137,11 +141,11 @@ static int verdict(const uint64_t *p, size_t mib, uint64_t t0)
 }
 
 /* The CPU-bound process: a xorshift chain of a fixed length. */
-static void cpu_bound(void)
+static void cpu_bound(uint64_t steps)
 {
 	uint64_t x = SEED, t0 = now_ns();
 
-	for (uint64_t i = 0; i < 200000000ull; i++) {
+	for (uint64_t i = 0; i < steps; i++) {
 		x ^= x << 13;
 		x ^= x >> 7;
 		x ^= x << 17;
@@ -153,12 +157,17 @@ static void cpu_bound(void)
 int main(int argc, char **argv)
 {
 	size_t mib;
-	uint64_t *p;
+	uint64_t *p, msteps = 200;
+	char *end = NULL;
 	int rc;
+	bool rfc = argc >= 2 && strcmp(argv[1], "rfc") == 0;
 
-	if (argc != 3 || (strcmp(argv[1], "fill") != 0 && strcmp(argv[1], "rfc") != 0) ||
-	    (mib = strtoul(argv[2], NULL, 10)) == 0 || mib > 4096) {
-		say("lazyvm: result fail: usage: lazyvm-work fill|rfc MIB (1-4096)");
+	if (argc < 3 || argc > 3 + rfc || (!rfc && strcmp(argv[1], "fill") != 0) ||
+	    (mib = strtoul(argv[2], NULL, 10)) == 0 || mib > 4096 ||
+	    (argc == 4 &&
+	     ((msteps = strtoull(argv[3], &end, 10)) == 0 || *end || msteps > 100000))) {
+		say("lazyvm: result fail: usage: lazyvm-work fill MIB | rfc MIB [MSTEPS] "
+		    "(MIB 1-4096, MSTEPS 1-100000 million steps)");
 		return 2;
 	}
 	p = fill(mib);
@@ -166,12 +175,12 @@ int main(int argc, char **argv)
 	say("lazyvm: snapshot");
 	/* here on: the restored guest (or the same one, without a snapshot) */
 	uint64_t t0 = now_ns();
-	if (strcmp(argv[1], "fill") == 0) {
+	if (!rfc) {
 		rc = verdict(p, mib, t0);
 	} else {
 		pid_t cpu = fork();
 		if (cpu == 0)
-			cpu_bound();
+			cpu_bound(msteps * 1000000);
 		rc = verdict(p, mib, t0);
 		say("lazyvm: rfc memory-bound %.1f ms", (double)(now_ns() - t0) / 1e6);
 		int st = 0;
