@@ -400,6 +400,9 @@ int vmm_restore(const struct vmm_restore_config *cfg, struct vmm_outcome *out)
 		goto out;
 	if (cfg->load == VMM_LOAD_LAZY && (r = restore_start_lazy(&rs, &vm->mem)) < 0)
 		goto out;
+	/* lazyvm's own async PF (not KVM's): it holds the guest's PV MSRs */
+	bool lazyvm_apf = (cfg->apf == VMM_APF_USER || cfg->apf == VMM_APF_EXITLESS) &&
+	                  rs.apf_impl == APF_IMPL_LAZYVM;
 	struct vm_config vc = {
 	    .mem_size = want.size,
 	    .nslots = want.nslots,
@@ -407,15 +410,12 @@ int vmm_restore(const struct vmm_restore_config *cfg, struct vmm_outcome *out)
 	    .workload = "",
 	    .quiet_console = cfg->console_to_stderr,
 	    /* not where KVM owns them (apf_kvm.c) */
-	    .capture_apf_msrs = (cfg->apf == VMM_APF_USER || cfg->apf == VMM_APF_EXITLESS) &&
-	                        rs.apf_impl == APF_IMPL_LAZYVM,
+	    .capture_apf_msrs = lazyvm_apf,
 	    .stall_ns = cfg->stall_ns,
 	    /* lazyvm's async PF through an intake that sees only faults KVM
 	     * takes in the vCPU's thread: KVM's artificial halt must not take
 	     * them first (exit.h) */
-	    .hlt_in_guest = (cfg->apf == VMM_APF_USER || cfg->apf == VMM_APF_EXITLESS) &&
-	                    rs.apf_impl == APF_IMPL_LAZYVM && rs.have_uf &&
-	                    rs.uf.ops->sees_vcpu_thread_faults,
+	    .hlt_in_guest = lazyvm_apf && rs.have_uf && rs.uf.ops->sees_vcpu_thread_faults,
 	    /* the snapshot's devices and CPUID, not this host's */
 	    .pit = snap_find(&rs.rd, SNAP_DEVICE, SNAP_DEV_PIT, &(uint64_t){0}),
 	    .cpuid_later = true,

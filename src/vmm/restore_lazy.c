@@ -256,8 +256,10 @@ static int fill_for_vmm(struct vm *vm, unsigned who, uint64_t gpa, uint64_t len)
 	return 0;
 }
 
-/* The stall watch's count of the guest's own pages (vmm.h): installs for a
- * fault or around one, not those of a background prefetch or a replay. */
+/* The stall watch's count of the guest's own pages (vmm.h): every install
+ * less those of a background prefetch or a replay. Those two are counted just
+ * after their installs, so either may show as one second of progress: bounded
+ * like the rest, by the guest's size. */
 static uint64_t pages_demanded(void *ctx)
 {
 	struct restore *rs = ctx;

@@ -159,7 +159,7 @@ struct vm {
 	 * them. A guest whose memory is still coming in makes progress without a
 	 * word (a Linux process verifying its pages at 1 ms a fault): the stall
 	 * watch counts each new page as progress (bounded by the guest's size). */
-	uint64_t (*pages_demanded)(void *ctx);
+	uint64_t (*pages_demanded)(void *ctx); /* called with mem_fill_ctx */
 	_Atomic bool stalled; /* stopped for a stall: every vCPU reports its state */
 	/* Set by a lazy restore: brings [gpa, gpa + len) in before the VMM touches
 	 * it (see vm_mem_get). 0, or -errno once the pages cannot come. */

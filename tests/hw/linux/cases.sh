@@ -2,7 +2,7 @@
 # L1 of its own (tests/hw/run --smp 1, see docs/LINUX.md): Debian's own
 # vmlinuz, the tier's L1 kernel, boots as an L2 guest of `lazyvm run --kernel`
 # with a busybox initramfs (tests/hw/linux/init, workload.c).
-# Uses init's run_start, run_bounded, pass, fail, detail, info, $T, $LAZYVM.
+# Uses init's run_start, run_bounded, pass, fail, detail, info, json_*, $T, $LAZYVM.
 LK=/linux/vmlinuz
 LI=/linux/initrd.cpio.gz
 LCMD="console=ttyS0 quiet reboot=k panic=-1 nokaslr tsc=reliable no_timer_check pci=off i8042.noaux"
@@ -192,7 +192,7 @@ for apf in off kernel user exitless; do
     both=$(sed -n 's/.*lazyvm: rfc both done \([0-9.]*\) ms.*/\1/p' $T/out | head -n 1)
     hyp=$(sed -n 's/.*lazyvm: apf: \([0-9-]*\) page-ready.*/\1/p' $T/out | head -n 1)
     impl=$(json_str apf_impl $T/out)
-    hlt=$(sed -n 's/.*"hlt_in_guest":\([a-z]*\).*/\1/p' $T/out | head -n 1)
+    hlt=$(json_bool hlt_in_guest $T/out)
     line="HLT in the guest ${hlt:-?}; cpu-bound ${cpu:-?} ms, memory-bound ${mem:-?} ms, both ${both:-?} ms; the guest took ${hyp:-?} page-ready interrupts; ${impl:-no apf impl}; lazyvm injected $(json_num apf_not_present $T/out), served sync at CPL 0 $(json_num apf_kernel_sync $T/out)"
     ok=0
     [ "$rc" -eq 0 ] && grep -q '"ok":true' $T/out && grep -q "lazyvm: result pass" $T/out && ok=1
