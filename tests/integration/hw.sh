@@ -1,4 +1,5 @@
 #!/bin/bash
+# test-timeout: 300
 # The hardware-model tier (tests/hw/README.md): Debian's stock 6.12 kernel under
 # QEMU/TCG with -cpu max runs kvm-amd with nested paging, like a real AMD host;
 # an initramfs with a static lazyvm runs the restore tests there. Builds the
