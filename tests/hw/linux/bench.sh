@@ -29,6 +29,7 @@ FILLB=16 # MiB the mem cases fill and verify after the restore
 lbsnap() {
     lbn=$1 lbm=$2 lbw=$3
     shift 3
+    current="bench snapshot $lbn" # for run_bounded's "still running" lines
     rm -rf $BL/$lbn
     at=$(cut -d' ' -f1 /proc/uptime)
     tmo=$TMO
@@ -53,6 +54,7 @@ guest_ms() { sed -n "s/.*lazyvm: $1 \([0-9.]*\) ms.*/\1/p" $T/out | head -n 1; }
 lbcase() {
     lbc=$1 lbs=$2
     shift 2
+    current="bench $lbc"
     tmo=$TMO
     TMO=240
     run_bounded $LAZYVM restore $BL/$lbs --stall-timeout 60s --json "$@"
