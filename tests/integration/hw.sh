@@ -1,5 +1,5 @@
 #!/bin/bash
-# test-timeout: 300
+# test-timeout: 480
 # The hardware-model tier (tests/hw/README.md): Debian's stock 6.12 kernel under
 # QEMU/TCG with -cpu max runs kvm-amd with nested paging, like a real AMD host;
 # an initramfs with a static lazyvm runs the restore tests there. Builds the
@@ -17,4 +17,4 @@ fi
 echo "hw: built in $(awk -v a="$start" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }')s (kernel $(cat "$HW_B/cache/kernel.abi"))"
 # 72 s of tests alone (2026-12-03, since the kick host's async PF cases
 # inject ~2100 each); a shared machine has run it 1.3x slower: 150 s
-tests/hw/run --kernel "$HW_B/vmlinuz" --initrd "$HW_B/initramfs.cpio.gz" --logs "$HW_B/logs" --test-timeout 150
+tests/hw/run --kernel "$HW_B/vmlinuz" --initrd "$HW_B/initramfs.cpio.gz" --logs "$HW_B/logs" --test-timeout 200

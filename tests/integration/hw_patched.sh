@@ -1,5 +1,5 @@
 #!/bin/bash
-# test-timeout: 420
+# test-timeout: 720
 # The hardware-model tier again, with lazyvm's patched KVM (kernel/,
 # docs/KERNEL.md): kernel/build makes kvm.ko and kvm-amd.ko from Debian's
 # pinned 6.12 packages (cached in build/kernel; ~45 s from nothing), the
@@ -16,5 +16,5 @@ if ! make -s hwtest-patched-build; then
     exit 1
 fi
 echo "hw_patched: built in $(awk -v a="$start" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }')s (kvm $(cat build/kernel/current))"
-HW_TEST_TIMEOUT=${HW_TEST_TIMEOUT:-270} \
+HW_TEST_TIMEOUT=${HW_TEST_TIMEOUT:-400} \
     tests/hw/run --kernel "$HW_B/vmlinuz" --initrd "$HW_B/initramfs-patched.cpio.gz" --logs "$HW_B/logs-patched"
