@@ -16,5 +16,6 @@ if ! make -s hwtest-build; then
 fi
 echo "hw: built in $(awk -v a="$start" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }')s (kernel $(cat "$HW_B/cache/kernel.abi"))"
 # 72 s of tests alone (2026-12-03, since the kick host's async PF cases
-# inject ~2100 each); a shared machine has run it 1.3x slower: 150 s
+# inject ~2100 each); a shared machine has run it 1.7x slower (121.5 s in
+# make test): 200 s
 tests/hw/run --kernel "$HW_B/vmlinuz" --initrd "$HW_B/initramfs.cpio.gz" --logs "$HW_B/logs" --test-timeout 200
