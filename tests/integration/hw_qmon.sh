@@ -1,10 +1,10 @@
 #!/bin/bash
 # tests/hw/qmon --kick against a stand-in QEMU monitor (a unix socket that
 # answers `info registers -a`, `info lapic N`, `info pic` and `nmi` in QEMU
-# 7.2's words, from a real session's transcript): it sends the NMI only to a
-# stuck L1 (every CPU halted at one RIP, no LAPIC timer counting down), never
-# to a running CPU or to a halted one whose timer counts; it names an L2's
-# RIP from the L1's (QMON_L1_TEXT) and the idle HLT. The real thing is
+# 7.2's words, from a real session's transcript): it sends the NMI only to an
+# L1 whose every CPU is halted at one RIP, never to one with a CPU running;
+# it says whether a LAPIC timer still counted (idle) or none did (stuck), and
+# names an L2's RIP apart from the L1's (QMON_L1_TEXT) and the idle HLT. The real thing is
 # exercised by tests/hw/run whenever a hardware-model L1 gets stuck.
 set -u
 T=$(mktemp -d /tmp/lazyvm-qmon-test.XXXXXX)
@@ -84,7 +84,8 @@ check() { # NAME STATE WANT_RC WANT_NMI(0|1) PATTERN
 
 check stuck stuck 0 1 "L2 \(halted in guest mode\) _text\+0xce5fff \(native_safe_halt: the idle HLT\)"
 check stuck-lapic stuck 0 1 "CPU 0 lapic: IRR.*236"
-check idle idle 3 0 "a LAPIC timer counts down\): no NMI"
-check running running 3 0 "HLT 0.*no NMI|no NMI"
+check stuck-said stuck 0 1 "every CPU halted, no LAPIC timer counting \(stuck\): sent an NMI; then CPU 0 RIP ffffffff811b7150 HLT 0"
+check idle idle 0 1 "every CPU halted, a LAPIC timer counting \(idle, console silent\): sent an NMI"
+check running running 3 0 "a CPU runs: no NMI"
 check no-monitor none 1 0 "no monitor at"
 [ "$failures" -eq 0 ]
