@@ -69,7 +69,7 @@ EOF
 check() { # NAME STATE WANT_RC WANT_NMI(0|1) PATTERN
     local name=$1 state=$2 want_rc=$3 want_nmi=$4 pattern=$5 sock=$T/$1.sock rc nmi=0
     [ "$state" = none ] || monitor "$sock" "$state"
-    QMON_L1_TEXT="_text ffffffffa7000000 native_safe_halt ffffffffa7ce5ff0 _etext ffffffffa8000000" \
+    QMON_L1_TEXT="_text ffffffffa7000000 pv_native_safe_halt ffffffffa7ce5ff0 _etext ffffffffa8000000" \
         timeout 30 python3 "$QMON" --kick "$sock" >"$T/$name.out" 2>&1
     rc=$?
     [ -e "$sock.nmi" ] && nmi=1
@@ -82,7 +82,7 @@ check() { # NAME STATE WANT_RC WANT_NMI(0|1) PATTERN
     fi
 }
 
-check stuck stuck 0 1 "L2 \(halted in guest mode\) _text\+0xce5fff \(native_safe_halt: the idle HLT\)"
+check stuck stuck 0 1 "L2 \(halted in guest mode\) _text\+0xce5fff \(pv_native_safe_halt: the idle HLT\)"
 check stuck-lapic stuck 0 1 "CPU 0 lapic: IRR.*236"
 check stuck-said stuck 0 1 "every CPU halted, no LAPIC timer counting \(stuck\): sent an NMI; then CPU 0 RIP ffffffff811b7150 HLT 0"
 check idle idle 0 1 "every CPU halted, a LAPIC timer counting \(idle, console silent\): sent an NMI"
