@@ -1,5 +1,5 @@
 #!/bin/bash
-# test-timeout: 900
+# test-timeout: 1500
 # The Linux guest suite of the hardware-model tier (tests/hw/linux,
 # docs/LINUX.md): Debian's own vmlinuz boots as an L2 guest of `lazyvm run
 # --kernel`, in an L1 of its own with -smp 1. Builds the pieces, boots, and
