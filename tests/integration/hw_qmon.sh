@@ -1,11 +1,12 @@
 #!/bin/bash
 # tests/hw/qmon --kick against a stand-in QEMU monitor (a unix socket that
 # answers `info registers -a`, `info lapic N`, `info pic` and `nmi` in QEMU
-# 7.2's words, from a real session's transcript): it sends the NMI only to an
-# L1 whose every CPU is halted at one RIP, never to one with a CPU running;
-# it says whether a LAPIC timer still counted (idle) or none did (stuck), and
-# status 4 when the NMI moved nothing (stuck for good), and
-# names an L2's RIP apart from the L1's (QMON_L1_TEXT) and the idle HLT. The real thing is
+# 7.2's words, from a real session's transcript). It sends the NMI to an L1
+# whose every CPU is halted at one RIP, or whose CPU runs while an interrupt
+# waits in IRR that nobody takes, never to a running one; it says whether a
+# LAPIC timer still counted (idle) or none did (stuck); status 4 when the
+# interrupt still waits after the NMI (stuck for good); it names an L2's RIP
+# apart from the L1's (QMON_L1_TEXT) and the idle HLT. The real thing is
 # exercised by tests/hw/run whenever a hardware-model L1 gets stuck.
 set -u
 T=$(mktemp -d /tmp/lazyvm-qmon-test.XXXXXX)
@@ -16,7 +17,8 @@ failures=0
 
 # monitor SOCKET STATE: serve one qmon connection; STATE stuck (an NMI wakes
 # it) | dead (it does not) | empty (as dead, but nothing in IRR: only idle)
-# | idle (halted, its timer counts) | running
+# | spinning (a CPU runs, the timer's interrupt waits in IRR, an NMI changes
+# nothing) | idle (halted, its timer counts) | running
 monitor() {
     python3 - "$1" "$2" <<'EOF' &
 import os, socket, sys
@@ -39,7 +41,7 @@ while True:
         line, buf = buf.split(b"\n", 1)
         cmd = line.decode().strip()
         if cmd == "info registers -a":
-            rip, hlt = ("ffffffff81ce5fff", 1) if state != "running" else ("ffffffff811b7150", 0)
+            rip, hlt = ("ffffffff81ce5fff", 1) if state not in ("running", "spinning") else ("ffffffff811b7150", 0)
             if state == "running":
                 count += 1
             out = ("\r\nCPU#0\r\nRAX=0000000000000000 RBX=0000000000000000\r\n"
@@ -49,17 +51,17 @@ while True:
         elif cmd.startswith("info lapic"):
             if state == "idle":
                 count -= 100
-            cur = 0 if state in ("stuck", "dead", "empty") else count
+            cur = 0 if state in ("stuck", "dead", "empty", "spinning") else count
             out = ("\r\ndumping local APIC state for CPU 0 \r\n\r\n"
                    "LVTT\t 0x000000ec active-hi edge                 one-shot     Fixed  (vec 236)\r\n"
                    "Timer\t DCR=0x3 (divide by 16) initial_count = 171346 current_count = %d\r\n"
                    "ISR\t (none)\r\nIRR\t %s\r\n\r\nAPR 0x00 TPR 0x10 DFR 0x0f LDR 0x00 PPR 0x10\r\n"
-                   % (cur, "236" if state in ("stuck", "dead") else "(none)"))
+                   % (cur, "236" if state in ("stuck", "dead", "spinning") else "(none)"))
         elif cmd == "info pic":
             out = "\r\npic0: irr=13 imr=ff isr=00 hprio=0 irq_base=30 rr_sel=0 elcr=00 fnm=0\r\n"
         elif cmd == "nmi":
             open(path + ".nmi", "w").close()
-            if state not in ("dead", "empty"):  # dead: what QEMU 7.2 did on 2026-12-03
+            if state not in ("dead", "empty", "spinning"):  # what QEMU 7.2 did on 2026-12-03
                 state = "running"
             out = "\r\n"
         else:
@@ -86,11 +88,12 @@ check() { # NAME STATE WANT_RC WANT_NMI(0|1) PATTERN
     fi
 }
 
-check stuck stuck 0 1 "L2 \(halted in guest mode\) _text\+0xce5fff \(pv_native_safe_halt: the idle HLT\)"
+check stuck stuck 0 1 "L2 \(in guest mode\) _text\+0xce5fff \(pv_native_safe_halt: the idle HLT\)"
 check stuck-lapic stuck 0 1 "CPU 0 lapic: IRR.*236"
-check stuck-said stuck 0 1 "every CPU halted, no LAPIC timer counting \(stuck\): sent an NMI; then CPU 0 RIP ffffffff811b7150 HLT 0"
-check dead dead 4 1 "stuck for good: the NMI moved no CPU, no LAPIC timer counts, an interrupt waits in IRR"
-check empty empty 0 1 "no LAPIC timer counting \(stuck\): sent an NMI"
+check stuck-said stuck 0 1 "every CPU halted, an interrupt waits in IRR, no LAPIC timer counting \(stuck\): sent an NMI; then CPU 0 RIP ffffffff811b7150 HLT 0"
+check dead dead 4 1 "stuck for good: after the NMI the interrupt still waits in IRR"
+check empty empty 0 1 "every CPU halted, no LAPIC timer counting: sent an NMI"
+check spinning spinning 4 1 "a CPU runs, an interrupt waits in IRR, no LAPIC timer counting \(stuck\): sent an NMI"
 check idle idle 0 1 "every CPU halted, a LAPIC timer counting \(idle, console silent\): sent an NMI"
 check running running 3 0 "a CPU runs: no NMI"
 check no-monitor none 1 0 "no monitor at"
