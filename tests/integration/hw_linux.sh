@@ -15,5 +15,10 @@ fi
 echo "hw_linux: built in $(awk -v a="$start" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }')s (kernel $(cat "$HW_B/cache/kernel.abi"))"
 # The suite's own time: 365 s and 500+ s alone on one day (2026-12-03) on this
 # shared machine, 225 s the day before: 720 s, so a slow day is not a failure.
-tests/hw/run --smp 1 --kernel "$HW_B/vmlinuz" --initrd "$HW_B/initramfs-linux.cpio.gz" \
+# Up to 5 boots (tests/hw/run: 3): the frozen L1 (tests/hw/README.md) comes
+# most in the cases that leave HLT in the guest, here two boots in a row
+# froze in linux-kvm-held-apf-user-2vcpu in one fresh-clone run, and on CI
+# both boots of one run in linux-kvm-held-apf-user; a frozen boot is found
+# within seconds and costs the time up to its case (~150-200 s).
+HW_MAX_BOOTS=${HW_MAX_BOOTS:-5} tests/hw/run --smp 1 --kernel "$HW_B/vmlinuz" --initrd "$HW_B/initramfs-linux.cpio.gz" \
     --append hwtest.suite=linux --logs "$HW_B/logs-linux" --test-timeout 720
